@@ -1,0 +1,128 @@
+"""ONNX Runtime on the CPU: the embedded default backend, and the FP32 parity reference."""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgert.backends.base import Backend, BackendKind, BuildRequest, BuildResult
+from edgert.config import Precision
+from edgert.errors import BuildError, InferenceError, ModelCheckError, mapped
+from edgert.onnx import ModelIO, OnnxSource, to_fp16
+
+__all__ = ["KIND", "OnnxRuntimeBackend", "OnnxRuntimeKind", "reference_session"]
+
+ARTIFACT = "model.ort"
+_PROVIDERS = ["CPUExecutionProvider"]
+# EXTENDED, not ALL: ALL adds layout transforms tied to this CPU's instruction set.
+_OPT_LEVEL = "extended"
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def _session_options(threads: int = 0) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    return options
+
+
+def reference_session(source: OnnxSource) -> ort.InferenceSession:
+    """An unoptimised FP32 session on the source itself: the parity reference."""
+    options = _session_options()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    with mapped(ModelCheckError, f"ONNX Runtime {ort.__version__} cannot run {source.path}"):
+        return ort.InferenceSession(str(source.path), options, providers=_PROVIDERS)
+
+
+class OnnxRuntimeKind(BackendKind):
+    name = "onnxruntime"
+
+    def version(self) -> str:
+        return str(ort.__version__)
+
+    def device(self) -> str:
+        return f"cpu-{platform.machine().lower()}"
+
+    def build_options(self, precision: Precision) -> dict[str, Any]:
+        return {"optimization": _OPT_LEVEL, "format": "ort"}
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        model = request.source.model
+        notes: list[str] = []
+        if request.precision == "fp16":
+            request.progress("converting to FP16", 0.1)
+            model = to_fp16(model)
+            notes.append("converted to FP16 (overflow-prone ops kept in FP32)")
+        elif request.precision == "int8":
+            ops = set(request.source.ops_used())
+            if not ops & _QDQ_OPS:
+                raise BuildError(
+                    "int8 needs a quantized ONNX (QuantizeLinear/DequantizeLinear nodes); this "
+                    "model has none. Quantize it first (e.g. onnxruntime.quantization."
+                    "quantize_static with QDQ format) or build fp32/fp16"
+                )
+        request.progress("optimizing with ONNX Runtime", 0.3)
+        out = request.out_dir / ARTIFACT
+        options = _session_options()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(out)
+        options.add_session_config_entry("session.save_model_format", "ORT")
+        with tempfile.TemporaryDirectory(dir=request.out_dir) as scratch:
+            # Weights may live in external files: write the (possibly converted) graph beside its
+            # data so ONNX Runtime resolves them, then let it serialise the optimised model.
+            prepared = Path(scratch) / "prepared.onnx"
+            onnx.save_model(
+                model,
+                str(prepared),
+                save_as_external_data=model.ByteSize() > 1 << 30,
+                location="prepared.onnx.data",
+            )
+            with mapped(BuildError, f"ONNX Runtime {ort.__version__} could not build"):
+                ort.InferenceSession(str(prepared), options, providers=_PROVIDERS)
+        if not out.is_file():
+            raise BuildError(f"ONNX Runtime wrote no optimized model to {out}")
+        request.progress("optimized", 0.7)
+        return BuildResult(ARTIFACT, self.build_options(request.precision), tuple(notes))
+
+    def load(self, artifact: Path, io: ModelIO) -> Backend:
+        return OnnxRuntimeBackend(artifact, io)
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs an ORT-format artifact (or any ONNX file) on ONNX Runtime's CPU provider."""
+
+    def __init__(self, artifact: Path, io: ModelIO, threads: int = 0) -> None:
+        super().__init__(f"onnxruntime:{artifact}", io)
+        self.artifact = artifact
+        self.threads = threads
+        self._session: ort.InferenceSession | None = None
+        self._output_names: list[str] = []
+
+    def _activate_impl(self) -> None:
+        options = _session_options(self.threads)
+        if self.artifact.suffix == ".ort":
+            options.add_session_config_entry("session.load_model_format", "ORT")
+            # Already optimised at build time; don't redo it on every load.
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        with mapped(InferenceError, f"ONNX Runtime cannot load {self.artifact}"):
+            self._session = ort.InferenceSession(str(self.artifact), options, providers=_PROVIDERS)
+        self._output_names = [o.name for o in self._session.get_outputs()]
+
+    def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._session is not None
+        with mapped(InferenceError, "ONNX Runtime inference failed"):
+            results = self._session.run(self._output_names, dict(feeds))
+        return dict(zip(self._output_names, results, strict=True))
+
+    def _deactivate_impl(self) -> None:
+        self._session = None
+
+
+KIND = OnnxRuntimeKind()

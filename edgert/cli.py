@@ -1,0 +1,420 @@
+"""The ``edgert`` command line: compile, inspect, list and run models.
+
+Every command catches :class:`EdgertError`, prints one clear line to stderr and exits 1; any other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgert import __version__
+from edgert.backends import status as backend_status
+from edgert.compile import CompileOptions, compile_model
+from edgert.config import ModelConfig
+from edgert.errors import EdgertError, InputError
+from edgert.onnx import ModelIO, io_specs, load_source
+from edgert.repository import Artifact, ModelDir, Repository
+from edgert.runtime import open_model
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="edgert",
+    help=(
+        "Compile ONNX models into TensorRT engines (or ONNX Runtime artifacts on CPU), check "
+        "them against the FP32 reference, and serve them to smart-home devices over MQTT."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+# Wide when piped, so tables and paths are not cut for logs and scripts.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
+
+DEFAULT_REPOSITORY = Path("engines")
+RepositoryOpt = Annotated[
+    Path,
+    typer.Option(
+        "--repository", "-r", help="Model repository: one directory per model.", show_default=True
+    ),
+]
+
+
+class BackendChoice(str, Enum):
+    auto = "auto"
+    tensorrt = "tensorrt"
+    onnxruntime = "onnxruntime"
+
+
+class PrecisionChoice(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except EdgertError as exc:
+        _fail(exc.message)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"edgert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """edgert: the same verified answer from the same model, on every device in the home."""
+
+
+@app.command()
+def compile(
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(help="Model directories (or names in the repository); default: all."),
+    ] = None,
+    backend: Annotated[
+        BackendChoice, typer.Option(help="Runtime to build for; auto picks the best available.")
+    ] = BackendChoice.auto,
+    precision: Annotated[
+        PrecisionChoice | None,
+        typer.Option(help="Build precision; default: model.toml's (fp32 if unset)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Rebuild even if an identical artifact exists.")
+    ] = False,
+    repository: RepositoryOpt = DEFAULT_REPOSITORY,
+) -> None:
+    """Build a verified artifact for each model (all in the repository by default).
+
+    Loads and checks the ONNX, builds with the chosen backend, compares the result with the FP32
+    ONNX reference on the model's samples/ (or seeded random inputs), and writes it atomically
+    under `<model>/build/<key>/`. Building the same source with the same options again is a cache
+    hit. Dynamic axes need bounds in model.toml (`[dims]`); `edgert inspect` names them.
+    """
+    with _errors():
+        repo = Repository(repository)
+        targets = [repo.model(m) for m in models] if models else repo.models()
+        if not targets:
+            _fail(f"no models in {repository}")
+        options = CompileOptions(
+            backend=backend.value, precision=precision.value if precision else None, force=force
+        )
+        for model in targets:
+            _compile_one(model, options)
+
+
+def _compile_one(model: ModelDir, options: CompileOptions) -> None:
+    with Progress(
+        TextColumn("[bold]{task.fields[model]}[/]"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("starting", total=1.0, model=model.path.name)
+
+        def progress(stage: str, fraction: float) -> None:
+            bar.update(task, description=stage, completed=fraction)
+
+        result = compile_model(model, options, progress)
+    manifest = result.artifact.manifest
+    state = "up to date" if result.cached else f"built in {manifest.build_seconds:.2f} s"
+    out.print(f"[bold]{manifest.model}[/] {state} ({result.seconds:.2f} s in all)", highlight=False)
+    out.print(f"  key       {manifest.key.dirname}  ({manifest.key.describe()})", highlight=False)
+    out.print(f"  artifact  {result.artifact.file}  {_size(result.artifact.size)}", highlight=False)
+    parity = manifest.parity
+    figures = ", ".join(
+        f"{name} max|Δ| {o['max_abs']:.3g}" for name, o in parity.get("outputs", {}).items()
+    )
+    out.print(
+        f"  parity    {'passed' if parity.get('passed') else 'FAILED'} on {parity.get('samples')} "
+        f"sample(s) ({parity.get('inputs')}): {figures}",
+        highlight=False,
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def _io_table(io: ModelIO, title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False)
+    for column in ("", "name", "dtype", "shape"):
+        table.add_column(column)
+    for kind, specs in (("input", io.inputs), ("output", io.outputs)):
+        for spec in specs:
+            table.add_row(kind, escape(spec.name), spec.dtype.value, escape(spec.shape_text()))
+    return table
+
+
+@app.command()
+def inspect(
+    target: Annotated[
+        Path, typer.Argument(help="An ONNX file, a model directory, or an artifact directory.")
+    ],
+) -> None:
+    """Show a model's inputs and outputs, opset, ops, dynamic axes and bounds, and artifacts."""
+    with _errors():
+        if (target / "manifest.json").is_file():
+            artifact = Artifact.read(target)
+            _show_artifact(artifact)
+            out.print(_io_table(artifact.manifest.io, "IO"))
+            return
+        if target.is_dir():
+            model = ModelDir(target)
+            config = model.config
+            path = model.source_path
+        else:
+            model, config, path = None, ModelConfig(name=target.stem), target
+        source = load_source(path)
+        io = io_specs(source, config, require_bounds=False)
+        out.print(f"[bold]{config.name}[/]  {path}  sha256 {source.sha256[:16]}", highlight=False)
+        opsets = ", ".join(f"{d} {v}" for d, v in source.opsets.items())
+        out.print(f"opset: {opsets}   IR version {source.model.ir_version}", highlight=False)
+        out.print(_io_table(io, "IO"))
+        dynamic = sorted({d for s in io.inputs for d in s.dynamic_dims})
+        for dim in dynamic:
+            bounds = io.dims.get(dim)
+            text = (
+                f"min {bounds.min} opt {bounds.opt} max {bounds.max}"
+                if bounds
+                else "[yellow]no bounds[/]: add to model.toml [dims]"
+            )
+            out.print(f"dynamic axis {escape(repr(dim))}: {text}", highlight=False)
+        ops = source.ops_used()
+        out.print("ops: " + escape(", ".join(f"{op}×{n}" for op, n in sorted(ops.items()))))
+        if model is not None:
+            for found in model.artifacts():
+                if isinstance(found, EdgertError):
+                    out.print(f"[red]broken artifact[/]: {escape(found.message)}", highlight=False)
+                else:
+                    _show_artifact(found)
+
+
+def _show_artifact(artifact: Artifact) -> None:
+    m = artifact.manifest
+    passed = "passed" if m.parity.get("passed") else "FAILED"
+    out.print(
+        f"artifact {artifact.path.name}: {m.key.describe()}, {_size(artifact.size)}, built "
+        f"{m.built_at}, parity {passed}",
+        highlight=False,
+    )
+
+
+@app.command("list")
+def list_models(repository: RepositoryOpt = DEFAULT_REPOSITORY) -> None:
+    """List the repository's models and their artifacts, and which backends this machine has."""
+    with _errors():
+        table = Table(show_edge=False)
+        for column in (
+            "model",
+            "version",
+            "source",
+            "artifact",
+            "backend",
+            "precision",
+            "size",
+            "parity",
+        ):
+            table.add_column(column)
+        for model in Repository(repository).models():
+            try:
+                config = model.config
+            except EdgertError as exc:
+                table.add_row(model.path.name, "", "", f"[red]{escape(exc.message)}[/]")
+                continue
+            source = "yes" if model.source_path.is_file() else "[yellow]missing[/]"
+            artifacts = model.artifacts()
+            if not artifacts:
+                table.add_row(config.name, config.version, source, "[yellow]not compiled[/]")
+            for found in artifacts:
+                if isinstance(found, EdgertError):
+                    table.add_row(
+                        config.name, config.version, source, f"[red]{escape(found.message)}[/]"
+                    )
+                    continue
+                key = found.manifest.key
+                table.add_row(
+                    config.name,
+                    found.manifest.version,
+                    source,
+                    found.path.name,
+                    f"{key.backend} {key.backend_version}",
+                    key.precision,
+                    _size(found.size),
+                    "passed" if found.manifest.parity.get("passed") else "FAILED",
+                )
+        out.print(table)
+        for entry in backend_status():
+            state = "available" if entry.available else f"unavailable: {entry.reason}"
+            out.print(f"backend {entry.name}: {state}", highlight=False)
+
+
+def _read_inputs(path: Path, io: ModelIO, constants: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    requested = [s for s in io.inputs if s.name not in constants]
+    raw: Any
+    try:
+        if path.suffix == ".npy":
+            raw = np.load(path, allow_pickle=False)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                raw = {k: npz[k] for k in npz.files}
+        elif path.suffix == ".json":
+            raw = json.loads(path.read_text())
+        else:
+            raise InputError(f"{path}: use a .npy, .npz or .json file")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read: {exc}") from exc
+    if not isinstance(raw, dict):
+        if len(requested) != 1:
+            names = ", ".join(s.name for s in requested)
+            raise InputError(
+                f"{path} holds one array but the model takes {len(requested)} inputs ({names}); "
+                "use .npz or a JSON object of name -> values"
+            )
+        raw = {requested[0].name: raw}
+    by_name = {s.name: s for s in io.inputs}
+    unknown = [k for k in raw if k not in by_name]
+    if unknown:
+        raise InputError(
+            f"{path}: unknown input(s) {', '.join(unknown)}; the model takes: {', '.join(by_name)}"
+        )
+    return {name: by_name[name].coerce(value) for name, value in raw.items()}
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_outputs(path: Path, outputs: Mapping[str, np.ndarray]) -> None:
+    if path.suffix == ".npy":
+        if len(outputs) != 1:
+            raise InputError(
+                f"the model has {len(outputs)} outputs; write them to .npz or .json instead"
+            )
+        array = next(iter(outputs.values()))
+
+        def write_npy(p: Path) -> None:
+            with p.open("wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+
+        _write_atomic(path, write_npy)
+    elif path.suffix == ".npz":
+
+        def write_npz(p: Path) -> None:
+            with p.open("wb") as fh:
+                np.savez(fh, **outputs)  # type: ignore[arg-type]
+
+        _write_atomic(path, write_npz)
+    elif path.suffix == ".json":
+        text = json.dumps({k: v.tolist() for k, v in outputs.items()})
+        _write_atomic(path, lambda p: _write_text(p, text + "\n"))
+    else:
+        raise InputError(f"{path}: use a .npy, .npz or .json output file")
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Argument(help="Model directory, or model name in the repository.")],
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input", "-i", help="Inputs: .npy (one input), .npz, or JSON {name: nested list}."
+        ),
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write outputs to .npy, .npz or .json.")
+    ] = None,
+    backend: Annotated[BackendChoice, typer.Option(help="Runtime to use.")] = BackendChoice.auto,
+    as_json: Annotated[bool, typer.Option("--json", help="Print outputs as JSON.")] = False,
+    repository: RepositoryOpt = DEFAULT_REPOSITORY,
+) -> None:
+    """Run a compiled model once on local inputs, through the same code the daemon uses.
+
+    Picks the artifact that runs on this machine (refusing stale or foreign ones, with the
+    rebuild command). Inputs declared constant in model.toml are filled in.
+    """
+    with _errors():
+        loaded = open_model(Repository(repository).model(model), backend.value)
+        try:
+            feeds = _read_inputs(input, loaded.runner.io, loaded.constants)
+            outputs = loaded.infer(feeds)
+        finally:
+            loaded.close()
+        if output is not None:
+            _write_outputs(output, outputs)
+        key = loaded.artifact.manifest.key
+        if as_json:
+            print(json.dumps({k: v.tolist() for k, v in outputs.items()}))
+            return
+        err.print(
+            f"{loaded.config.name} {loaded.config.version} on {key.backend} {key.precision} "
+            f"in {loaded.runner.last_infer_seconds * 1000:.2f} ms",
+            highlight=False,
+        )
+        np.set_printoptions(precision=5, suppress=True, threshold=64)
+        for name, value in outputs.items():
+            out.print(
+                f"[bold]{escape(name)}[/] {value.dtype.name}{escape(str(list(value.shape)))}",
+                highlight=False,
+            )
+            out.print(escape(np.array2string(value)), highlight=False)
+        if output is not None:
+            err.print(f"wrote {output}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,141 @@
+"""Compile: a model directory → a verified artifact under ``build/<key>/``.
+
+1. load and check the ONNX, derive IO specs (dynamic dims bounded by model.toml);
+2. build with the chosen backend into a private staging dir;
+3. verify against the FP32 ONNX reference on sample inputs (parity);
+4. write the manifest and rename the staging dir into place (atomic; nothing kept on failure).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgert import __version__
+from edgert.backends import BackendKind, BuildRequest, ProgressFn, choose, validate_feeds
+from edgert.backends.onnxrt import reference_session
+from edgert.config import Precision
+from edgert.errors import ConfigError, InputError
+from edgert.onnx import ModelIO, OnnxSource, io_specs, load_source
+from edgert.parity import ParityReport, compare, sample_inputs
+from edgert.repository import (
+    Artifact,
+    ArtifactKey,
+    Manifest,
+    ModelDir,
+    describe_files,
+    utc_now,
+)
+
+__all__ = ["CompileOptions", "CompileResult", "compile_model", "machine_key", "rebuild_command"]
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    backend: str = "auto"
+    precision: Precision | None = None  # None: model.toml's precision
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    artifact: Artifact
+    cached: bool
+    seconds: float
+
+    @property
+    def parity(self) -> Mapping[str, Any]:
+        return self.artifact.manifest.parity
+
+
+def machine_key(
+    kind: BackendKind, source: OnnxSource, io: ModelIO, precision: Precision
+) -> ArtifactKey:
+    """The key an artifact of ``source`` built here, now, with these settings would have."""
+    return ArtifactKey(
+        backend=kind.name,
+        backend_version=kind.version(),
+        device=kind.device(),
+        precision=precision,
+        profiles={name: rng.as_list() for name, rng in io.dims.items()},
+        source_sha256=source.sha256,
+        options=kind.build_options(precision),
+    )
+
+
+def rebuild_command(model: ModelDir, backend: str, precision: Precision) -> str:
+    return f"edgert compile {model.path} --backend {backend} --precision {precision}"
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    return None
+
+
+def compile_model(
+    model: ModelDir, options: CompileOptions = CompileOptions(), progress: ProgressFn = _no_progress
+) -> CompileResult:
+    """Build (or find, if already built) a verified artifact for ``model`` on this machine."""
+    start = time.perf_counter()
+    config = model.config
+    precision = options.precision or config.precision
+    progress("loading and checking the ONNX", 0.0)
+    source = load_source(model.source_path)
+    io = io_specs(source, config)
+    kind = choose(options.backend)
+    key = machine_key(kind, source, io, precision)
+    existing = model.find(key)
+    if existing is not None and not options.force and existing.manifest.parity.get("passed"):
+        progress("up to date", 1.0)
+        return CompileResult(existing, True, time.perf_counter() - start)
+
+    samples, samples_from = sample_inputs(model.path, io, config)
+    for feeds in samples:
+        try:
+            validate_feeds(io, feeds)
+        except InputError as exc:
+            raise ConfigError(f"{model.path}: a sample does not fit the model: {exc}") from exc
+    reference = reference_session(source)
+    output_names = [o.name for o in io.outputs]
+
+    def run_reference(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(output_names, reference.run(output_names, dict(feeds)), strict=True))
+
+    def stage_progress(stage: str, fraction: float) -> None:
+        progress(stage, 0.05 + 0.75 * fraction)
+
+    with model.staging(key) as stage:
+        build_start = time.perf_counter()
+        progress(f"building with {kind.name} {kind.version()} ({precision})", 0.05)
+        built = kind.build(BuildRequest(source, io, config, precision, stage, stage_progress))
+        build_seconds = time.perf_counter() - build_start
+
+        progress(f"verifying against the FP32 reference ({samples_from})", 0.8)
+        with kind.load(stage / built.artifact, io) as runner:
+            report: ParityReport = compare(
+                runner.infer, run_reference, samples, config.tolerance_for(precision), samples_from
+            )
+        report.raise_if_failed()
+
+        progress("writing", 0.95)
+        files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
+        manifest = Manifest(
+            model=config.name,
+            version=config.version,
+            key=key,
+            artifact=built.artifact,
+            files=describe_files(stage, files),
+            io=io,
+            built_at=utc_now(),
+            build_seconds=round(build_seconds, 3),
+            parity=report.to_dict(),
+            notes=built.notes,
+            edgert_version=__version__,
+        )
+        model.write_manifest(stage, manifest)
+    artifact = Artifact.read(model.build_dir / key.dirname)
+    progress("done", 1.0)
+    return CompileResult(artifact, False, time.perf_counter() - start)

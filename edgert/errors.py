@@ -1,0 +1,131 @@
+"""The edgert exception tree.
+
+Every error edgert raises on purpose derives from :class:`EdgertError`; anything else that escapes
+is a bug. Third-party errors (onnx, onnxruntime, TensorRT, CUDA, paho) are mapped at the boundary
+with :func:`mapped`, which re-raises them ``from`` the original.
+
+::
+
+    EdgertError
+    ├── ConfigError             model.toml or daemon config is invalid
+    ├── ModelError              the ONNX source cannot be used
+    │   ├── ModelLoadError      missing, truncated or not ONNX
+    │   ├── ModelCheckError     onnx.checker / shape inference / opset problems
+    │   └── UnboundedDimError   a dynamic axis has no min/opt/max in model.toml
+    ├── BackendError            a backend failed
+    │   ├── BackendUnavailable  its runtime cannot be imported here (with the reason)
+    │   ├── BuildError          building an artifact failed (carries the backend's log)
+    │   └── InferenceError      running the artifact failed
+    ├── InputError              inference inputs do not match the model's specs
+    ├── ArtifactError           an artifact is missing, broken or for another machine
+    │   └── IncompatibleArtifact
+    └── ParityError             the artifact's outputs diverge from the FP32 ONNX reference
+
+Each error has a short ``code`` (used by the CLI's exit line and, later, by protocol replies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = [
+    "ArtifactError",
+    "BackendError",
+    "BackendUnavailable",
+    "BuildError",
+    "ConfigError",
+    "EdgertError",
+    "IncompatibleArtifact",
+    "InferenceError",
+    "InputError",
+    "ModelCheckError",
+    "ModelError",
+    "ModelLoadError",
+    "ParityError",
+    "UnboundedDimError",
+    "mapped",
+]
+
+
+class EdgertError(Exception):
+    """Root of every error edgert raises on purpose."""
+
+    code = "internal"
+
+    def __init__(self, message: str, *, log: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.log = log
+
+
+class ConfigError(EdgertError):
+    code = "config"
+
+
+class ModelError(EdgertError):
+    code = "model"
+
+
+class ModelLoadError(ModelError):
+    pass
+
+
+class ModelCheckError(ModelError):
+    pass
+
+
+class UnboundedDimError(ModelError):
+    pass
+
+
+class BackendError(EdgertError):
+    code = "backend"
+
+
+class BackendUnavailable(BackendError):
+    pass
+
+
+class BuildError(BackendError):
+    pass
+
+
+class InferenceError(BackendError):
+    pass
+
+
+class InputError(EdgertError):
+    code = "bad_input"
+
+
+class ArtifactError(EdgertError):
+    code = "artifact"
+
+
+class IncompatibleArtifact(ArtifactError):
+    pass
+
+
+class ParityError(EdgertError):
+    code = "parity"
+
+
+@contextmanager
+def mapped(
+    error: type[EdgertError],
+    what: str,
+    catch: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+) -> Iterator[None]:
+    """Re-raise a third-party exception as ``error("<what>: <first line of it>")``.
+
+    EdgertErrors pass through unchanged.
+    """
+    try:
+        yield
+    except EdgertError:
+        raise
+    except catch as exc:
+        detail = str(exc).strip().splitlines()
+        first = next((line.strip() for line in detail if line.strip()), type(exc).__name__)
+        raise error(f"{what}: {first}", log=str(exc)) from exc

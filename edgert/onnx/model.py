@@ -1,0 +1,271 @@
+"""Load, check and shape-infer an ONNX source; read its IO specs. Imports ``onnx`` only."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from edgert.config import ModelConfig
+from edgert.errors import ConfigError, ModelCheckError, ModelLoadError, UnboundedDimError
+from edgert.spec import Dim, DimRange, DType, Shape, TensorSpec
+
+__all__ = [
+    "ModelIO",
+    "OnnxSource",
+    "external_data_files",
+    "io_specs",
+    "load_source",
+    "source_sha256",
+]
+
+_ONNX_DTYPES: dict[int, DType] = {
+    TensorProto.FLOAT: DType.FLOAT32,
+    TensorProto.FLOAT16: DType.FLOAT16,
+    TensorProto.DOUBLE: DType.FLOAT64,
+    TensorProto.INT8: DType.INT8,
+    TensorProto.UINT8: DType.UINT8,
+    TensorProto.INT16: DType.INT16,
+    TensorProto.UINT16: DType.UINT16,
+    TensorProto.INT32: DType.INT32,
+    TensorProto.UINT32: DType.UINT32,
+    TensorProto.INT64: DType.INT64,
+    TensorProto.UINT64: DType.UINT64,
+    TensorProto.BOOL: DType.BOOL,
+}
+
+
+@dataclass(frozen=True)
+class OnnxSource:
+    """A loaded, checked and shape-inferred ONNX model, with where it came from."""
+
+    path: Path
+    model: onnx.ModelProto
+    sha256: str
+
+    @property
+    def opset(self) -> int:
+        """The default-domain (ai.onnx) opset the model imports."""
+        return next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    @property
+    def opsets(self) -> dict[str, int]:
+        return {(o.domain or "ai.onnx"): o.version for o in self.model.opset_import}
+
+    def ops_used(self) -> Counter[str]:
+        """Op types used anywhere in the graph (subgraphs included), as ``domain::Op`` or ``Op``."""
+        counts: Counter[str] = Counter()
+        stack = [self.model.graph]
+        while stack:
+            graph = stack.pop()
+            for node in graph.node:
+                key = (
+                    f"{node.domain}::{node.op_type}"
+                    if node.domain not in ("", "ai.onnx")
+                    else (node.op_type)
+                )
+                counts[key] += 1
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.GRAPH:
+                        stack.append(attr.g)
+                    stack.extend(attr.graphs)
+        return counts
+
+
+def external_data_files(model: onnx.ModelProto, base: Path) -> list[Path]:
+    """The external data files a model's initializers point to (unique, in order)."""
+    files: list[Path] = []
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+        if location is not None and (base / location) not in files:
+            files.append(base / location)
+    return files
+
+
+def source_sha256(path: Path, model: onnx.ModelProto | None = None) -> str:
+    """sha256 over the ONNX file and its external data files, in order."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if model is not None:
+        for extra in external_data_files(model, path.parent):
+            digest.update(extra.name.encode())
+            with extra.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def load_source(path: Path) -> OnnxSource:
+    """Load ``path``, run onnx.checker and shape inference; one clear error on any failure."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such ONNX file")
+    try:
+        # Load the graph without weights first: a clean parse error for non-ONNX/truncated files.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path}: not a readable ONNX model (truncated or not ONNX): {_first_line(exc)}"
+        ) from exc
+    if not model.graph.node and not model.graph.output:
+        raise ModelLoadError(f"{path}: not a readable ONNX model (empty graph)")
+    missing = [p for p in external_data_files(model, path.parent) if not p.is_file()]
+    if missing:
+        raise ModelLoadError(
+            f"{path}: external data file(s) missing: {', '.join(str(p) for p in missing)}"
+        )
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise ModelCheckError(f"{path}: onnx.checker rejects it: {_first_line(exc)}") from exc
+    max_opset = onnx.defs.onnx_opset_version()
+    source = OnnxSource(path, model, "")
+    if source.opset > max_opset:
+        raise ModelCheckError(
+            f"{path}: opset {source.opset} is newer than this onnx {onnx.__version__} supports "
+            f"(up to {max_opset})"
+        )
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: external data unreadable: {_first_line(exc)}") from exc
+    try:
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, data_prop=True)
+    except Exception as exc:
+        raise ModelCheckError(f"{path}: shape inference failed: {_first_line(exc)}") from exc
+    return OnnxSource(path, model, source_sha256(path, model))
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """A model's request-facing IO: input and output specs, and the bounds of dynamic dims."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: Mapping[str, DimRange]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(s for s in self.inputs if s.name == name)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "dims": {k: v.as_list() for k, v in self.dims.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ModelIO:
+        inputs = tuple(TensorSpec.from_dict(s) for s in data["inputs"])  # type: ignore[attr-defined]
+        outputs = tuple(TensorSpec.from_dict(s) for s in data["outputs"])  # type: ignore[attr-defined]
+        dims = {k: DimRange(*v) for k, v in data["dims"].items()}  # type: ignore[attr-defined]
+        return cls(inputs, outputs, dims)
+
+
+def _raw_dims(value: onnx.ValueInfoProto) -> Shape | None:
+    """The ONNX shape with unnamed dynamic dims ('?', -1, 0, missing) named ``<tensor>.<axis>``."""
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    dims: list[Dim] = []
+    for axis, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_param") and dim.dim_param.strip() not in ("", "?", "-1"):
+            dims.append(dim.dim_param.strip())
+        else:
+            dims.append(f"{value.name}.{axis}")
+    return tuple(dims)
+
+
+def _dtype(value: onnx.ValueInfoProto, where: str) -> DType:
+    if not value.type.HasField("tensor_type"):
+        raise ModelCheckError(
+            f"{where} '{value.name}' is not a tensor ({value.type.WhichOneof('value')}); edgert "
+            "serves tensor inputs and outputs only"
+        )
+    elem = value.type.tensor_type.elem_type
+    if elem not in _ONNX_DTYPES:
+        name = TensorProto.DataType.Name(elem) if elem in TensorProto.DataType.values() else elem
+        raise ModelCheckError(f"{where} '{value.name}' has unsupported element type {name}")
+    return _ONNX_DTYPES[elem]
+
+
+def io_specs(source: OnnxSource, config: ModelConfig, *, require_bounds: bool = True) -> ModelIO:
+    """Derive IO specs, apply model.toml shape overrides, and bound every dynamic input dim.
+
+    With ``require_bounds=False`` (for inspection) unbounded dims are left out of ``dims``.
+    """
+    graph = source.model.graph
+    initializers = {t.name for t in graph.initializer}
+    graph_inputs = [v for v in graph.input if v.name not in initializers]
+    names = {v.name for v in graph_inputs}
+    unknown = set(config.inputs) - names
+    if unknown:
+        raise ConfigError(
+            f"model.toml names input(s) {', '.join(sorted(unknown))} that the model does not "
+            f"have; it has: {', '.join(sorted(names))}"
+        )
+    inputs = []
+    for value in graph_inputs:
+        dtype = _dtype(value, "input")
+        shape = _raw_dims(value)
+        override = config.inputs[value.name].shape if value.name in config.inputs else None
+        if override is not None:
+            shape = _apply_override(value.name, shape, override)
+        if shape is None:
+            raise ModelCheckError(
+                f"input '{value.name}' has no shape in the ONNX; give one in model.toml: "
+                f"[inputs.{value.name}] shape = [...]"
+            )
+        inputs.append(TensorSpec(value.name, dtype, shape))
+    dims: dict[str, DimRange] = {}
+    for spec in inputs:
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, int) or dim in dims:
+                continue
+            if dim not in config.dims:
+                if not require_bounds:
+                    continue
+                key = dim if dim.isidentifier() else f'"{dim}"'
+                raise UnboundedDimError(
+                    f"input '{spec.name}' axis {axis} ('{dim}') is dynamic and has no bounds; "
+                    f"add to model.toml: [dims] {key} = {{ min = 1, opt = 1, max = 8 }}"
+                )
+            dims[dim] = config.dims[dim]
+    # Dims named by overrides may also be fixed sizes in model.toml (min == max).
+    outputs = []
+    for value in graph.output:
+        shape = _raw_dims(value)
+        outputs.append(TensorSpec(value.name, _dtype(value, "output"), shape or ()))
+    return ModelIO(tuple(inputs), tuple(outputs), dims)
+
+
+def _apply_override(name: str, shape: Shape | None, override: Shape) -> Shape:
+    if shape is None:
+        return override
+    if len(shape) != len(override):
+        raise ConfigError(
+            f"model.toml gives input '{name}' shape {list(override)} of rank {len(override)}; "
+            f"the model's is {list(shape)}, rank {len(shape)}"
+        )
+    for axis, (have, want) in enumerate(zip(shape, override, strict=True)):
+        if isinstance(have, int) and have != want:
+            raise ConfigError(
+                f"model.toml gives input '{name}' axis {axis} as {want!r}, but the model fixes "
+                f"it at {have}"
+            )
+    return override
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

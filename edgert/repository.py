@@ -1,0 +1,343 @@
+"""The model repository (``engines/``): model dirs, artifact keys, manifests, atomic writes.
+
+::
+
+    engines/<model>/model.toml             optional; see edgert.config
+    engines/<model>/model.onnx             the source
+    engines/<model>/build/<dir>/           one artifact: the backend's file(s) + manifest.json
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgert.config import ModelConfig, Precision
+from edgert.errors import ArtifactError, ConfigError, IncompatibleArtifact
+from edgert.onnx import ModelIO
+
+__all__ = [
+    "KEY_SCHEMA",
+    "MANIFEST",
+    "Artifact",
+    "ArtifactKey",
+    "Manifest",
+    "ModelDir",
+    "Repository",
+    "describe_files",
+    "file_sha256",
+    "utc_now",
+]
+
+KEY_SCHEMA = 1
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ArtifactKey:
+    """Everything that makes an artifact unusable elsewhere, as a versioned record."""
+
+    backend: str
+    backend_version: str
+    device: str
+    precision: Precision
+    profiles: Mapping[str, list[int]]
+    source_sha256: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    schema: int = KEY_SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["profiles"] = {k: list(v) for k, v in sorted(self.profiles.items())}
+        data["options"] = dict(sorted(self.options.items()))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactKey:
+        try:
+            return cls(
+                backend=str(data["backend"]),
+                backend_version=str(data["backend_version"]),
+                device=str(data["device"]),
+                precision=data["precision"],
+                profiles={str(k): [int(x) for x in v] for k, v in data["profiles"].items()},
+                source_sha256=str(data["source_sha256"]),
+                options=dict(data.get("options", {})),
+                schema=int(data.get("schema", KEY_SCHEMA)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(f"invalid artifact key {dict(data)!r}: {exc}") from exc
+
+    @property
+    def digest(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.backend}-{self.precision}-{self.digest}"
+
+    def describe(self) -> str:
+        return (
+            f"{self.backend} {self.backend_version} on {self.device}, {self.precision}, "
+            f"source {self.source_sha256[:12]}, key {self.digest}"
+        )
+
+    def mismatch(self, machine: ArtifactKey) -> str | None:
+        """Why this artifact cannot run where ``machine`` describes, or None if it can."""
+        if self.schema != machine.schema:
+            return f"key schema {self.schema}, this edgert writes {machine.schema}"
+        for name in ("backend", "backend_version", "device"):
+            mine, theirs = getattr(self, name), getattr(machine, name)
+            if mine != theirs:
+                return f"built for {name.replace('_', ' ')} {mine}, this machine has {theirs}"
+        if self.source_sha256 != machine.source_sha256:
+            return "the source model.onnx changed since it was built (stale)"
+        if dict(self.profiles) != dict(machine.profiles):
+            return (
+                f"built for dim bounds {dict(self.profiles)}, model.toml now says "
+                f"{dict(machine.profiles)} (stale)"
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What was built, how, and how closely it matches the FP32 reference."""
+
+    model: str
+    version: str
+    key: ArtifactKey
+    artifact: str
+    files: Mapping[str, Mapping[str, Any]]
+    io: ModelIO
+    built_at: str
+    build_seconds: float
+    parity: Mapping[str, Any]
+    notes: tuple[str, ...] = ()
+    edgert_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "key": self.key.to_dict(),
+            "artifact": self.artifact,
+            "files": {k: dict(v) for k, v in self.files.items()},
+            "io": self.io.to_dict(),
+            "built_at": self.built_at,
+            "build_seconds": self.build_seconds,
+            "parity": dict(self.parity),
+            "notes": list(self.notes),
+            "edgert_version": self.edgert_version,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        try:
+            return cls(
+                model=str(data["model"]),
+                version=str(data["version"]),
+                key=ArtifactKey.from_dict(data["key"]),
+                artifact=str(data["artifact"]),
+                files=dict(data["files"]),
+                io=ModelIO.from_dict(data["io"]),
+                built_at=str(data["built_at"]),
+                build_seconds=float(data["build_seconds"]),
+                parity=dict(data["parity"]),
+                notes=tuple(data.get("notes", ())),
+                edgert_version=str(data.get("edgert_version", "")),
+            )
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
+            raise ArtifactError(f"invalid manifest: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One built artifact directory and its manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def file(self) -> Path:
+        return self.path / self.manifest.artifact
+
+    @property
+    def size(self) -> int:
+        return sum(int(f["size"]) for f in self.manifest.files.values())
+
+    @classmethod
+    def read(cls, path: Path) -> Artifact:
+        try:
+            data = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError as exc:
+            raise ArtifactError(f"{path}: no {MANIFEST}") from exc
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{path / MANIFEST}: unreadable: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{path / MANIFEST}: not a JSON object")
+        try:
+            return cls(path, Manifest.from_dict(data))
+        except ArtifactError as exc:
+            raise ArtifactError(f"{path / MANIFEST}: {exc.message}") from exc
+
+    def verify_files(self) -> None:
+        """ArtifactError unless every file the manifest lists is present with its sha256."""
+        for name, meta in self.manifest.files.items():
+            path = self.path / name
+            if not path.is_file():
+                raise ArtifactError(f"{path}: missing (listed in {MANIFEST})")
+            if file_sha256(path) != meta.get("sha256"):
+                raise ArtifactError(f"{path}: sha256 differs from {MANIFEST}; rebuild it")
+
+    def check_compatible(self, machine: ArtifactKey, rebuild: str) -> None:
+        """IncompatibleArtifact (naming both keys and the rebuild command) unless it runs here."""
+        why = self.manifest.key.mismatch(machine)
+        if why is not None:
+            raise IncompatibleArtifact(
+                f"{self.path} cannot run here: {why}. Artifact: {self.manifest.key.describe()}; "
+                f"this machine: {machine.describe()}. Rebuild: {rebuild}"
+            )
+
+
+class ModelDir:
+    """One model's directory in the repository."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._config: ModelConfig | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        if self._config is None:
+            self._config = ModelConfig.load(self.path)
+        return self._config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def source_path(self) -> Path:
+        return self.path / self.config.source
+
+    @property
+    def build_dir(self) -> Path:
+        return self.path / "build"
+
+    def artifacts(self) -> list[Artifact | ArtifactError]:
+        """Every artifact under build/, newest first; unreadable ones as their error."""
+        found: list[Artifact | ArtifactError] = []
+        if not self.build_dir.is_dir():
+            return found
+        for child in sorted(self.build_dir.iterdir()):
+            if not child.is_dir() or child.name.startswith("."):
+                continue
+            try:
+                found.append(Artifact.read(child))
+            except ArtifactError as exc:
+                found.append(exc)
+        found.sort(
+            key=lambda a: a.manifest.built_at if isinstance(a, Artifact) else "", reverse=True
+        )
+        return found
+
+    def find(self, key: ArtifactKey) -> Artifact | None:
+        path = self.build_dir / key.dirname
+        if not (path / MANIFEST).is_file():
+            return None
+        try:
+            artifact = Artifact.read(path)
+            artifact.verify_files()
+        except ArtifactError:
+            return None
+        return artifact if artifact.manifest.key == key else None
+
+    @contextmanager
+    def staging(self, key: ArtifactKey) -> Iterator[Path]:
+        """A private dir to build into; on success it is renamed into build/<key dir>.
+
+        Readers never see a half-written artifact: the rename is atomic on one filesystem, and
+        a failure (or interrupt) removes the staging dir, keeping whatever was there before.
+        """
+        self.build_dir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".staging-{key.dirname}-", dir=self.build_dir))
+        try:
+            yield stage
+            final = self.build_dir / key.dirname
+            if final.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".old-{key.dirname}-", dir=self.build_dir))
+                os.replace(final, old / "artifact")
+                os.replace(stage, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(stage, final)
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+
+    def write_manifest(self, stage: Path, manifest: Manifest) -> None:
+        """Write manifest.json last, so a staging dir with a manifest is complete."""
+        tmp = stage / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
+        os.replace(tmp, stage / MANIFEST)
+
+
+def describe_files(stage: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    return {
+        n: {"size": (stage / n).stat().st_size, "sha256": file_sha256(stage / n)} for n in names
+    }
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Repository:
+    """A directory of model directories (default ``./engines``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def models(self) -> list[ModelDir]:
+        if not self.root.is_dir():
+            raise ConfigError(f"model repository {self.root} does not exist")
+        return [
+            ModelDir(p)
+            for p in sorted(self.root.iterdir())
+            if p.is_dir()
+            and not p.name.startswith(".")
+            and ((p / "model.toml").is_file() or (p / "model.onnx").is_file())
+        ]
+
+    def model(self, name_or_path: str) -> ModelDir:
+        """A model by directory path, or by name within this repository."""
+        path = Path(name_or_path)
+        if path.is_dir() and ((path / "model.toml").is_file() or (path / "model.onnx").is_file()):
+            return ModelDir(path)
+        candidates = self.models() if self.root.is_dir() else []
+        for model in candidates:
+            if name_or_path in (model.path.name, model.name):
+                return model
+        known = ", ".join(m.path.name for m in candidates) or "none"
+        raise ConfigError(f"no model '{name_or_path}' in {self.root} (models: {known})")
