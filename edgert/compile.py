@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from edgert.backends import BackendKind, BuildRequest, ProgressFn, choose, valid
 from edgert.backends.onnxrt import reference_session
 from edgert.config import Precision
 from edgert.errors import ConfigError, InputError
-from edgert.onnx import ModelIO, OnnxSource, io_specs, load_source
+from edgert.onnx import ModelIO, OnnxSource, io_specs, load_source, with_io_dims
 from edgert.parity import ParityReport, compare, sample_inputs
 from edgert.repository import (
     Artifact,
@@ -85,6 +85,7 @@ def compile_model(
     progress("loading and checking the ONNX", 0.0)
     source = load_source(model.source_path)
     io = io_specs(source, config)
+    source = replace(source, model=with_io_dims(source.model, io))
     kind = choose(options.backend)
     key = machine_key(kind, source, io, precision)
     existing = model.find(key)

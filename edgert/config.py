@@ -152,12 +152,12 @@ def _parse_shape(raw: Any, where: str) -> Shape:
 
 def _parse_dim(name: str, raw: Any, where: str) -> DimRange:
     if isinstance(raw, int) and not isinstance(raw, bool):
-        return DimRange(raw, raw, raw)
-    if isinstance(raw, list) and len(raw) == 3:
+        lo = opt = hi = raw
+    elif isinstance(raw, list) and len(raw) == 3:
         lo, opt, hi = raw
     elif isinstance(raw, dict) and set(raw) <= {"min", "opt", "max"} and {"min", "max"} <= set(raw):
         lo, hi = raw["min"], raw["max"]
-        opt = raw.get("opt", lo)
+        opt = raw["opt"] if "opt" in raw else lo
     else:
         raise ConfigError(
             f"{where}: dims.{name} must be a size, [min, opt, max] or {{ min, opt, max }}, "

@@ -7,6 +7,7 @@ ONNX source run on ONNX Runtime's CPU provider before it is kept.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgert.config import InputConfig, ModelConfig, Tolerance
-from edgert.errors import ConfigError, ParityError
+from edgert.errors import ConfigError, InputError, ParityError
 from edgert.onnx import ModelIO
 from edgert.spec import DType, TensorSpec, concrete_shape
 
@@ -96,19 +97,21 @@ def load_samples(directory: Path, io: ModelIO, config: ModelConfig) -> list[Feed
             if not isinstance(raw, dict):
                 raise ConfigError(f"{path}: must be a JSON object of input name -> values")
         else:
+            # Our own handle: np.load leaks it when the zip is corrupt.
             try:
-                with np.load(path, allow_pickle=False) as npz:
+                with path.open("rb") as fh, np.load(fh, allow_pickle=False) as npz:
                     raw = {k: npz[k] for k in npz.files}
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise ConfigError(f"{path}: not a readable .npz: {exc}") from exc
         feeds: Feeds = {}
         for spec in io.inputs:
             conf = config.inputs.get(spec.name)
             if spec.name in raw:
+                # The request path's rules: no silent float → int truncation or int overflow.
                 try:
-                    feeds[spec.name] = np.asarray(raw[spec.name], dtype=spec.dtype.numpy)
-                except (ValueError, TypeError) as exc:
-                    raise ConfigError(f"{path}: input '{spec.name}': {exc}") from exc
+                    feeds[spec.name] = spec.coerce(raw[spec.name])
+                except InputError as exc:
+                    raise ConfigError(f"{path}: {exc.message}") from exc
             elif conf is not None and conf.kind == "constant":
                 feeds[spec.name] = constant_value(spec, conf.value, io)
             else:
@@ -219,8 +222,10 @@ def _compare_one(name: str, got: np.ndarray, want: np.ndarray, tol: Tolerance) -
         index = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
         return OutputParity(name, float(diff.max()), 0.0, index, not diff.any())
     a, b = got.astype(np.float64), want.astype(np.float64)
+    # Equal infinities (masked logits, log(0)) and NaN in both count as agreeing.
     both_nan = np.isnan(a) & np.isnan(b)
-    err = np.where(both_nan, 0.0, np.abs(a - b))
+    with np.errstate(invalid="ignore"):
+        err = np.where(both_nan | (a == b), 0.0, np.abs(a - b))
     err = np.where(np.isnan(err), np.inf, err)
     rel = err / np.maximum(np.abs(b), 1e-12)
     rel = np.where(both_nan, 0.0, rel)

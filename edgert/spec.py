@@ -49,8 +49,10 @@ class DType(str, enum.Enum):
     @classmethod
     def of(cls, value: Any) -> DType:
         """The DType of a numpy dtype, array, or dtype name; ConfigError if edgert has none."""
+        # Arrays carry a dtype; numpy scalar *types* (np.float32) have a `dtype` descriptor instead.
+        dtype = getattr(value, "dtype", None)
         try:
-            name = np.dtype(getattr(value, "dtype", value)).name
+            name = np.dtype(dtype if isinstance(dtype, np.dtype) else value).name
             return cls(name)
         except (TypeError, ValueError) as exc:
             raise ConfigError(
@@ -156,7 +158,12 @@ class TensorSpec:
         target = self.dtype.numpy
         if array.dtype == target:
             return array
-        if array.dtype.kind not in "biuf" or not np.can_cast(array.dtype, target, "same_kind"):
+        # Integer → integer is checked by value below: numpy's same_kind refuses signed → unsigned,
+        # yet JSON lists arrive as int64 and uint8 images are common.
+        int_to_int = array.dtype.kind in "biu" and target.kind in "iu"
+        if array.dtype.kind not in "biuf" or not (
+            int_to_int or np.can_cast(array.dtype, target, "same_kind")
+        ):
             raise InputError(
                 f"input '{self.name}' has {array.dtype.name} values, the model expects "
                 f"{self.dtype.value}"

@@ -34,11 +34,16 @@ def _session_options(threads: int = 0) -> ort.SessionOptions:
 
 
 def reference_session(source: OnnxSource) -> ort.InferenceSession:
-    """An unoptimised FP32 session on the source itself: the parity reference."""
+    """An unoptimised FP32 session on the source graph: the parity reference."""
     options = _session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # In memory, so the graph edgert prepared (named dims) is what runs; protobuf caps that at
+    # 2 GiB, beyond which the file itself is the reference.
+    model: str | bytes = (
+        source.model.SerializeToString() if source.model.ByteSize() < 2**31 else str(source.path)
+    )
     with mapped(ModelCheckError, f"ONNX Runtime {ort.__version__} cannot run {source.path}"):
-        return ort.InferenceSession(str(source.path), options, providers=_PROVIDERS)
+        return ort.InferenceSession(model, options, providers=_PROVIDERS)
 
 
 class OnnxRuntimeKind(BackendKind):

@@ -8,6 +8,7 @@ from edgert.onnx.model import (
     io_specs,
     load_source,
     source_sha256,
+    with_io_dims,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "load_source",
     "source_sha256",
     "to_fp16",
+    "with_io_dims",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "io_specs",
     "load_source",
     "source_sha256",
+    "with_io_dims",
 ]
 
 _ONNX_DTYPES: dict[int, DType] = {
@@ -90,7 +91,11 @@ def external_data_files(model: onnx.ModelProto, base: Path) -> list[Path]:
 
 
 def source_sha256(path: Path, model: onnx.ModelProto | None = None) -> str:
-    """sha256 over the ONNX file and its external data files, in order."""
+    """sha256 over the ONNX file and its external data files, in order.
+
+    ``model`` names the external files: pass it as loaded without its external data
+    (``load_external_data=False``); once the data is loaded the references are gone.
+    """
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -133,6 +138,8 @@ def load_source(path: Path) -> OnnxSource:
             f"{path}: opset {source.opset} is newer than this onnx {onnx.__version__} supports "
             f"(up to {max_opset})"
         )
+    # Hash now: loading the external data below drops the references to its files.
+    sha256 = source_sha256(path, model)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
@@ -141,7 +148,7 @@ def load_source(path: Path) -> OnnxSource:
         model = onnx.shape_inference.infer_shapes(model, check_type=True, data_prop=True)
     except Exception as exc:
         raise ModelCheckError(f"{path}: shape inference failed: {_first_line(exc)}") from exc
-    return OnnxSource(path, model, source_sha256(path, model))
+    return OnnxSource(path, model, sha256)
 
 
 @dataclass(frozen=True)
@@ -247,6 +254,27 @@ def io_specs(source: OnnxSource, config: ModelConfig, *, require_bounds: bool = 
         shape = _raw_dims(value)
         outputs.append(TensorSpec(value.name, _dtype(value, "output"), shape or ()))
     return ModelIO(tuple(inputs), tuple(outputs), dims)
+
+
+def with_io_dims(model: onnx.ModelProto, io: ModelIO) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph inputs carry ``io``'s dims: named dims as dim_param, sizes
+    as dim_value. Runtimes read dim_value 0 as a real zero-size axis and some reject -1, so the
+    graph must say what edgert means by them before anything builds from it."""
+    specs = {s.name: s for s in io.inputs}
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        spec = specs.get(value.name)
+        if spec is None:
+            continue
+        shape = value.type.tensor_type.shape
+        shape.ClearField("dim")
+        for dim in spec.shape:
+            if isinstance(dim, int):
+                shape.dim.add().dim_value = dim
+            else:
+                shape.dim.add().dim_param = dim
+    return fixed
 
 
 def _apply_override(name: str, shape: Shape | None, override: Shape) -> Shape:
