@@ -289,19 +289,7 @@ def list_models(repository: RepositoryOpt = DEFAULT_REPOSITORY) -> None:
 
 def _read_inputs(path: Path, io: ModelIO, constants: Mapping[str, Any]) -> dict[str, np.ndarray]:
     requested = [s for s in io.inputs if s.name not in constants]
-    raw: Any
-    try:
-        if path.suffix == ".npy":
-            raw = np.load(path, allow_pickle=False)
-        elif path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                raw = {k: npz[k] for k in npz.files}
-        elif path.suffix == ".json":
-            raw = json.loads(path.read_text())
-        else:
-            raise InputError(f"{path}: use a .npy, .npz or .json file")
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from exc
+    raw = _read_raw_inputs(path)
     if not isinstance(raw, dict):
         if len(requested) != 1:
             names = ", ".join(s.name for s in requested)
@@ -418,3 +406,97 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Daemon config (TOML); see device/edgert.toml."),
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="Broker URL: mqtt://[user:password@]host[:port] or mqtts://..."),
+    ] = None,
+    repository: Annotated[
+        Path | None, typer.Option("--repository", "-r", help="Model repository to serve.")
+    ] = None,
+    node: Annotated[
+        str | None, typer.Option(help="Node id (default: the host name, reduced to [a-zA-Z0-9_-]).")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+) -> None:
+    """Serve the repository's models over MQTT until SIGTERM or Ctrl-C.
+
+    Loads every compiled model (compiling the others in a child process), connects, publishes
+    `online`, the model catalogue and stats, and answers requests on `edgert/infer/<model>`.
+    On SIGTERM it stops taking requests, answers what it took, publishes `offline`, exits 0.
+    """
+    import logging
+    import signal
+
+    from edgert.config import DaemonConfig, parse_broker_url
+    from edgert.daemon import Service
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    with _errors():
+        settings = DaemonConfig.load(config)
+        changes: dict[str, Any] = {}
+        if broker is not None:
+            changes["broker"] = parse_broker_url(broker, settings.broker)
+        if repository is not None:
+            changes["repository"] = repository
+        elif config is None:
+            changes["repository"] = DEFAULT_REPOSITORY
+        if node is not None:
+            changes["node"] = node
+        from dataclasses import replace
+
+        settings = replace(settings, **changes)
+        service = Service(settings)
+        signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: service.request_stop())
+        service.start()
+        try:
+            service.wait()
+        finally:
+            service.stop()
+
+
+@app.command()
+def infer(
+    model: Annotated[str, typer.Argument(help="Model name, as the daemon serves it.")],
+    input: Annotated[
+        Path,
+        typer.Option("--input", "-i", help="Inputs: .npy (one input), .npz, or JSON {name: list}."),
+    ],
+    broker: Annotated[str, typer.Option(help="Broker URL.")] = "mqtt://127.0.0.1:1883",
+    node: Annotated[str | None, typer.Option(help="Send to this node only.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 10.0,
+) -> None:
+    """Send one request to a serving daemon over MQTT and print the reply as JSON."""
+    from edgert.client import Client
+
+    with _errors():
+        raw = _read_raw_inputs(input)
+        with Client(broker, node=node) as client:
+            reply = client.infer(model, raw, timeout=timeout)
+        print(json.dumps(reply.raw))
+
+
+def _read_raw_inputs(path: Path) -> Any:
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read: {exc}") from exc
+    raise InputError(f"{path}: use a .npy, .npz or .json file")

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, cast
+from urllib.parse import unquote, urlsplit
 
 from edgert.errors import ConfigError
 from edgert.spec import Dim, DimRange, Shape
@@ -45,12 +46,15 @@ else:  # pragma: no cover - Python 3.10
 __all__ = [
     "INPUT_KINDS",
     "PRECISIONS",
+    "BrokerConfig",
+    "DaemonConfig",
     "InputConfig",
     "InputKind",
     "ModelConfig",
     "Precision",
     "Tolerance",
     "load_toml",
+    "parse_broker_url",
 ]
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -152,12 +156,12 @@ def _parse_shape(raw: Any, where: str) -> Shape:
 
 def _parse_dim(name: str, raw: Any, where: str) -> DimRange:
     if isinstance(raw, int) and not isinstance(raw, bool):
-        lo = opt = hi = raw
+        lo = opt = hi = cast(Any, raw)  # Any like the other forms; all are checked below
     elif isinstance(raw, list) and len(raw) == 3:
         lo, opt, hi = raw
     elif isinstance(raw, dict) and set(raw) <= {"min", "opt", "max"} and {"min", "max"} <= set(raw):
         lo, hi = raw["min"], raw["max"]
-        opt = raw["opt"] if "opt" in raw else lo
+        opt = raw.get("opt", lo)
     else:
         raise ConfigError(
             f"{where}: dims.{name} must be a size, [min, opt, max] or {{ min, opt, max }}, "
@@ -258,3 +262,120 @@ def _table(data: Any, key: str, where: str, prefix: str = "") -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: {prefix}{key} must be a table")
     return value
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where and how the daemon (or a client) connects to the MQTT broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str = ""
+    protocol: int = 5  # 5, or 4 for MQTT 3.1.1
+    keepalive: int = 30
+    session_expiry: int = 300  # seconds the broker keeps the session (and its QoS 1 queue)
+    reconnect_min: float = 1.0
+    reconnect_max: float = 30.0
+    max_queued: int = 1000  # bounded offline publish queue
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"broker port {self.port} is not a TCP port")
+        if self.protocol not in (4, 5):
+            raise ConfigError(f"broker protocol {self.protocol}: use 5 or 4 (MQTT 3.1.1)")
+
+
+def parse_broker_url(url: str, base: BrokerConfig | None = None) -> BrokerConfig:
+    """``mqtt://[user:password@]host[:port]`` or ``mqtts://…`` applied over ``base``."""
+    base = base or BrokerConfig()
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"broker URL {url!r}: use mqtt://[user:password@]host[:port] or mqtts://")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ConfigError(f"broker URL {url!r}: {exc}") from exc
+    changes: dict[str, Any] = {"host": parts.hostname, "port": port, "tls": tls}
+    if parts.username is not None:
+        changes["username"] = unquote(parts.username)
+    if parts.password is not None:
+        changes["password"] = unquote(parts.password)
+    return replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """``edgert serve``'s config file (TOML: [broker], [node], [serve]); defaults for all."""
+
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    node: str = ""  # "" = the host name, reduced to [a-zA-Z0-9_-]
+    prefix: str = "edgert"
+    reply_prefix: str = ""  # "" = <prefix>/reply/
+    share_group: str = ""  # "" = no shared subscription
+    repository: Path = Path("engines")
+    models: tuple[str, ...] = ()  # () = every model in the repository
+    backend: str = "auto"
+    qos: int = 1
+    max_payload: int = 1 << 20  # bytes, checked before decoding
+    max_elements: int = 1 << 22  # tensor elements in one request, all inputs together
+    queue_size: int = 256
+    reply_cache: int = 4096
+    stats_interval: float = 60.0
+    events: bool = True
+
+    @classmethod
+    def load(cls, path: Path | None) -> DaemonConfig:
+        if path is None:
+            return cls()
+        return cls.from_dict(load_toml(path), where=str(path), base_dir=path.parent)
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, where: str = "config", base_dir: Path = Path(".")
+    ) -> DaemonConfig:
+        unknown = set(data) - {"broker", "node", "serve"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
+        broker_raw = dict(_table(data, "broker", where))
+        node_raw = dict(_table(data, "node", where))
+        serve_raw = dict(_table(data, "serve", where))
+        try:
+            broker = BrokerConfig()
+            url = broker_raw.pop("url", None)
+            if url is not None:
+                broker = parse_broker_url(str(url), broker)
+            password_file = broker_raw.pop("password_file", None)
+            if password_file is not None:
+                secret = (base_dir / str(password_file)).read_text().strip()
+                broker_raw["password"] = secret
+            if isinstance(broker_raw.get("protocol"), str):
+                broker_raw["protocol"] = {"5": 5, "3.1.1": 4, "311": 4}.get(
+                    broker_raw["protocol"], 0
+                )
+            broker = replace(broker, **broker_raw)
+            node = {
+                "id": "node",
+                "prefix": "prefix",
+                "reply_prefix": "reply_prefix",
+                "share_group": "share_group",
+            }
+            fields: dict[str, Any] = {node[k]: str(v) for k, v in node_raw.items() if k in node}
+            bad = set(node_raw) - set(node)
+            if bad:
+                raise ConfigError(f"unknown [node] key(s) {', '.join(sorted(bad))}")
+            if "repository" in serve_raw:
+                serve_raw["repository"] = base_dir / str(serve_raw["repository"])
+            if "models" in serve_raw:
+                serve_raw["models"] = tuple(str(m) for m in serve_raw["models"])
+            return cls(broker=broker, **fields, **serve_raw)
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{where}: password_file: {exc}") from exc

@@ -62,6 +62,10 @@ def _random_tensor(
     info = np.iinfo(spec.dtype.numpy)
     lo = max(int(np.ceil(low)), int(info.min))
     hi = min(int(np.floor(high)), int(info.max))
+    if lo > hi:
+        raise ConfigError(
+            f"inputs.{spec.name}.range [{low:g}, {high:g}] holds no {spec.dtype.value} value"
+        )
     return rng.integers(lo, hi + 1, size=shape, dtype=spec.dtype.numpy)
 
 
@@ -223,12 +227,12 @@ def _compare_one(name: str, got: np.ndarray, want: np.ndarray, tol: Tolerance) -
         return OutputParity(name, float(diff.max()), 0.0, index, not diff.any())
     a, b = got.astype(np.float64), want.astype(np.float64)
     # Equal infinities (masked logits, log(0)) and NaN in both count as agreeing.
-    both_nan = np.isnan(a) & np.isnan(b)
+    same = (np.isnan(a) & np.isnan(b)) | (a == b)
     with np.errstate(invalid="ignore"):
-        err = np.where(both_nan | (a == b), 0.0, np.abs(a - b))
-    err = np.where(np.isnan(err), np.inf, err)
-    rel = err / np.maximum(np.abs(b), 1e-12)
-    rel = np.where(both_nan, 0.0, rel)
+        err = np.where(same, 0.0, np.abs(a - b))
+        err = np.where(np.isnan(err), np.inf, err)
+        rel = np.where(same, 0.0, err / np.maximum(np.abs(b), 1e-12))
+        rel = np.where(np.isnan(rel), np.inf, rel)
     bad = err > tol.atol + tol.rtol * np.abs(np.nan_to_num(b))
     index_flat = int(np.argmax(np.where(bad, err, -1.0))) if bad.any() else int(np.argmax(err))
     index = tuple(int(i) for i in np.unravel_index(index_flat, err.shape))

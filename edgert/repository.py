@@ -336,8 +336,12 @@ class Repository:
         if path.is_dir() and ((path / "model.toml").is_file() or (path / "model.onnx").is_file()):
             return ModelDir(path)
         candidates = self.models() if self.root.is_dir() else []
+        # Directory names first: they need no model.toml, so one broken model can't hide the rest.
         for model in candidates:
-            if name_or_path in (model.path.name, model.name):
+            if model.path.name == name_or_path:
+                return model
+        for model in candidates:
+            if model.name == name_or_path:
                 return model
         known = ", ".join(m.path.name for m in candidates) or "none"
         raise ConfigError(f"no model '{name_or_path}' in {self.root} (models: {known})")

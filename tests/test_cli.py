@@ -117,7 +117,8 @@ def test_bad_inputs_give_one_line_and_exit_1(corpus: Callable[[str], Path], tmp_
     line = one_line_error(edgert("compile", source.parent))
     assert "axis 0 ('batch') is dynamic and has no bounds" in line
 
-    assert "no model 'nope'" in one_line_error(edgert("run", "nope", "-i", "x.json", "-r", tmp_path))
+    missing = edgert("run", "nope", "-i", "x.json", "-r", tmp_path)
+    assert "no model 'nope'" in one_line_error(missing)
     assert "no such ONNX file" in one_line_error(edgert("inspect", tmp_path / "missing.onnx"))
 
 

@@ -1,4 +1,4 @@
-"""compile → artifact → open_model → infer, against ONNX Runtime on the source, with real runtimes."""
+"""compile → artifact → open_model → infer, against ONNX Runtime on the source (real runtimes)."""
 
 from __future__ import annotations
 

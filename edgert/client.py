@@ -1,0 +1,185 @@
+"""``edgert.Client``: call a model served by an edgert daemon, over MQTT 5 request/response.
+
+The client follows the protocol's end-to-end delivery rule: a request still unanswered after its
+re-send interval (or a reconnect) is published again with the same id; the daemon runs it once
+and answers repeats from its reply cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgert.config import BrokerConfig, parse_broker_url
+from edgert.errors import EdgertError
+from edgert.mqtt import Message, MqttConnection
+
+__all__ = ["Client", "RemoteError", "Reply"]
+
+
+class RemoteError(EdgertError):
+    """The daemon answered with an error reply; ``code`` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.remote_message = message
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A successful reply: outputs by name (numpy arrays), post-processed result, timings."""
+
+    id: str
+    model: str
+    version: str
+    outputs: Mapping[str, np.ndarray]
+    result: Any = None
+    latency_ms: Mapping[str, float] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+def encode_tensor(array: np.ndarray) -> dict[str, Any]:
+    """The protocol's exact binary form of a tensor inside JSON: dtype, shape, base64 bytes."""
+    contiguous = np.ascontiguousarray(array)
+    return {
+        "dtype": contiguous.dtype.name,
+        "shape": list(contiguous.shape),
+        "b64": base64.b64encode(contiguous.tobytes()).decode(),
+    }
+
+
+class Client:
+    """A connection to the broker for calling models. Use as a context manager."""
+
+    def __init__(
+        self,
+        broker: str | BrokerConfig = "mqtt://127.0.0.1:1883",
+        *,
+        prefix: str = "edgert",
+        node: str | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        config = parse_broker_url(broker) if isinstance(broker, str) else broker
+        self._key = uuid.uuid4().hex[:16]
+        if not config.client_id:
+            from dataclasses import replace
+
+            config = replace(config, client_id=f"edgert-client-{self._key}", session_expiry=0)
+        self.prefix = prefix
+        self.node = node
+        self._pending: dict[bytes, tuple[threading.Event, list[bytes]]] = {}
+        self._lock = threading.Lock()
+        self._connection = MqttConnection(config, on_message=self._on_reply)
+        self._connection.subscribe(f"{prefix}/reply/{self._key}/#", qos=1)
+        self._connection.start()
+        if not self._connection.connected.wait(connect_timeout):
+            self._connection.stop()
+            raise EdgertError(f"cannot reach the broker at {config.host}:{config.port}")
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._connection.stop()
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any] | np.ndarray,
+        *,
+        timeout: float = 10.0,
+        resend_after: float | None = None,
+        deadline_ms: float | None = None,
+        request_id: str | None = None,
+        compact: bool = False,
+    ) -> Reply:
+        """Run ``model`` on ``inputs`` (name → array, or one array for a one-input model).
+
+        Re-sends with the same id every ``resend_after`` seconds (default: a third of
+        ``timeout``) until answered; raises RemoteError for an error reply, EdgertError on timeout.
+        """
+        request_id = request_id or uuid.uuid4().hex
+        if isinstance(inputs, np.ndarray):
+            # A one-input model takes "inputs": <list>; float32 survives the JSON round trip.
+            encoded: Any = inputs.tolist()
+        else:
+            encoded = {
+                name: encode_tensor(value) if isinstance(value, np.ndarray) else value
+                for name, value in inputs.items()
+            }
+        body: dict[str, Any] = {"id": request_id, "inputs": encoded}
+        if deadline_ms is not None:
+            body["deadline_ms"] = deadline_ms
+        if compact:
+            body["compact"] = True
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        base = f"{self.prefix}/node/{self.node}" if self.node else self.prefix
+        topic = f"{base}/infer/{model}"
+        reply_topic = f"{self.prefix}/reply/{self._key}/{model}"
+        correlation = request_id.encode()
+        event: threading.Event = threading.Event()
+        box: list[bytes] = []
+        with self._lock:
+            self._pending[correlation] = (event, box)
+        interval = resend_after or max(timeout / 3, 0.1)
+        end = time.monotonic() + timeout
+        try:
+            while True:
+                self._connection.publish(
+                    topic,
+                    payload,
+                    qos=1,
+                    response_topic=reply_topic,
+                    correlation=correlation,
+                    content_type="application/json",
+                )
+                wait = min(interval, end - time.monotonic())
+                if wait > 0 and event.wait(wait):
+                    break
+                if time.monotonic() >= end:
+                    raise EdgertError(f"no reply from {model} within {timeout:g} s")
+        finally:
+            with self._lock:
+                self._pending.pop(correlation, None)
+        return _parse_reply(box[0])
+
+    def _on_reply(self, message: Message) -> bool:
+        correlation = message.correlation
+        with self._lock:
+            waiting = self._pending.get(correlation) if correlation is not None else None
+        if waiting is not None and not waiting[0].is_set():
+            waiting[1].append(message.payload)
+            waiting[0].set()
+        return True
+
+
+def _parse_reply(payload: bytes) -> Reply:
+    try:
+        data = json.loads(payload)
+    except ValueError as exc:
+        raise EdgertError(f"unreadable reply: {exc}") from exc
+    if not data.get("ok"):
+        error = data.get("error") or {}
+        raise RemoteError(str(error.get("code", "internal")), str(error.get("message", "")))
+    outputs = {name: np.asarray(value) for name, value in (data.get("outputs") or {}).items()}
+    return Reply(
+        id=str(data.get("id")),
+        model=str(data.get("model")),
+        version=str(data.get("version")),
+        outputs=outputs,
+        result=data.get("result"),
+        latency_ms=data.get("latency_ms") or {},
+        raw=data,
+    )

@@ -1,0 +1,65 @@
+"""Decode one incoming request for a served model: format detection, then JSON or ``.npy``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from edgert.mqtt import Message
+from edgert.onnx import ModelIO
+from edgert.protocol import (
+    ErrorCode,
+    ProtocolError,
+    Request,
+    detect_format,
+    parse_json_request,
+    parse_npy,
+    tensor_request,
+)
+from edgert.spec import TensorSpec
+
+__all__ = ["decode_request", "request_specs"]
+
+
+def request_specs(io: ModelIO, constants: Mapping[str, np.ndarray]) -> Sequence[TensorSpec]:
+    """The inputs a device sends: all but those model.toml fills in (constants)."""
+    return tuple(s for s in io.inputs if s.name not in constants)
+
+
+def decode_request(
+    message: Message,
+    io: ModelIO,
+    model: str,
+    specs: Sequence[TensorSpec],
+    key: str | None,
+    max_elements: int,
+) -> Request:
+    """The request in ``message``; ProtocolError (with its code) for anything wrong."""
+    fmt = detect_format(message.payload, message.content_type)
+    if fmt == "json":
+        return parse_json_request(
+            message.payload,
+            io,
+            model=model,
+            response_topic=message.response_topic,
+            correlation=message.correlation,
+            request_specs=specs,
+            max_elements=max_elements,
+        )
+    if fmt == "npy":
+        return tensor_request(
+            parse_npy(message.payload, max_elements),
+            io,
+            model=model,
+            id=message.user.get("id") or key,
+            stream=message.user.get("stream"),
+            reply_to=message.response_topic,
+            correlation=message.correlation,
+            request_specs=specs,
+        )
+    raise ProtocolError(
+        ErrorCode.BAD_REQUEST,
+        f"{model} takes JSON or .npy; {fmt} payloads need a pre-processing pipeline in its "
+        "model.toml",
+    )

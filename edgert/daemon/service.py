@@ -1,0 +1,348 @@
+"""The serving daemon: load models, connect, take requests, answer them, drain on SIGTERM.
+
+The network thread (paho's) only decodes and hands off: each model has its own worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgert.config import DaemonConfig
+from edgert.daemon.intake import decode_request, request_specs
+from edgert.daemon.ledger import RequestLedger, Waiter
+from edgert.daemon.stats import ModelStats
+from edgert.daemon.worker import Job, ModelWorker
+from edgert.errors import ArtifactError, EdgertError
+from edgert.mqtt import Message, MqttConnection
+from edgert.protocol import (
+    ErrorCode,
+    ProtocolError,
+    Topics,
+    catalogue,
+    default_node_id,
+    error_reply,
+    sanitize_node_id,
+)
+from edgert.repository import ModelDir, Repository
+from edgert.runtime import LoadedModel, open_model
+from edgert.spec import TensorSpec
+
+__all__ = ["Service"]
+
+log = logging.getLogger("edgert.daemon")
+
+
+@dataclass
+class _Served:
+    model: ModelDir
+    worker: ModelWorker
+    specs: Sequence[TensorSpec]
+
+
+class Service:
+    """start → serve → drain → stop, with cleanup in ``stop``."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.node = sanitize_node_id(config.node) if config.node else default_node_id()
+        self.topics = Topics(
+            prefix=config.prefix,
+            node=self.node,
+            reply_prefix=config.reply_prefix or None,
+            share_group=config.share_group or None,
+        )
+        self.ledger = RequestLedger(config.reply_cache)
+        self._served: dict[str, _Served] = {}
+        self._failed: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._stats_thread: threading.Thread | None = None
+        broker = config.broker
+        if not broker.client_id:
+            from dataclasses import replace
+
+            broker = replace(broker, client_id=f"edgert-{self.node}")
+        self.connection = MqttConnection(
+            broker, will=(self.topics.status, b"offline"), on_message=self._on_message
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load what is compiled, connect, announce; start builds for the rest in children."""
+        repository = Repository(self.config.repository)
+        models = repository.models()
+        if self.config.models:
+            models = [repository.model(name) for name in self.config.models]
+        pending: list[ModelDir] = []
+        for model in models:
+            try:
+                self._serve_model(model, open_model(model, self.config.backend))
+            except ArtifactError as exc:
+                log.info("%s: %s; compiling it in a child process", model.path.name, exc.message)
+                pending.append(model)
+            except EdgertError as exc:
+                self._failed[model.path.name] = exc.message
+                log.error("%s: not served: %s", model.path.name, exc.message)
+        self.connection.start()
+        # Pinned requests for any model (so an unknown one is answered no_model); pooled ones
+        # per served model, so daemons sharing a broker never answer for each other's models.
+        self.connection.subscribe(self.topics.node_infer(), self.config.qos)
+        self.connection.publish_retained(self.topics.status, b"online")
+        self._publish_catalogue()
+        for model in pending:
+            threading.Thread(
+                target=self._build_then_serve, args=(model,), name="build", daemon=True
+            ).start()
+        self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
+        self._stats_thread.start()
+        _notify_systemd("READY=1")
+        log.info(
+            "serving %s as node %s on %s:%d",
+            ", ".join(self._served) or "no models yet",
+            self.node,
+            self.config.broker.host,
+            self.config.broker.port,
+        )
+
+    def wait(self) -> None:
+        """Block until :meth:`request_stop` (SIGTERM/SIGINT)."""
+        while not self._stopping.wait(0.5):
+            pass
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def stop(self, drain_timeout: float = 30.0) -> None:
+        """Stop taking requests, answer what was taken, publish offline, disconnect."""
+        self._stopping.set()
+        _notify_systemd("STOPPING=1")
+        with self._lock:
+            served = list(self._served.values())
+        for entry in served:
+            if not entry.worker.drain(drain_timeout):
+                log.warning("%s: drain timed out", entry.worker.name)
+        self.connection.publish_retained(self.topics.status, b"offline")
+        time.sleep(0.2)  # let the network thread flush the replies and offline
+        self.connection.stop()
+        for entry in served:
+            entry.worker.stop()
+        log.info("stopped")
+
+    # -- models -----------------------------------------------------------------------------
+
+    def _serve_model(self, model: ModelDir, loaded: LoadedModel) -> None:
+        worker = ModelWorker(
+            loaded, self.ledger, self._publish_reply, ModelStats(), self.config.queue_size
+        )
+        worker.start()
+        with self._lock:
+            self._served[loaded.config.name] = _Served(
+                model, worker, request_specs(loaded.runner.io, loaded.constants)
+            )
+            self._failed.pop(model.path.name, None)
+        self.connection.subscribe(self.topics.pooled_infer(loaded.config.name), self.config.qos)
+        key = loaded.artifact.manifest.key
+        log.info(
+            "%s %s: loaded (%s, %s)",
+            loaded.config.name,
+            loaded.config.version,
+            key.backend,
+            key.precision,
+        )
+
+    def _build_then_serve(self, model: ModelDir) -> None:
+        # A crash or out-of-memory abort in the build must not take the daemon down.
+        command = [
+            sys.executable,
+            "-m",
+            "edgert",
+            "compile",
+            str(model.path),
+            "--backend",
+            self.config.backend,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["build failed"])[-1]
+            self._failed[model.path.name] = reason
+            log.error("%s: build failed: %s", model.path.name, reason)
+            return
+        try:
+            self._serve_model(model, open_model(ModelDir(model.path), self.config.backend))
+        except EdgertError as exc:
+            self._failed[model.path.name] = exc.message
+            log.error("%s: built but not loaded: %s", model.path.name, exc.message)
+            return
+        self._publish_catalogue()
+
+    def _publish_catalogue(self) -> None:
+        with self._lock:
+            entries = []
+            for name, entry in self._served.items():
+                loaded = entry.worker.loaded
+                manifest = loaded.artifact.manifest
+                entries.append(
+                    {
+                        "name": name,
+                        "version": loaded.config.version,
+                        "backend": manifest.key.backend,
+                        "precision": manifest.key.precision,
+                        "inputs": [
+                            s.to_dict()
+                            for s in loaded.runner.io.inputs
+                            if s.name not in loaded.constants
+                        ],
+                        "outputs": [s.to_dict() for s in loaded.runner.io.outputs],
+                        "parity": manifest.parity,
+                    }
+                )
+        self.connection.publish_retained(self.topics.models, catalogue(self.node, entries))
+
+    def _stats_loop(self) -> None:
+        while not self._stopping.wait(self.config.stats_interval):
+            with self._lock:
+                models = {
+                    name: entry.worker.stats.snapshot(entry.worker.depth)
+                    for name, entry in self._served.items()
+                }
+            payload = {
+                "v": 1,
+                "node": self.node,
+                "time": time.time(),
+                "models": models,
+                "joined": self.ledger.joined,
+                "replayed": self.ledger.replayed,
+                "in_flight": self.ledger.in_flight(),
+            }
+            self.connection.publish(self.topics.stats, json.dumps(payload).encode(), qos=0)
+
+    # -- requests (network thread) ----------------------------------------------------------
+
+    def _publish_reply(self, waiter: Waiter, reply: bytes) -> None:
+        self.connection.publish(
+            waiter.topic,
+            reply,
+            qos=waiter.qos,
+            correlation=waiter.correlation,
+            content_type="application/json",
+        )
+
+    def _on_message(self, message: Message) -> bool:
+        """Take a request, or answer it with an error. False leaves it unacknowledged."""
+        if self._stopping.is_set():
+            return False  # not taken: the broker redelivers it to our next session
+        route = self.topics.parse_request_topic(message.topic)
+        if route is None:
+            return True
+        model_name, key, _pinned = route
+        received = time.monotonic()
+        fallback = message.response_topic or (
+            self.topics.default_reply_topic(key, model_name) if key else None
+        )
+        waiter_qos = min(message.qos, self.config.qos)
+        with self._lock:
+            served = self._served.get(model_name)
+        try:
+            if len(message.payload) > self.config.max_payload:
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"payload is {len(message.payload)} bytes; the limit is "
+                    f"{self.config.max_payload}",
+                )
+            if served is None:
+                why = self._failed.get(model_name)
+                known = ", ".join(sorted(self._served)) or "none"
+                raise ProtocolError(
+                    ErrorCode.NO_MODEL,
+                    f"model '{model_name}' is not served here"
+                    + (f" ({why})" if why else f"; served: {known}"),
+                )
+            request = decode_request(
+                message,
+                served.worker.loaded.runner.io,
+                model_name,
+                served.specs,
+                key,
+                self.config.max_elements,
+            )
+        except ProtocolError as exc:
+            request_id = exc.request_id or message.user.get("id") or key
+            self._reply_error([exc.reply_to, fallback], message, request_id, exc, waiter_qos)
+            return True
+        destination = request.reply_to or fallback
+        if destination is None:
+            log.warning("request on %s names no reply topic and has no key; dropped", message.topic)
+            return True
+        if not self.topics.reply_allowed(destination):
+            error = ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"reply topic {destination!r} is outside {self.topics.reply_prefix}",
+            )
+            self._reply_error([fallback], message, request.id, error, waiter_qos)
+            return True
+        served.worker.stats.record_request()
+        waiter = Waiter(destination, message.correlation, waiter_qos)
+        ledger_key = (destination, request.id) if request.id is not None else None
+        begin = self.ledger.begin(ledger_key, waiter)
+        if begin.cached is not None:
+            self._publish_reply(waiter, begin.cached)
+            return True
+        if not begin.run:
+            return True
+        deadline = received + request.deadline_ms / 1000 if request.deadline_ms else None
+        job = Job(
+            request.id, ledger_key, waiter, request.inputs, received, deadline, request.compact
+        )
+        if not served.worker.submit(job):
+            reply = error_reply(
+                request.id, ErrorCode.BUSY, f"{model_name}'s queue is full; retry later"
+            )
+            served.worker.stats.record_error(ErrorCode.BUSY.value)
+            for w in self.ledger.finish(ledger_key, waiter, reply, cache=False):
+                self._publish_reply(w, reply)
+        return True
+
+    def _reply_error(
+        self,
+        candidates: list[str | None],
+        message: Message,
+        request_id: str | None,
+        error: ProtocolError,
+        qos: int,
+    ) -> None:
+        """Answer an error at the first allowed topic among ``candidates``, if any."""
+        topic = next((t for t in candidates if t and self.topics.reply_allowed(t)), None)
+        if topic is None:
+            log.warning(
+                "%s on %s (no reply topic to tell): %s",
+                error.code.value,
+                message.topic,
+                error.message,
+            )
+            return
+        reply = error_reply(request_id, error.code, error.message)
+        self._publish_reply(Waiter(topic, message.correlation, qos), reply)
+
+
+def _notify_systemd(state: str) -> None:
+    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd set it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)

@@ -1,0 +1,60 @@
+"""Serving statistics per model (counts, error codes, latency percentiles) for the stats topic."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from typing import Any
+
+__all__ = ["ModelStats"]
+
+
+class ModelStats:
+    """Thread-safe counters for one model; latencies over a bounded recent window."""
+
+    def __init__(self, window: int = 2048) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.ok = 0
+        self.inferences = 0
+        self.errors: Counter[str] = Counter()
+        self._total: deque[float] = deque(maxlen=window)
+        self._infer: deque[float] = deque(maxlen=window)
+
+    def record_request(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def record_ok(self, total_s: float, infer_s: float) -> None:
+        with self._lock:
+            self.ok += 1
+            self.inferences += 1
+            self._total.append(total_s * 1000)
+            self._infer.append(infer_s * 1000)
+
+    def record_error(self, code: str) -> None:
+        with self._lock:
+            self.errors[code] += 1
+
+    def snapshot(self, queue_depth: int) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "ok": self.ok,
+                "inferences": self.inferences,
+                "errors": dict(self.errors),
+                "queue": queue_depth,
+                "latency_ms": {
+                    "p50": _percentile(self._total, 50),
+                    "p99": _percentile(self._total, 99),
+                    "infer_p50": _percentile(self._infer, 50),
+                },
+            }
+
+
+def _percentile(values: deque[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))
+    return round(ordered[index], 3)

@@ -1,0 +1,118 @@
+"""Fixtures for end-to-end daemon tests: a broker, a compiled repository, a daemon subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgert import ModelDir, compile_model
+from tests.broker import Mosquitto
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def compiled_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("engines")
+    for name in ("occupancy", "silero_vad"):
+        shutil.copytree(
+            REPO / "engines" / name, root / name, ignore=shutil.ignore_patterns("build")
+        )
+        compile_model(ModelDir(root / name))
+    return root
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path).start()
+    yield server
+    server.kill()
+
+
+class Daemon:
+    """`edgert serve` as a subprocess; its log in ``log``."""
+
+    def __init__(self, broker: Mosquitto, repository: Path, directory: Path, **serve: object):
+        self.broker = broker
+        self.node = "testnode"
+        settings = {"stats_interval": 0.3, "queue_size": 64, **serve}
+        lines = ["[serve]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        lines += ["[broker]", "reconnect_min = 1", "reconnect_max = 2"]
+        self.config = directory / "edgert.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = directory / "daemon.log"
+        self.repository = repository
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edgert",
+                    "serve",
+                    "--config",
+                    str(self.config),
+                    "--broker",
+                    self.broker.url,
+                    "--repository",
+                    str(self.repository),
+                    "--node",
+                    self.node,
+                ],
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        wait_retained(self.broker.port, f"edgert/node/{self.node}/status", b"online")
+        return self
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def wait_retained(port: int, topic: str, payload: bytes, timeout: float = 30) -> None:
+    """Block until ``topic`` carries ``payload`` (retained or live)."""
+    seen = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+
+    def on_message(c: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
+        if msg.payload == payload:
+            seen.set()
+
+    client.on_message = on_message
+    client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, 1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        if not seen.wait(timeout):
+            raise TimeoutError(f"{topic} never said {payload!r}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.fixture
+def daemon(broker: Mosquitto, compiled_repository: Path, tmp_path: Path) -> Iterator[Daemon]:
+    server = Daemon(broker, compiled_repository, tmp_path).start()
+    yield server
+    server.stop()
