@@ -223,7 +223,10 @@ class MqttConnection:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self.connected.clear()
-        log.warning("disconnected from the broker: %s", reason)
+        if getattr(reason, "is_failure", True):
+            log.warning("disconnected from the broker: %s", reason)
+        else:
+            log.info("disconnected from the broker: %s", reason)
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         message = _convert(msg)

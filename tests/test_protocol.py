@@ -1,0 +1,1081 @@
+"""Topics, request envelopes, payload codecs and replies: pure values, no broker, no model."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import contextlib
+import io
+import json
+import math
+import pickle
+import struct
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgert import codec, protocol
+from edgert.codec import PayloadError, tensor_to_json, to_jsonable
+from edgert.errors import ConfigError, InputError
+from edgert.onnx.model import ModelIO
+from edgert.protocol import (
+    PROTOCOL_VERSION,
+    ErrorCode,
+    ProtocolError,
+    Request,
+    RequestTopic,
+    Topics,
+    catalogue,
+    default_node_id,
+    detect_format,
+    error_code,
+    error_reply,
+    ok_reply,
+    parse_json_request,
+    parse_npy,
+    sanitize_node_id,
+    tensor_request,
+)
+from edgert.spec import DimRange, DType, TensorSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One float input with a bounded batch axis; the common case.
+ONE = ModelIO(
+    inputs=(TensorSpec("x", DType.FLOAT32, ("batch", 4)),),
+    outputs=(TensorSpec("y", DType.FLOAT32, ("batch", 2)),),
+    dims={"batch": DimRange(1, 1, 8)},
+)
+# Several inputs of several dtypes, one of them supplied by the daemon (silero-like).
+MULTI = ModelIO(
+    inputs=(
+        TensorSpec("audio", DType.FLOAT32, (1, 3)),
+        TensorSpec("ids", DType.INT64, (2,)),
+        TensorSpec("mask", DType.BOOL, (2,)),
+        TensorSpec("half", DType.FLOAT16, (1,)),
+        TensorSpec("sr", DType.INT64, ()),
+    ),
+    outputs=(TensorSpec("out", DType.FLOAT32, (1,)),),
+    dims={},
+)
+SENT = MULTI.inputs[:4]  # what a device sends: not "sr"
+
+
+def parse(doc: Any, io_: ModelIO = ONE, **kwargs: Any) -> Request:
+    payload = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return parse_json_request(payload, io_, model="m", **kwargs)
+
+
+def refused(doc: Any, io_: ModelIO = ONE, **kwargs: Any) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        parse(doc, io_, **kwargs)
+    return info.value
+
+
+def b64(array: np.ndarray) -> dict[str, Any]:
+    little = array.astype(array.dtype.newbyteorder("<"))
+    return {
+        "dtype": array.dtype.name,
+        "shape": list(array.shape),
+        "b64": base64.b64encode(little.tobytes()).decode(),
+    }
+
+
+def npy(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, array, version=version, allow_pickle=True)
+    return buf.getvalue()
+
+
+def npy_raw(header: str, data: bytes = b"", version: tuple[int, int] = (1, 0)) -> bytes:
+    """A .npy with a hand-written header (what a hostile or broken device might send)."""
+    fmt = "<H" if version == (1, 0) else "<I"
+    start = 6 + 2 + struct.calcsize(fmt)
+    text = header.encode("latin1")
+    text += b" " * (-(start + len(text) + 1) % 64) + b"\n"
+    return b"\x93NUMPY" + bytes(version) + struct.pack(fmt, len(text)) + text + data
+
+
+# ------------------------------------------------------------------------------- layering, names
+
+
+def test_error_codes_are_exactly_the_designed_ones() -> None:
+    assert [c.value for c in ErrorCode] == [
+        "bad_request",
+        "bad_input",
+        "too_large",
+        "no_model",
+        "busy",
+        "rate_limited",
+        "expired",
+        "internal",
+    ]
+    assert PROTOCOL_VERSION == 1
+
+
+@pytest.mark.parametrize("module", [protocol, codec])
+def test_exported_names_exist(module: Any) -> None:
+    assert all(hasattr(module, name) for name in module.__all__)
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("edgert/protocol.py", {"edgert.errors", "edgert.spec", "edgert.config", "edgert.codec"}),
+        ("edgert/codec.py", {"edgert.errors", "edgert.spec", "edgert.config"}),
+    ],
+)
+def test_layers_import_only_downward(path: str, allowed: set[str]) -> None:
+    tree = ast.parse((ROOT / path).read_text())
+    imported = set()
+    for node in tree.body:  # top level only: the TYPE_CHECKING block is annotations
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    edgert = {m for m in imported if m.startswith("edgert")}
+    assert edgert <= allowed
+    assert not {m for m in imported if m.split(".")[0] in ("paho", "onnx", "socketserver")}
+
+
+def test_importing_protocol_does_not_import_paho() -> None:
+    code = "import sys, edgert.protocol; assert 'paho' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------------------------ node ids
+
+
+@pytest.mark.parametrize(
+    ("text", "node"),
+    [
+        ("kitchen", "kitchen"),
+        ("Jetson-Orin_1", "Jetson-Orin_1"),
+        ("jetson.local", "jetson_local"),
+        ("a  b..c", "a_b_c"),
+        ("__x__", "x"),
+        ("-x-", "x"),
+        ("a_-_b", "a_-_b"),
+        ("wohnzimmer-küche", "wohnzimmer-k_che"),
+        ("", "edgert"),
+        ("...", "edgert"),
+        ("日本", "edgert"),
+    ],
+)
+def test_sanitize_node_id(text: str, node: str) -> None:
+    assert sanitize_node_id(text) == node
+
+
+@given(st.text())
+@settings(max_examples=300, derandomize=True, database=None)
+def test_sanitized_node_ids_are_valid_and_stable(text: str) -> None:
+    node = sanitize_node_id(text)
+    assert node and all(c.isascii() and (c.isalnum() or c in "_-") for c in node)
+    assert sanitize_node_id(node) == node
+    Topics(node=node)  # always accepted
+
+
+def test_default_node_id_is_the_sanitized_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol.socket, "gethostname", lambda: "orin.home.arpa")
+    assert default_node_id() == "orin_home_arpa"
+
+
+# -------------------------------------------------------------------------------------- topics
+
+
+def test_node_topics() -> None:
+    t = Topics(node="kitchen")
+    assert t.status == "edgert/node/kitchen/status"
+    assert t.models == "edgert/node/kitchen/models"
+    assert t.stats == "edgert/node/kitchen/stats"
+    assert t.events("person") == "edgert/node/kitchen/events/person"
+    assert t.discovery == "homeassistant/device/kitchen/config"
+    assert t.ha_status == "homeassistant/status"
+    assert t.reply_root == "edgert/reply/"
+
+
+def test_subscription_filters() -> None:
+    t = Topics(node="n1")
+    assert t.node_infer("vad") == "edgert/node/n1/infer/vad/#"
+    assert t.node_infer() == "edgert/node/n1/infer/#"
+    assert t.pooled_infer("vad") == "edgert/infer/vad/#"
+    shared = Topics(node="n1", share_group="home")
+    assert shared.pooled_infer("vad") == "$share/home/edgert/infer/vad/#"
+    assert shared.node_infer("vad") == "edgert/node/n1/infer/vad/#"  # streams are never shared
+
+
+def test_custom_prefixes() -> None:
+    t = Topics(node="n", prefix="home/ml", reply_prefix="home/answers", discovery_prefix="ha")
+    assert t.reply_root == "home/answers/"
+    assert t.status == "home/ml/node/n/status"
+    assert t.discovery == "ha/device/n/config"
+    assert t.default_reply_topic("k", "m") == "home/answers/k/m"
+    assert t.parse_request_topic("home/ml/infer/m/k") == RequestTopic("m", "k", False)
+    assert t.parse_request_topic("edgert/infer/m") is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"node": "kitchen.1"},
+        {"node": ""},
+        {"node": "n", "prefix": ""},
+        {"node": "n", "prefix": "a//b"},
+        {"node": "n", "prefix": "a/+"},
+        {"node": "n", "prefix": "#"},
+        {"node": "n", "prefix": "$SYS"},
+        {"node": "n", "prefix": "a/"},
+        {"node": "n", "share_group": "a/b"},
+        {"node": "n", "share_group": ""},
+        {"node": "n", "share_group": "+"},
+        {"node": "n", "reply_prefix": "edgert/infer/"},  # replies would be requests
+        {"node": "n", "reply_prefix": "edgert/"},
+        {"node": "n", "reply_prefix": "edgert/node/x/"},
+        {"node": "n", "reply_prefix": "homeassistant/"},
+        {"node": "n", "reply_prefix": "r/#/"},
+        {"node": "n", "discovery_prefix": "a/+/b"},
+    ],
+)
+def test_invalid_topics_config_is_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        Topics(**kwargs)
+
+
+@pytest.mark.parametrize("model", ["vad", "person-v2", "occupancy_3", "ünï"])
+@pytest.mark.parametrize("key", [None, "esp32-1", "7"])
+@pytest.mark.parametrize("pinned", [False, True])
+def test_request_topic_round_trip(model: str, key: str | None, pinned: bool) -> None:
+    t = Topics(node="n1")
+    topic = t.request_topic(model, key, pinned=pinned)
+    assert t.parse_request_topic(topic) == (model, key, pinned)
+
+
+@given(
+    st.text(st.characters(blacklist_characters="/+#\0"), min_size=1, max_size=20),
+    st.none() | st.text(st.characters(blacklist_characters="/+#\0"), min_size=1, max_size=20),
+    st.booleans(),
+)
+@settings(max_examples=300, derandomize=True, database=None)
+def test_request_topic_round_trip_property(model: str, key: str | None, pinned: bool) -> None:
+    t = Topics(node="n1")
+    if model in (".", "..") or key in (".", ".."):
+        with pytest.raises(ConfigError):
+            t.request_topic(model, key, pinned=pinned)
+        return
+    assert t.parse_request_topic(t.request_topic(model, key, pinned=pinned)) == (
+        model,
+        key,
+        pinned,
+    )
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "edgert",
+        "edgert/infer",
+        "edgert/infer/",
+        "edgert/infer//k",
+        "edgert/infer/m/",
+        "edgert/infer/m/k/extra",
+        "edgert/infer/+/k",
+        "edgert/infer/m/#",
+        "edgert/infer/m+/k",
+        "edgert/infer/../k",
+        "edgert/infer/m/..",
+        "edgert/node/other/infer/m",  # pinned to another daemon
+        "edgert/node/n1/infer",
+        "edgert/node/n1/status",
+        "edgert/reply/k/m",
+        "other/infer/m",
+        "edgert2/infer/m",
+        "$share/g/edgert/infer/m",
+        "/edgert/infer/m",
+    ],
+)
+def test_parse_request_topic_rejects(topic: str) -> None:
+    assert Topics(node="n1").parse_request_topic(topic) is None
+
+
+@pytest.mark.parametrize(
+    ("topic", "allowed"),
+    [
+        ("edgert/reply/k/m", True),
+        ("edgert/reply/esp32", True),
+        ("edgert/reply/a/b/c/d", True),
+        ("edgert/reply/ü", True),
+        ("edgert/reply/", False),
+        ("edgert/reply", False),
+        ("edgert/replyx/k", False),
+        ("edgert/infer/m", False),
+        ("edgert/node/n1/status", False),
+        ("homeassistant/status", False),
+        ("other/reply/k", False),
+        ("$SYS/x", False),
+        ("edgert/reply/+", False),
+        ("edgert/reply/#", False),
+        ("edgert/reply/a+b", False),
+        ("edgert/reply/k#", False),
+        ("edgert/reply//k", False),
+        ("edgert/reply/k/", False),
+        ("edgert/reply/k//m", False),
+        ("edgert/reply/..", False),
+        ("edgert/reply/../infer/m", False),
+        ("edgert/reply/./k", False),
+        ("edgert/reply/k\0", False),
+        ("edgert/reply/\ud800", False),  # lone surrogate: not UTF-8 encodable
+        ("edgert/reply/" + "a" * (65535 - 13), True),
+        ("edgert/reply/" + "a" * (65536 - 13), False),
+        ("edgert/reply/" + "é" * 32762, False),  # 65537 bytes, fewer characters
+    ],
+)
+def test_reply_allowed(topic: str, allowed: bool) -> None:
+    assert Topics(node="n1").reply_allowed(topic) is allowed
+
+
+def test_default_reply_topic() -> None:
+    t = Topics(node="n1")
+    assert t.default_reply_topic("esp32-1", "vad") == "edgert/reply/esp32-1/vad"
+    assert t.reply_allowed(t.default_reply_topic("esp32-1", "vad"))
+    for bad in ("", "a/b", "+", "#", ".."):
+        with pytest.raises(ConfigError):
+            t.default_reply_topic(bad, "vad")
+        with pytest.raises(ConfigError):
+            t.request_topic(bad)
+        with pytest.raises(ConfigError):
+            t.events(bad)
+        with pytest.raises(ConfigError):
+            t.pooled_infer(bad)
+
+
+def test_reply_topic_precedence_and_policy() -> None:
+    t = Topics(node="n1")
+    assert t.reply_topic("edgert/reply/v5", "edgert/reply/json", "k", "m") == "edgert/reply/v5"
+    assert t.reply_topic(None, "edgert/reply/json", "k", "m") == "edgert/reply/json"
+    assert t.reply_topic(None, None, "k", "m") == "edgert/reply/k/m"
+    assert t.reply_topic(None, None, None, "m") is None
+    for bad in ("edgert/infer/m", "edgert/reply/+", "elsewhere"):
+        with pytest.raises(ProtocolError) as info:
+            t.reply_topic(None, bad, "k", "m")
+        assert info.value.code is ErrorCode.BAD_REQUEST
+        assert "edgert/reply/" in info.value.message
+
+
+# ------------------------------------------------------------------------------- JSON requests
+
+
+def test_minimal_request() -> None:
+    req = parse({"inputs": {"x": [[1, 2, 3, 4]]}})
+    assert req == Request(
+        model="m",
+        id=None,
+        reply_to=None,
+        deadline_ms=None,
+        stream=None,
+        reset=False,
+        compact=False,
+        inputs=req.inputs,
+    )
+    assert req.inputs["x"].dtype == np.float32
+    np.testing.assert_array_equal(req.inputs["x"], [[1, 2, 3, 4]])
+    with pytest.raises(TypeError):
+        req.inputs["x"] = np.zeros(1)  # type: ignore[index]
+
+
+def test_full_envelope() -> None:
+    req = parse(
+        {
+            "v": 1,
+            "id": "r-1",
+            "reply_to": "edgert/reply/me",
+            "deadline_ms": 250,
+            "stream": "cam-1",
+            "reset": True,
+            "compact": True,
+            "inputs": {"x": [[0.5] * 4, [1.5] * 4]},
+        },
+        correlation=b"\x00\x01",
+    )
+    assert (req.id, req.reply_to, req.deadline_ms) == ("r-1", "edgert/reply/me", 250.0)
+    assert (req.stream, req.reset, req.compact, req.correlation) == ("cam-1", True, True, b"\0\1")
+    assert req.inputs["x"].shape == (2, 4)
+
+
+def test_nulls_mean_absent_and_ints_are_ids() -> None:
+    req = parse(
+        {
+            "id": 42,
+            "stream": 7,
+            "reply_to": None,
+            "deadline_ms": None,
+            "reset": None,
+            "compact": None,
+            "inputs": [[1, 2, 3, 4]],
+        }
+    )
+    assert (req.id, req.stream, req.reset, req.compact) == ("42", "7", False, False)
+
+
+def test_response_topic_takes_precedence_over_reply_to() -> None:
+    req = parse({"reply_to": "edgert/reply/a", "inputs": [[1, 2, 3, 4]]}, response_topic="v5")
+    assert req.reply_to == "v5"
+
+
+def test_one_input_model_takes_a_bare_list() -> None:
+    req = parse({"inputs": [[1, 2, 3, 4]]})
+    assert list(req.inputs) == ["x"]
+
+
+def test_several_inputs_and_dtypes() -> None:
+    doc = {
+        "inputs": {
+            "audio": [[0.1, 0.2, 0.3]],
+            "ids": [1, 2],
+            "mask": [True, False],
+            "half": [1.5],
+        }
+    }
+    req = parse(doc, MULTI, request_specs=SENT)
+    assert {k: v.dtype.name for k, v in req.inputs.items()} == {
+        "audio": "float32",
+        "ids": "int64",
+        "mask": "bool",
+        "half": "float16",
+    }
+
+
+@pytest.mark.parametrize("dtype", [d.value for d in DType])
+def test_b64_tensors_of_every_dtype(dtype: str) -> None:
+    spec = TensorSpec("t", DType(dtype), (2, 3))
+    model = ModelIO((spec,), (), {})
+    array = (np.arange(6).reshape(2, 3) % 2).astype(dtype)
+    req = parse({"inputs": {"t": b64(array)}}, model)
+    np.testing.assert_array_equal(req.inputs["t"], array)
+    assert req.inputs["t"].dtype == np.dtype(dtype)
+    assert req.inputs["t"].flags.c_contiguous and req.inputs["t"].flags.writeable
+
+
+def test_b64_is_little_endian_and_cast_within_kind() -> None:
+    array = np.array([[1.0, 2.0, 3.0, 4.0]])  # float64 on the wire, float32 model
+    req = parse({"inputs": {"x": b64(array)}})
+    assert req.inputs["x"].dtype == np.float32
+    raw = {"dtype": "int32", "shape": [1], "b64": base64.b64encode(b"\x01\x00\x00\x00").decode()}
+    model = ModelIO((TensorSpec("i", DType.INT32, (1,)),), (), {})
+    assert parse({"inputs": {"i": raw}}, model).inputs["i"][0] == 1
+
+
+def test_empty_tensors_take_the_model_dtype() -> None:
+    model = ModelIO((TensorSpec("t", DType.INT64, ("n",)),), (), {"n": DimRange(0, 1, 4)})
+    req = parse({"inputs": {"t": []}}, model)
+    assert req.inputs["t"].dtype == np.int64 and req.inputs["t"].shape == (0,)
+    req = parse({"inputs": {"t": b64(np.zeros(0, np.int64))}}, model)
+    assert req.inputs["t"].shape == (0,)
+
+
+def test_nan_and_infinity_are_accepted_for_float_inputs() -> None:
+    req = parse(b'{"inputs": [[NaN, Infinity, -Infinity, 1]]}')
+    x = req.inputs["x"][0]
+    assert math.isnan(x[0]) and x[1] == np.inf and x[2] == -np.inf
+
+
+BAD_REQUEST = [
+    (b"", "not a JSON request"),
+    (b"{", "not a JSON request"),
+    (b"{'id': 1}", "not a JSON request"),
+    (b"\xff\xfe\xfa", "not a JSON request"),
+    (b'{"inputs": [[1,2,3,4]]} trailing', "not a JSON request"),
+    (b"[1, 2]", "is an object"),
+    (b'"text"', "is an object"),
+    (b"null", "is an object"),
+    (b'{"inputs": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "not a JSON request"),
+    ({"id": True, "inputs": [[1, 2, 3, 4]]}, "id must be"),
+    ({"id": 1.5, "inputs": [[1, 2, 3, 4]]}, "id must be"),
+    ({"id": "", "inputs": [[1, 2, 3, 4]]}, "id must be"),
+    ({"id": "x" * 129, "inputs": [[1, 2, 3, 4]]}, "id must be"),
+    ({"id": ["a"], "inputs": [[1, 2, 3, 4]]}, "id must be"),
+    ({"reply_to": 5, "inputs": [[1, 2, 3, 4]]}, "reply_to"),
+    ({"reply_to": "", "inputs": [[1, 2, 3, 4]]}, "reply_to"),
+    ({"input": [[1, 2, 3, 4]]}, "unknown key(s) input"),
+    ({"deadline": 5, "inputs": [[1, 2, 3, 4]]}, "unknown key(s) deadline"),
+    ({"v": 2, "inputs": [[1, 2, 3, 4]]}, "protocol version 2"),
+    ({"v": True, "inputs": [[1, 2, 3, 4]]}, "protocol version True"),
+    ({"v": "1", "inputs": [[1, 2, 3, 4]]}, "protocol version '1'"),
+    ({"deadline_ms": 0, "inputs": [[1, 2, 3, 4]]}, "deadline_ms"),
+    ({"deadline_ms": -5, "inputs": [[1, 2, 3, 4]]}, "deadline_ms"),
+    ({"deadline_ms": "100", "inputs": [[1, 2, 3, 4]]}, "deadline_ms"),
+    ({"deadline_ms": True, "inputs": [[1, 2, 3, 4]]}, "deadline_ms"),
+    (b'{"deadline_ms": Infinity, "inputs": [[1,2,3,4]]}', "deadline_ms"),
+    (b'{"deadline_ms": NaN, "inputs": [[1,2,3,4]]}', "deadline_ms"),
+    ({"stream": "", "inputs": [[1, 2, 3, 4]]}, "stream must be"),
+    ({"stream": {}, "inputs": [[1, 2, 3, 4]]}, "stream must be"),
+    ({"reset": 1, "stream": "s", "inputs": [[1, 2, 3, 4]]}, "reset must be true or false"),
+    ({"compact": "yes", "inputs": [[1, 2, 3, 4]]}, "compact must be true or false"),
+    ({"reset": True, "inputs": [[1, 2, 3, 4]]}, "reset needs a stream"),
+    ({"id": "a"}, "missing inputs"),
+    ({"inputs": None}, "missing inputs"),
+    ({"inputs": "AAAA"}, "inputs must be an object"),
+    ({"inputs": 5}, "inputs must be an object"),
+]
+
+
+@pytest.mark.parametrize(("doc", "fragment"), BAD_REQUEST)
+def test_bad_requests(doc: Any, fragment: str) -> None:
+    err = refused(doc)
+    assert err.code is ErrorCode.BAD_REQUEST
+    assert fragment in err.message
+
+
+def test_nesting_deeper_than_64_is_a_bad_request() -> None:
+    deep: Any = 1.0
+    for _ in range(65):
+        deep = [deep]
+    err = refused({"inputs": {"x": deep}})
+    assert err.code is ErrorCode.BAD_REQUEST and "deeper than 64" in err.message
+    ok: Any = 1.0
+    for _ in range(64):
+        ok = [ok]
+    assert refused({"inputs": {"x": ok}}).code is ErrorCode.BAD_INPUT  # parsed, wrong rank
+
+
+BAD_INPUT = [
+    ({"inputs": {"x": [[1, 2, 3]]}}, "shape [1, 3]"),
+    ({"inputs": {"x": [1, 2, 3, 4]}}, "rank 2"),
+    ({"inputs": {"x": [[1, 2, 3, 4]] * 9}}, "allowed 1..8"),
+    ({"inputs": {"x": [[1, 2], [3]]}}, "not a rectangular array"),
+    ({"inputs": {"x": [["a", "b", "c", "d"]]}}, "the model expects float32"),
+    ({"inputs": {"x": [[1, None, 3, 4]]}}, "the model expects float32"),
+    ({"inputs": {"x": [[{}, 2, 3, 4]]}}, "the model expects float32"),
+    ({"inputs": {"x": [[2**70, 2, 3, 4]]}}, "the model expects float32"),
+    ({"inputs": {"x": "text"}}, "must be a nested list"),
+    ({"inputs": {"x": None}}, "must be a nested list"),
+    ({"inputs": {"x": [[1e300, 2, 3, 4]]}}, "outside float32's range"),
+    ({"inputs": {"z": [[1, 2, 3, 4]]}}, "input 'z' does not exist; the model takes: x"),
+    ({"inputs": {}}, "missing input(s) x"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [1, 4]}}}, "exactly the keys"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [1, 4], "b64": "", "z": 1}}}, "exactly"),
+    ({"inputs": {"x": {"dtype": "complex64", "shape": [1], "b64": "AAAAAAAAAAA="}}}, "dtype"),
+    ({"inputs": {"x": {"dtype": "object", "shape": [1], "b64": "AAAAAAAAAAA="}}}, "dtype"),
+    ({"inputs": {"x": {"dtype": 5, "shape": [1], "b64": "AAAA"}}}, "dtype"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [-1, 4], "b64": ""}}}, "shape must be"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [True, 4], "b64": ""}}}, "shape must be"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": "1,4", "b64": ""}}}, "shape must be"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [1] * 33, "b64": ""}}}, "shape must be"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [1, 4], "b64": 5}}}, "b64 must be a string"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [1, 4], "b64": "AAAA"}}}, "need 16"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [1, 4], "b64": "!" * 24}}}, "invalid base64"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [1, 4], "b64": "é" * 24}}}, "invalid base64"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [1, 4], "b64": "A" * 24}}}, "invalid base64"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [1, 4], "b64": "A" * 23 + "="}}}, "holds 17"),
+    ({"inputs": {"x": {"dtype": "float32", "shape": [1, 2], "b64": "AAAA\nAAAAAA="}}}, "invalid"),
+    ({"inputs": {"x": b64(np.zeros((1, 4), np.int32))}}, "int32 values, the model expects"),
+    ({"inputs": {"x": b64(np.zeros((1, 3), np.float32))}}, "shape [1, 3]"),
+]
+
+
+@pytest.mark.parametrize(("doc", "fragment"), BAD_INPUT)
+def test_bad_inputs(doc: Any, fragment: str) -> None:
+    err = refused(doc)
+    assert err.code is ErrorCode.BAD_INPUT
+    assert fragment in err.message
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        ({"inputs": {"audio": [[1, 2, 3]], "ids": [1.5, 2], "mask": [1, 0], "half": [1]}}, "ids"),
+        ({"inputs": {"audio": [[1, 2, 3]], "ids": [1, 2], "mask": [1, 0], "half": [1]}}, "mask"),
+        (
+            b'{"inputs": {"audio": [[1,2,3]], "ids": [NaN, 2], "mask": [true,false], "half": [1]}}',
+            "float64 values, the model expects int64",
+        ),
+        (
+            {"inputs": {"audio": [[1, 2, 3]], "ids": [1, 2], "mask": [True, True], "half": [7e4]}},
+            "outside float16's range",
+        ),
+        (
+            {"inputs": {"audio": [[1, 2, 3]], "ids": [1, 2**63], "mask": [True], "half": [1]}},
+            "ids",
+        ),
+        ({"inputs": [[1, 2, 3]]}, "the model takes 4 inputs"),
+        ({"inputs": {"sr": 16000}}, "input 'sr' is supplied by the daemon"),
+        ({"inputs": {"audio": [[1, 2, 3]]}}, "missing input(s) ids, mask, half"),
+        (
+            {
+                "inputs": {
+                    "audio": [[1, 2, 3]],
+                    "ids": [1, 2],
+                    "half": [1],
+                    "mask": {"dtype": "bool", "shape": [2], "b64": "AQI="},
+                }
+            },
+            "bool bytes other than 0 and 1",
+        ),
+    ],
+)
+def test_bad_inputs_of_several_dtypes(doc: Any, fragment: str) -> None:
+    err = refused(doc, MULTI, request_specs=SENT)
+    assert err.code is ErrorCode.BAD_INPUT
+    assert fragment in err.message
+
+
+def test_too_large() -> None:
+    err = refused({"inputs": [[1.0] * 4] * 3}, max_elements=8)
+    assert err.code is ErrorCode.TOO_LARGE and "limit is 8" in err.message
+    huge = {"dtype": "float32", "shape": [1 << 20, 1 << 20], "b64": ""}
+    err = refused({"inputs": {"x": huge}})  # refused before any base64 is decoded
+    assert err.code is ErrorCode.TOO_LARGE
+    # The limit is for all inputs together.
+    doc = {"inputs": {"audio": [[1, 2, 3]], "ids": [1, 2], "mask": [True, False], "half": [1]}}
+    assert parse(doc, MULTI, request_specs=SENT, max_elements=8).inputs
+    err = refused(doc, MULTI, request_specs=SENT, max_elements=7)
+    assert err.code is ErrorCode.TOO_LARGE
+
+
+def test_errors_carry_the_request_id_and_reply_to() -> None:
+    err = refused({"id": "r9", "reply_to": "edgert/reply/me", "inputs": {"z": 1}})
+    assert (err.request_id, err.reply_to) == ("r9", "edgert/reply/me")
+    err = refused({"id": 3, "reply_to": 5, "inputs": [[1, 2, 3, 4]]}, response_topic="t")
+    assert (err.request_id, err.reply_to) == ("3", "t")
+    err = refused({"id": 3, "deadline_ms": -1}, response_topic="t")
+    assert (err.request_id, err.reply_to) == ("3", "t")
+    assert refused(b"{").request_id is None
+
+
+# --------------------------------------------------------------------------------- .npy payloads
+
+
+@pytest.mark.parametrize("dtype", [d.value for d in DType])
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_npy_round_trip(dtype: str, order: str, byteorder: str) -> None:
+    array = np.asarray(
+        np.arange(12).reshape(3, 4) % 2, dtype=np.dtype(dtype).newbyteorder(byteorder)
+    )
+    array = np.asarray(array, order=order)
+    out = parse_npy(npy(array))
+    np.testing.assert_array_equal(out, array)
+    assert out.dtype == np.dtype(dtype) and out.dtype.isnative
+    assert out.flags.c_contiguous and out.flags.writeable
+
+
+def test_npy_versions_and_empty_arrays() -> None:
+    np.testing.assert_array_equal(parse_npy(npy(np.ones(3, np.float32), (2, 0))), np.ones(3))
+    assert parse_npy(npy(np.zeros((0, 5), np.int8))).shape == (0, 5)
+    assert parse_npy(npy(np.float32(2.5).reshape(()))).shape == ()
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (b"", "no \\x93NUMPY magic"),
+        (b"{}", "no \\x93NUMPY magic"),
+        (b"\x93NUMP", "no \\x93NUMPY magic"),
+        (b"\x93NUMPY", "invalid .npy header"),
+        (b"\x93NUMPY\x01", "invalid .npy header"),
+        (b"\x93NUMPY\x01\x00\xff", "invalid .npy header"),
+        (b"\x93NUMPY\x01\x00\xff\x00{'descr'", "invalid .npy header"),
+        (npy(np.ones(4, np.float32))[:60], "invalid .npy header"),
+        (npy(np.ones(4, np.float32))[:-1], "truncated"),
+        (npy(np.ones(4, np.float32))[:-16], "truncated"),
+        (npy(np.ones(4, np.float32)) + b"\0", "trailing bytes"),
+        (
+            npy_raw("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", version=(3, 0)),
+            "format (3, 0) is not supported",
+        ),
+        (b"\x93NUMPY\x09\x00" + b"\0" * 120, "format (9, 0) is not supported"),
+        (npy_raw("{'descr': '<f4', 'fortran_order': False, 'shape': (-1,), }"), "shape"),
+        (npy_raw("{'descr': '<f4', 'fortran_order': False, 'shape': [2], }"), "header"),
+        (npy_raw("{'descr': '<f4', 'fortran_order': 0, 'shape': (2,), }"), "header"),
+        (npy_raw("{'descr': '<f4', 'shape': (2,), }"), "header"),
+        (npy_raw("{'descr': 'zz', 'fortran_order': False, 'shape': (2,), }"), "header"),
+        (npy_raw("[1, 2, 3]"), "header"),
+        (npy_raw("__import__('os').system('false')"), "header"),
+        (npy_raw("{'descr': '<f4', 'fortran_order': False, 'shape': (" * 300), "header"),
+        (npy_raw("x" * 20000), "header"),
+    ],
+)
+def test_npy_bad_request(payload: bytes, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_npy(payload)
+    assert info.value.code is ErrorCode.BAD_REQUEST
+    assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        (npy(np.array([1, None], dtype=object)), "object array"),
+        (npy(np.zeros(2, dtype=[("a", "<f4"), ("b", "O")])), "object array"),
+        (npy(np.zeros(2, dtype=[("a", "<f4"), ("b", "<i4")])), "supported:"),
+        (npy(np.zeros(2, dtype=("<f4", (2,)))), "supported:"),
+        (npy(np.array(["ab", "c"])), "supported:"),
+        (npy(np.zeros(2, np.complex64)), "supported:"),
+        (npy(np.zeros(2, "datetime64[s]")), "supported:"),
+        (npy(np.zeros(2, "S3")), "supported:"),
+        (
+            npy_raw("{'descr': '|b1', 'fortran_order': False, 'shape': (2,), }", b"\x01\x07"),
+            "bool bytes other than 0 and 1",
+        ),
+    ],
+)
+def test_npy_bad_input(payload: bytes, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_npy(payload)
+    assert info.value.code is ErrorCode.BAD_INPUT
+    assert fragment in info.value.message
+
+
+def test_npy_never_unpickles(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (print, ("unpickled!",))
+
+    payload = npy(np.array([Boom()], dtype=object))
+    assert b"unpickled!" in payload
+
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    with pytest.raises(ProtocolError) as info:
+        parse_npy(payload)
+    assert info.value.code is ErrorCode.BAD_INPUT
+
+
+def test_npy_too_large() -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_npy(npy(np.zeros((4, 4), np.float32)), max_elements=15)
+    assert info.value.code is ErrorCode.TOO_LARGE
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000, 100000), }"
+    with pytest.raises(ProtocolError) as info:
+        parse_npy(npy_raw(header))
+    assert info.value.code is ErrorCode.TOO_LARGE
+
+
+def test_tensor_request() -> None:
+    req = tensor_request(
+        parse_npy(npy(np.ones((2, 4), np.float64))),
+        ONE,
+        model="m",
+        id="k1",
+        stream="s",
+        reset=True,
+        reply_to="edgert/reply/k1/m",
+        correlation=b"c",
+    )
+    assert req.inputs["x"].dtype == np.float32 and req.inputs["x"].shape == (2, 4)
+    assert (req.id, req.stream, req.reset, req.reply_to, req.correlation, req.compact) == (
+        "k1",
+        "s",
+        True,
+        "edgert/reply/k1/m",
+        b"c",
+        False,
+    )
+    model = ModelIO(MULTI.inputs, MULTI.outputs, {})
+    single = tensor_request(np.zeros((1, 3), np.float32), model, model="m", request_specs=SENT[:1])
+    assert list(single.inputs) == ["audio"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code", "fragment"),
+    [
+        ({"array": np.zeros((1, 3), np.float32)}, ErrorCode.BAD_INPUT, "shape [1, 3]"),
+        ({"array": np.zeros((1, 4), np.int32)}, ErrorCode.BAD_INPUT, "int32 values"),
+        ({"array": np.zeros((9, 4), np.float32)}, ErrorCode.BAD_INPUT, "allowed 1..8"),
+        ({"io_": MULTI}, ErrorCode.BAD_INPUT, "use JSON"),
+        ({"reset": True}, ErrorCode.BAD_REQUEST, "reset needs a stream"),
+        ({"stream": "x" * 200}, ErrorCode.BAD_REQUEST, "stream must be"),
+    ],
+)
+def test_tensor_request_errors(kwargs: dict[str, Any], code: ErrorCode, fragment: str) -> None:
+    array = kwargs.pop("array", np.zeros((1, 4), np.float32))
+    io_ = kwargs.pop("io_", ONE)
+    with pytest.raises(ProtocolError) as info:
+        tensor_request(array, io_, model="m", id="k", reply_to="edgert/reply/k", **kwargs)
+    assert info.value.code is code and fragment in info.value.message
+    assert (info.value.request_id, info.value.reply_to) == ("k", "edgert/reply/k")
+
+
+def test_tensor_request_checks_the_id() -> None:
+    with pytest.raises(ProtocolError) as info:
+        tensor_request(np.zeros((1, 4), np.float32), ONE, model="m", id="")
+    assert info.value.code is ErrorCode.BAD_REQUEST
+
+
+# ------------------------------------------------------------------------------ payload formats
+
+NPY = npy(np.ones(2, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("payload", "content_type", "declared", "fmt"),
+    [
+        (b"{}", "application/json", None, "json"),
+        (b"{}", "Application/JSON; charset=utf-8", "jpeg", "json"),
+        (NPY, "application/x-npy", None, "npy"),
+        (b"\xff\xd8", "image/jpeg", None, "jpeg"),
+        (b"\x89PNG", "image/png", "raw", "png"),
+        (b"RIFF", "audio/wav", None, "wav"),
+        (b"RIFF", "audio/x-wav", None, "wav"),
+        (b"{raw", "application/octet-stream", "raw", "raw"),
+        (b"{raw", None, "raw", "raw"),  # a raw payload may start with '{'
+        (b"\xff\xd8", None, "jpeg", "jpeg"),
+        (b"{}", None, "png", "png"),  # the declared format comes before sniffing
+        (b"RIFF", None, "wav", "wav"),
+        (NPY, None, "npy", "npy"),
+        (b'  \n\t{"inputs": 1}', None, None, "json"),
+        (b"{}", None, "json", "json"),
+        (NPY, None, None, "npy"),
+        (NPY, None, "json", "npy"),
+        (b"{", "", None, "json"),  # an empty content type is no content type
+    ],
+)
+def test_detect_format(
+    payload: bytes, content_type: str | None, declared: str | None, fmt: str
+) -> None:
+    assert detect_format(payload, content_type, declared) == fmt
+
+
+@pytest.mark.parametrize(
+    ("payload", "content_type", "declared", "fragment"),
+    [
+        (b"\x00\x01", "application/octet-stream", None, "declare a raw input"),
+        (b"\x00\x01", "application/octet-stream", "jpeg", "declare a raw input"),
+        (b"{}", "text/plain", None, "is not served"),
+        (b"{}", "application/xml", "raw", "is not served"),
+        (b"\xff\xd8\xff", None, None, "neither a JSON object nor .npy"),
+        (b"[1, 2]", None, None, "neither a JSON object nor .npy"),
+        (b"", None, None, "neither a JSON object nor .npy"),
+        (b"  ", None, "json", "neither a JSON object nor .npy"),
+    ],
+)
+def test_detect_format_refuses(
+    payload: bytes, content_type: str | None, declared: str | None, fragment: str
+) -> None:
+    with pytest.raises(ProtocolError) as info:
+        detect_format(payload, content_type, declared)
+    assert info.value.code is ErrorCode.BAD_REQUEST and fragment in info.value.message
+
+
+def test_detect_format_unknown_declared_format_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="one of json"):
+        detect_format(b"{}", None, "gif")
+
+
+# ------------------------------------------------------------------------------------ replies
+
+
+def test_ok_reply() -> None:
+    outputs = {
+        "probs": np.array([[0.1, 0.7, np.nan, np.inf]], np.float32),
+        "ids": np.array([3, -1], np.int64),
+        "flag": np.array([True]),
+        "half": np.array([0.1], np.float16),
+        "wide": np.array([0.1, -np.inf]),
+    }
+    result = {"label": "person", "score": np.float32(0.7), "boxes": (np.int32(1), 2.5, math.nan)}
+    payload = ok_reply(
+        "r1", "det", "3", outputs, result, {"queue": 0.12345, "infer": 2, "total": 3}
+    )
+    assert payload.isascii() and b" " not in payload
+    reply = json.loads(payload)
+    assert list(reply) == ["id", "ok", "model", "version", "outputs", "result", "latency_ms"]
+    assert reply["id"] == "r1" and reply["ok"] is True
+    assert (reply["model"], reply["version"]) == ("det", "3")
+    assert reply["outputs"] == {
+        "probs": [[0.1, 0.7, None, None]],
+        "ids": [3, -1],
+        "flag": [True],
+        "half": [0.1],
+        "wide": [0.1, None],
+    }
+    assert b"0.10000000149" not in payload  # float32 written compactly
+    assert reply["result"] == {"label": "person", "score": 0.7, "boxes": [1, 2.5, None]}
+    assert reply["latency_ms"] == {"queue": 0.123, "infer": 2.0, "total": 3.0}
+
+
+def test_compact_reply_drops_outputs_and_latency() -> None:
+    payload = ok_reply(
+        None, "vad", "1", {"p": np.zeros((1, 1000), np.float32)}, 0.93, {"total": 1}, compact=True
+    )
+    assert json.loads(payload) == {
+        "id": None,
+        "ok": True,
+        "model": "vad",
+        "version": "1",
+        "result": 0.93,
+    }
+    assert len(payload) < 100
+
+
+def test_result_is_null_without_one_and_odd_strings_survive() -> None:
+    reply = json.loads(ok_reply("\ud800", "m", "1", {}, None))
+    assert reply["result"] is None and "latency_ms" not in reply and reply["outputs"] == {}
+
+
+def test_error_reply() -> None:
+    payload = error_reply("r1", ErrorCode.BUSY, "queue for 'vad' is full (64)")
+    assert payload == (
+        b'{"id":"r1","ok":false,"error":{"code":"busy","message":"queue for \'vad\' is full (64)"}}'
+    )
+    long = json.loads(error_reply(None, ErrorCode.BAD_INPUT, "é" * 5000))
+    assert long["id"] is None and len(long["error"]["message"]) == 400
+    assert long["error"]["message"].endswith("...")
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_error_reply_for_every_code(code: ErrorCode) -> None:
+    assert json.loads(error_reply(None, code, "m"))["error"]["code"] == code.value
+
+
+def test_error_code_mapping() -> None:
+    assert error_code(ProtocolError(ErrorCode.EXPIRED, "late")) is ErrorCode.EXPIRED
+    assert error_code(InputError("bad")) is ErrorCode.BAD_INPUT
+    assert error_code(PayloadError("too_large", "big")) is ErrorCode.TOO_LARGE
+    assert error_code(ConfigError("x")) is ErrorCode.INTERNAL
+    assert error_code(RuntimeError("x")) is ErrorCode.INTERNAL
+
+
+def test_protocol_error_is_an_edgert_error() -> None:
+    err = ProtocolError(ErrorCode.BUSY, "full")
+    assert isinstance(err, protocol.EdgertError) and err.message == "full" and err.code == "busy"
+
+
+def test_catalogue() -> None:
+    entry = {
+        "name": "vad",
+        "version": "5",
+        "backend": "onnxruntime",
+        "precision": "fp32",
+        "io": ONE.to_dict(),
+        "parity": {"max_abs": np.float32(1e-6), "ok": np.bool_(True)},
+    }
+    doc = json.loads(catalogue("kitchen", [entry]))
+    assert doc["v"] == 1 and doc["node"] == "kitchen"
+    assert doc["models"][0]["io"]["dims"] == {"batch": [1, 1, 8]}
+    assert doc["models"][0]["parity"] == {"max_abs": 1e-6, "ok": True}
+
+
+def test_to_jsonable_refuses_what_json_cannot_hold() -> None:
+    with pytest.raises(TypeError):
+        to_jsonable({"x": object()})
+    assert to_jsonable({1: (np.str_("a"), np.uint8(3))}) == {"1": ["a", 3]}
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), max_size=50))
+@settings(max_examples=500, derandomize=True, database=None)
+def test_float32_outputs_read_back_exactly(values: list[float]) -> None:
+    array = np.array(values, np.float32)
+    back = np.array(json.loads(json.dumps(tensor_to_json(array))), np.float32)
+    np.testing.assert_array_equal(back, array)
+    for ours, theirs in zip(tensor_to_json(array), array, strict=True):
+        if 1e-15 < abs(theirs) < 1e15:  # where 10**p is exact, as short as numpy's shortest
+            assert len(repr(ours)) <= len(repr(float(str(theirs))))
+
+
+def test_every_float16_reads_back_exactly() -> None:
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = every[np.isfinite(every)]
+    back = np.array(json.loads(json.dumps(tensor_to_json(finite))), np.float16)
+    np.testing.assert_array_equal(back, finite)
+
+
+# ------------------------------------------------------- arbitrary bytes: a result or ProtocolError
+
+FUZZ = settings(
+    max_examples=2500,
+    derandomize=True,
+    database=None,
+    deadline=timedelta(seconds=1),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+tensors = st.lists(
+    st.lists(st.floats() | st.integers(-(2**70), 2**70), min_size=0, max_size=5), max_size=9
+)
+envelopes = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": json_values,
+        "id": st.text(max_size=130) | st.integers() | json_values,
+        "reply_to": json_values,
+        "deadline_ms": st.floats() | st.integers() | json_values,
+        "stream": json_values,
+        "reset": st.booleans() | json_values,
+        "compact": st.booleans() | json_values,
+        "inputs": tensors
+        | st.dictionaries(st.sampled_from(["x", "y"]), tensors | json_values)
+        | json_values,
+        "extra": json_values,
+    },
+)
+
+
+def _assert_valid(req: Request, io_: ModelIO) -> None:
+    assert req.model == "m"
+    for spec in io_.inputs:
+        spec.check(req.inputs[spec.name], io_.dims)
+
+
+@given(st.binary(max_size=512))
+@FUZZ
+def test_parse_json_request_on_arbitrary_bytes(payload: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        _assert_valid(parse_json_request(payload, ONE, model="m"), ONE)
+
+
+@given(envelopes, st.sampled_from([ONE, MULTI]))
+@FUZZ
+def test_parse_json_request_on_arbitrary_envelopes(doc: dict[str, Any], io_: ModelIO) -> None:
+    payload = json.dumps(doc).encode()
+    with contextlib.suppress(ProtocolError):
+        _assert_valid(parse_json_request(payload, io_, model="m", max_elements=64), io_)
+
+
+npy_like = st.one_of(
+    st.binary(max_size=300),
+    st.binary(max_size=300).map(lambda b: b"\x93NUMPY" + b),
+    st.tuples(
+        st.sampled_from([b"\x01\x00", b"\x02\x00", b"\x03\x00"]), st.binary(max_size=300)
+    ).map(lambda t: b"\x93NUMPY" + t[0] + t[1]),
+    st.tuples(
+        st.sampled_from(["<f4", ">i8", "|b1", "<f2", "|O", "<U2", "|u1", "[('a', '<f4')]"]),
+        st.booleans(),
+        st.lists(st.integers(-2, 5), max_size=3),
+        st.binary(max_size=100),
+    ).map(
+        lambda t: npy_raw(
+            f"{{'descr': {t[0]!r}, 'fortran_order': {t[1]}, 'shape': {tuple(t[2])}, }}", t[3]
+        )
+    ),
+    st.tuples(st.sampled_from([np.float32, np.int64, np.bool_, np.uint8]), st.integers(0, 40)).map(
+        lambda t: npy(np.zeros(t[1] % 7, t[0]))[: max(0, 128 + t[1] - 20)]
+    ),
+)
+
+
+@given(npy_like)
+@FUZZ
+def test_parse_npy_on_arbitrary_bytes(payload: bytes) -> None:
+    try:
+        array = parse_npy(payload, max_elements=1000)
+    except ProtocolError:
+        return
+    assert isinstance(array, np.ndarray) and array.dtype.isnative and array.flags.c_contiguous
+    DType.of(array)
