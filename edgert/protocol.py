@@ -392,13 +392,13 @@ def parse_json_request(
         raise _bad(f"not a JSON request: {str(exc)[:200] or type(exc).__name__}") from exc
     if not isinstance(doc, dict):
         raise _bad(f"a JSON request is an object, got {type(doc).__name__}")
-    request_id = _ident(doc.get("id"), "id")
-    reply_to = doc.get("reply_to")
-    with _answerable(request_id, response_topic):
-        if reply_to is not None and (not isinstance(reply_to, str) or not reply_to):
-            raise _bad("reply_to must be a topic string")
-    reply_to = response_topic or reply_to
+    raw_reply = doc.get("reply_to")
+    reply_to = response_topic or (raw_reply if isinstance(raw_reply, str) and raw_reply else None)
+    with _answerable(None, reply_to):
+        request_id = _ident(doc.get("id"), "id")
     with _answerable(request_id, reply_to):
+        if raw_reply is not None and not (isinstance(raw_reply, str) and raw_reply):
+            raise _bad("reply_to must be a topic string")
         unknown = set(doc) - _REQUEST_KEYS
         if unknown:
             known = ", ".join(sorted(_REQUEST_KEYS))
@@ -452,7 +452,8 @@ def tensor_request(
     for a model with exactly one request input. ``id``/``stream`` come from MQTT 5 user
     properties or the topic's ``<key>`` and are checked as in JSON."""
     specs = io.inputs if request_specs is None else request_specs
-    request_id = _ident(id, "id")
+    with _answerable(None, reply_to):
+        request_id = _ident(id, "id")
     with _answerable(request_id, reply_to):
         if len(specs) != 1:
             names = ", ".join(s.name for s in specs)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from edgert import codec, protocol
 from edgert.codec import PayloadError, tensor_to_json, to_jsonable
-from edgert.errors import ConfigError, InputError
+from edgert.errors import ConfigError, EdgertError, InputError
 from edgert.onnx.model import ModelIO
 from edgert.protocol import (
     PROTOCOL_VERSION,
@@ -183,7 +183,7 @@ def test_sanitized_node_ids_are_valid_and_stable(text: str) -> None:
 
 
 def test_default_node_id_is_the_sanitized_host_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol.socket, "gethostname", lambda: "orin.home.arpa")
+    monkeypatch.setattr("socket.gethostname", lambda: "orin.home.arpa")
     assert default_node_id() == "orin_home_arpa"
 
 
@@ -655,6 +655,8 @@ def test_errors_carry_the_request_id_and_reply_to() -> None:
     assert (err.request_id, err.reply_to) == ("3", "t")
     err = refused({"id": 3, "deadline_ms": -1}, response_topic="t")
     assert (err.request_id, err.reply_to) == ("3", "t")
+    err = refused({"id": True, "reply_to": "edgert/reply/me", "inputs": [[1, 2, 3, 4]]})
+    assert (err.request_id, err.reply_to) == (None, "edgert/reply/me")
     assert refused(b"{").request_id is None
 
 
@@ -664,7 +666,7 @@ def test_errors_carry_the_request_id_and_reply_to() -> None:
 @pytest.mark.parametrize("dtype", [d.value for d in DType])
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("byteorder", ["<", ">"])
-def test_npy_round_trip(dtype: str, order: str, byteorder: str) -> None:
+def test_npy_round_trip(dtype: str, order: Literal["C", "F"], byteorder: Literal["<", ">"]) -> None:
     array = np.asarray(
         np.arange(12).reshape(3, 4) % 2, dtype=np.dtype(dtype).newbyteorder(byteorder)
     )
@@ -816,8 +818,9 @@ def test_tensor_request_errors(kwargs: dict[str, Any], code: ErrorCode, fragment
 
 def test_tensor_request_checks_the_id() -> None:
     with pytest.raises(ProtocolError) as info:
-        tensor_request(np.zeros((1, 4), np.float32), ONE, model="m", id="")
+        tensor_request(np.zeros((1, 4), np.float32), ONE, model="m", id="", reply_to="r")
     assert info.value.code is ErrorCode.BAD_REQUEST
+    assert (info.value.request_id, info.value.reply_to) == (None, "r")
 
 
 # ------------------------------------------------------------------------------ payload formats
@@ -884,7 +887,7 @@ def test_detect_format_unknown_declared_format_is_a_config_error() -> None:
 
 
 def test_ok_reply() -> None:
-    outputs = {
+    outputs: dict[str, np.ndarray] = {
         "probs": np.array([[0.1, 0.7, np.nan, np.inf]], np.float32),
         "ids": np.array([3, -1], np.int64),
         "flag": np.array([True]),
@@ -956,7 +959,7 @@ def test_error_code_mapping() -> None:
 
 def test_protocol_error_is_an_edgert_error() -> None:
     err = ProtocolError(ErrorCode.BUSY, "full")
-    assert isinstance(err, protocol.EdgertError) and err.message == "full" and err.code == "busy"
+    assert isinstance(err, EdgertError) and err.message == "full" and err.code == "busy"
 
 
 def test_catalogue() -> None:
