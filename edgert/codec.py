@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.lib.format as npy_format
 
-from edgert.errors import ConfigError, EdgertError, InputError
-from edgert.spec import DimRange, DType, TensorSpec
+from edgert.errors import ConfigError, EdgertError, InputError, first_line
+from edgert.spec import DimRange, DType, TensorSpec, check_shared_dims
 
 if TYPE_CHECKING:  # annotation only: pure codecs do not import the onnx layer at run time
     from edgert.onnx.model import ModelIO
@@ -281,6 +281,10 @@ def decode_inputs(
     for name, value in raw.items():
         arrays[name] = decode_input(value, by_name[name], io.dims, max_elements)
         max_elements -= arrays[name].size
+    try:
+        check_shared_dims(specs, arrays)
+    except InputError as exc:
+        raise PayloadError("bad_input", exc.message) from exc
     return arrays
 
 
@@ -301,10 +305,7 @@ def check_array(array: np.ndarray, spec: TensorSpec, bounds: Mapping[str, DimRan
 
 
 def _bad_header(exc: BaseException) -> PayloadError:
-    detail = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return PayloadError(
-        "bad_request", f"invalid .npy header: {detail[0] if detail else type(exc).__name__}"
-    )
+    return PayloadError("bad_request", f"invalid .npy header: {first_line(exc)}")
 
 
 def _npy_header(fp: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:

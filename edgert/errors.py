@@ -46,6 +46,7 @@ __all__ = [
     "ModelLoadError",
     "ParityError",
     "UnboundedDimError",
+    "first_line",
     "mapped",
 ]
 
@@ -113,6 +114,12 @@ class ParityError(EdgertError):
     code = "parity"
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's text (third-party messages run long)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 @contextmanager
 def mapped(
     error: type[EdgertError],
@@ -128,6 +135,4 @@ def mapped(
     except EdgertError:
         raise
     except catch as exc:
-        detail = str(exc).strip().splitlines()
-        first = next((line.strip() for line in detail if line.strip()), type(exc).__name__)
-        raise error(f"{what}: {first}", log=str(exc)) from exc
+        raise error(f"{what}: {first_line(exc)}", log=str(exc)) from exc

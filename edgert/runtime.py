@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -15,7 +14,7 @@ from edgert.backends import Backend, BackendKind, choose, status
 from edgert.compile import machine_key, rebuild_command
 from edgert.config import ModelConfig
 from edgert.errors import ArtifactError, IncompatibleArtifact
-from edgert.onnx import io_specs, load_source
+from edgert.onnx import ModelIO, io_specs, load_source
 from edgert.parity import constant_value
 from edgert.repository import Artifact, ModelDir
 
@@ -33,13 +32,19 @@ class LoadedModel:
     constants: Mapping[str, np.ndarray]
 
     @property
-    def io(self) -> Any:
+    def io(self) -> ModelIO:
         return self.runner.io
 
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run with model.toml's constants filled in where the caller left them out."""
+    def infer(
+        self, feeds: Mapping[str, np.ndarray], *, check: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Run with model.toml's constants filled in where the caller left them out.
+
+        ``check=False`` skips validation the caller already did (the daemon's decoder checks
+        every request against the same specs; constants were checked at load).
+        """
         merged = {**self.constants, **feeds}
-        return self.runner.infer(merged)
+        return self.runner.infer(merged, check=check)
 
     def close(self) -> None:
         self.runner.deactivate()

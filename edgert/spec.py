@@ -8,7 +8,7 @@ several inputs means the same axis, with one set of bounds.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,7 +16,15 @@ import numpy as np
 
 from edgert.errors import ConfigError, InputError
 
-__all__ = ["DType", "Dim", "DimRange", "Shape", "TensorSpec", "concrete_shape"]
+__all__ = [
+    "DType",
+    "Dim",
+    "DimRange",
+    "Shape",
+    "TensorSpec",
+    "check_shared_dims",
+    "concrete_shape",
+]
 
 Dim = int | str
 Shape = tuple[Dim, ...]
@@ -185,3 +193,21 @@ class TensorSpec:
             return cls(str(data["name"]), DType(data["dtype"]), shape)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"invalid tensor spec {dict(data)!r}: {exc}") from exc
+
+
+def check_shared_dims(specs: Iterable[TensorSpec], arrays: Mapping[str, np.ndarray]) -> None:
+    """InputError unless each named dim has one size across all of ``arrays`` it appears in
+    (a batch axis shared by two inputs must agree)."""
+    named: dict[str, tuple[str, int]] = {}
+    for spec in specs:
+        array = arrays.get(spec.name)
+        if array is None:
+            continue
+        for dim, size in zip(spec.shape, array.shape, strict=False):
+            if isinstance(dim, str):
+                first = named.setdefault(dim, (spec.name, size))
+                if first[1] != size:
+                    raise InputError(
+                        f"axis '{dim}' is {first[1]} in input '{first[0]}' but {size} in "
+                        f"input '{spec.name}'"
+                    )

@@ -1123,3 +1123,22 @@ def test_parse_npy_on_arbitrary_bytes(payload: bytes) -> None:
         return
     assert isinstance(array, np.ndarray) and array.dtype.isnative and array.flags.c_contiguous
     DType.of(array)
+
+
+def test_shared_batch_axis_must_agree_across_inputs() -> None:
+    # Like silero: audio [batch, 3] and state [2, batch, 4] share one batch axis.
+    shared = ModelIO(
+        inputs=(
+            TensorSpec("audio", DType.FLOAT32, ("batch", 3)),
+            TensorSpec("state", DType.FLOAT32, (2, "batch", 4)),
+        ),
+        outputs=(),
+        dims={"batch": DimRange(1, 1, 8)},
+    )
+    ok = {"audio": np.zeros((2, 3)).tolist(), "state": np.zeros((2, 2, 4)).tolist()}
+    assert parse({"inputs": ok}, shared).inputs["state"].shape == (2, 2, 4)
+    bad = {"audio": np.zeros((2, 3)).tolist(), "state": np.zeros((2, 1, 4)).tolist()}
+    with pytest.raises(ProtocolError) as info:
+        parse({"inputs": bad}, shared)
+    assert info.value.code is ErrorCode.BAD_INPUT
+    assert "axis 'batch' is 2 in input 'audio' but 1 in input 'state'" in info.value.message

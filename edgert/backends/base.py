@@ -19,6 +19,7 @@ import numpy as np
 from edgert.config import ModelConfig, Precision
 from edgert.errors import BackendError, InputError
 from edgert.onnx import ModelIO, OnnxSource
+from edgert.spec import check_shared_dims
 
 __all__ = ["Backend", "BackendKind", "BuildRequest", "BuildResult", "ProgressFn", "validate_feeds"]
 
@@ -85,7 +86,6 @@ def validate_feeds(io: ModelIO, feeds: Mapping[str, np.ndarray]) -> None:
         if extra:
             parts.append(f"unknown input(s) {', '.join(extra)}")
         raise InputError(f"{'; '.join(parts)}; the model takes: {', '.join(expected)}")
-    named: dict[str, tuple[str, int]] = {}
     for spec in io.inputs:
         array = feeds[spec.name]
         if not isinstance(array, np.ndarray):
@@ -93,14 +93,7 @@ def validate_feeds(io: ModelIO, feeds: Mapping[str, np.ndarray]) -> None:
                 f"input '{spec.name}' must be a numpy array, got {type(array).__name__}"
             )
         spec.check(array, io.dims)
-        for dim, size in zip(spec.shape, array.shape, strict=True):
-            if isinstance(dim, str):
-                first = named.setdefault(dim, (spec.name, size))
-                if first[1] != size:
-                    raise InputError(
-                        f"axis '{dim}' is {first[1]} in input '{first[0]}' but {size} in "
-                        f"input '{spec.name}'"
-                    )
+    check_shared_dims(io.inputs, feeds)
 
 
 class Backend(ABC):

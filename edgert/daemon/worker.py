@@ -109,7 +109,8 @@ class ModelWorker:
             )
             return
         try:
-            outputs = self.loaded.infer(job.feeds)
+            # Decoding validated the request against the specs: no second pass per request.
+            outputs = self.loaded.infer(job.feeds, check=False)
         except EdgertError as exc:
             code = ErrorCode.BAD_INPUT if exc.code == "bad_input" else ErrorCode.INTERNAL
             self._answer(job, error_reply(job.id, code, exc.message), cache=True, code=code)

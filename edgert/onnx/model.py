@@ -12,7 +12,13 @@ import onnx
 from onnx import TensorProto
 
 from edgert.config import ModelConfig
-from edgert.errors import ConfigError, ModelCheckError, ModelLoadError, UnboundedDimError
+from edgert.errors import (
+    ConfigError,
+    ModelCheckError,
+    ModelLoadError,
+    UnboundedDimError,
+    first_line,
+)
 from edgert.spec import Dim, DimRange, DType, Shape, TensorSpec
 
 __all__ = [
@@ -118,7 +124,7 @@ def load_source(path: Path) -> OnnxSource:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelLoadError(
-            f"{path}: not a readable ONNX model (truncated or not ONNX): {_first_line(exc)}"
+            f"{path}: not a readable ONNX model (truncated or not ONNX): {first_line(exc)}"
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: not a readable ONNX model (empty graph)")
@@ -130,7 +136,7 @@ def load_source(path: Path) -> OnnxSource:
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        raise ModelCheckError(f"{path}: onnx.checker rejects it: {_first_line(exc)}") from exc
+        raise ModelCheckError(f"{path}: onnx.checker rejects it: {first_line(exc)}") from exc
     max_opset = onnx.defs.onnx_opset_version()
     source = OnnxSource(path, model, "")
     if source.opset > max_opset:
@@ -143,11 +149,11 @@ def load_source(path: Path) -> OnnxSource:
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
-        raise ModelLoadError(f"{path}: external data unreadable: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"{path}: external data unreadable: {first_line(exc)}") from exc
     try:
         model = onnx.shape_inference.infer_shapes(model, check_type=True, data_prop=True)
     except Exception as exc:
-        raise ModelCheckError(f"{path}: shape inference failed: {_first_line(exc)}") from exc
+        raise ModelCheckError(f"{path}: shape inference failed: {first_line(exc)}") from exc
     return OnnxSource(path, model, sha256)
 
 
@@ -292,8 +298,3 @@ def _apply_override(name: str, shape: Shape | None, override: Shape) -> Shape:
                 f"it at {have}"
             )
     return override
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__

@@ -243,22 +243,31 @@ def test_repeated_id_runs_once(daemon: Daemon, device: Device) -> None:
     assert after - before == 2  # one per (reply destination, id)
 
 
-def test_sigterm_answers_everything_taken_and_exits_0(daemon: Daemon, device: Device) -> None:
+def test_sigterm_under_load_loses_nothing(daemon: Daemon, device: Device) -> None:
     chunk = {"input": np.zeros((16, 576)).tolist(), "state": np.zeros((2, 16, 128)).tolist()}
-    for i in range(30):
-        device.send("edgert/infer/silero_vad/term", {"id": f"t{i}", "inputs": chunk})
+    sent = {f"t{i}" for i in range(30)}
+    for request_id in sorted(sent):
+        device.send("edgert/infer/silero_vad/term", {"id": request_id, "inputs": chunk})
     assert daemon.terminate() == 0
-    answered = set()
+    assert "stopped" in daemon.log.read_text()
+    answered_before = drain_ids(device)
+    # What the stopping daemon did not take stayed unacknowledged in its persistent session;
+    # the same node started again gets it from the broker and answers it.
+    daemon.start()
+    answered_after = drain_ids(device)
+    assert answered_before, "the daemon answered nothing before stopping"
+    print(f"answered before stop: {len(answered_before)}, after restart: {len(answered_after)}")
+    assert answered_before | answered_after == sent
+    assert not answered_before & answered_after  # taken once: answered once
+
+
+def drain_ids(device: Device, quiet: float = 3.0) -> set[str]:
+    ids = set()
     while True:
         try:
-            answered.add(device.reply(timeout=2)[1]["id"])
+            ids.add(device.reply(timeout=quiet)[1]["id"])
         except queue.Empty:
-            break
-    log = daemon.log.read_text()
-    assert "stopped" in log
-    # Everything the daemon took was answered; what it did not take stays with the broker.
-    assert answered, log
-    assert len(answered) == len({f"t{i}" for i in range(30)} & answered)
+            return ids
 
 
 def test_broker_restart_reconnects_and_serves(daemon: Daemon, tmp_path: Path) -> None:
