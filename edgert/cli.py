@@ -468,6 +468,37 @@ def serve(
 
 
 @app.command()
+def doctor(
+    broker: Annotated[
+        str | None,
+        typer.Option(help="Also check this broker is reachable: mqtt://host[:port]."),
+    ] = None,
+) -> None:
+    """Report TensorRT, CUDA, driver, cuda-python, GPU, JetPack, DLA, ONNX Runtime and broker
+    facts, and whether they fit together. Paste its output into bug reports."""
+    from edgert.config import parse_broker_url
+    from edgert.doctor import run_checks
+
+    with _errors():
+        target = parse_broker_url(broker) if broker else None
+        findings = run_checks(target)
+    table = Table(show_edge=False)
+    for column in ("", "check", "value"):
+        table.add_column(column)
+    marks = {True: "[green]ok[/]", False: "[red]PROBLEM[/]", None: ""}
+    for finding in findings:
+        value = escape(finding.value)
+        if finding.hint:
+            value += f"\n[yellow]{escape(finding.hint)}[/]"
+        table.add_row(marks[finding.ok], f"{finding.section}: {finding.item}", value)
+    out.print(table)
+    problems = [f for f in findings if f.ok is False]
+    if problems:
+        err.print(f"{len(problems)} problem(s) found")
+        raise typer.Exit(1)
+
+
+@app.command()
 def infer(
     model: Annotated[str, typer.Argument(help="Model name, as the daemon serves it.")],
     input: Annotated[

@@ -18,7 +18,7 @@ import numpy as np
 from edgert import __version__
 from edgert.backends import BackendKind, BuildRequest, ProgressFn, choose, validate_feeds
 from edgert.backends.onnxrt import reference_session
-from edgert.config import Precision
+from edgert.config import ModelConfig, Precision
 from edgert.errors import ConfigError, InputError
 from edgert.onnx import ModelIO, OnnxSource, io_specs, load_source, with_io_dims
 from edgert.parity import ParityReport, compare, sample_inputs
@@ -53,7 +53,11 @@ class CompileResult:
 
 
 def machine_key(
-    kind: BackendKind, source: OnnxSource, io: ModelIO, precision: Precision
+    kind: BackendKind,
+    source: OnnxSource,
+    io: ModelIO,
+    precision: Precision,
+    config: ModelConfig | None = None,
 ) -> ArtifactKey:
     """The key an artifact of ``source`` built here, now, with these settings would have."""
     return ArtifactKey(
@@ -63,7 +67,7 @@ def machine_key(
         precision=precision,
         profiles={name: rng.as_list() for name, rng in io.dims.items()},
         source_sha256=source.sha256,
-        options=kind.build_options(precision),
+        options=kind.build_options(precision, config),
     )
 
 
@@ -87,7 +91,7 @@ def compile_model(
     io = io_specs(source, config)
     source = replace(source, model=with_io_dims(source.model, io))
     kind = choose(options.backend)
-    key = machine_key(kind, source, io, precision)
+    key = machine_key(kind, source, io, precision, config)
     existing = model.find(key)
     if existing is not None and not options.force and existing.manifest.parity.get("passed"):
         progress("up to date", 1.0)
@@ -111,7 +115,10 @@ def compile_model(
     with model.staging(key) as stage:
         build_start = time.perf_counter()
         progress(f"building with {kind.name} {kind.version()} ({precision})", 0.05)
-        built = kind.build(BuildRequest(source, io, config, precision, stage, stage_progress))
+        request = BuildRequest(
+            source, io, config, precision, stage, stage_progress, model.path.parent / ".cache"
+        )
+        built = kind.build(request)
         build_seconds = time.perf_counter() - build_start
 
         progress(f"verifying against the FP32 reference ({samples_from})", 0.8)

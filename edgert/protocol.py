@@ -19,13 +19,11 @@ from __future__ import annotations
 import enum
 import json
 import math
-import re
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,8 +39,9 @@ from edgert.codec import (
     sniff_format,
     to_jsonable,
 )
-from edgert.errors import ConfigError, EdgertError, InputError
+from edgert.errors import EdgertError, InputError
 from edgert.spec import TensorSpec
+from edgert.topics import RequestTopic, Topics, default_node_id, sanitize_node_id
 
 if TYPE_CHECKING:  # annotation only: this layer does not import the onnx layer at run time
     from edgert.onnx.model import ModelIO
@@ -73,7 +72,6 @@ PROTOCOL_VERSION = 1
 ONLINE = "online"
 OFFLINE = "offline"
 MAX_ID_CHARS = 128
-MAX_TOPIC_BYTES = 65535  # MQTT's limit on a topic name's UTF-8 length
 MAX_MESSAGE_CHARS = 400  # error messages stay well inside a microcontroller's 1 KiB buffer
 
 _REQUEST_KEYS = {"v", "id", "reply_to", "deadline_ms", "stream", "reset", "compact", "inputs"}
@@ -123,187 +121,6 @@ def error_code(exc: BaseException) -> ErrorCode:
     if isinstance(exc, PayloadError | InputError):
         return ErrorCode(exc.code)
     return ErrorCode.INTERNAL
-
-
-# ---------------------------------------------------------------------------------------- topics
-
-
-def sanitize_node_id(text: str) -> str:
-    """``text`` reduced to ``[a-zA-Z0-9_-]`` (Home Assistant ids need it): other runs become one
-    ``_``, leading/trailing ``_``/``-`` go; ``"edgert"`` if nothing is left."""
-    node = re.sub(r"[^A-Za-z0-9_-]+", "_", text)
-    node = re.sub(r"_+", "_", node).strip("_-")
-    return node or "edgert"
-
-
-def default_node_id() -> str:
-    """The host name as a node id."""
-    return sanitize_node_id(socket.gethostname())
-
-
-def _level_ok(level: str) -> bool:
-    # MQTT forbids NUL; '+'/'#' are wildcards; '.'/'..' are refused so no level can look like a
-    # path step to a bridge, ACL pattern or log reader.
-    return bool(level) and not any(c in level for c in "+#/\0") and level not in (".", "..")
-
-
-def _check_topic_root(value: str, what: str) -> None:
-    if not value or value.startswith("$") or not all(_level_ok(x) for x in value.split("/")):
-        raise ConfigError(
-            f"{what} {value!r} must be non-empty topic levels without wildcards, '$' or '..'"
-        )
-
-
-class RequestTopic(NamedTuple):
-    """What a request topic says: the model, the optional ``<key>``, and whether node-pinned."""
-
-    model: str
-    key: str | None
-    pinned: bool
-
-
-@dataclass(frozen=True, kw_only=True)
-class Topics:
-    """Every topic one node uses, from its prefix and node id; validated when built.
-
-    ``reply_prefix`` defaults to ``<prefix>/reply/`` (a trailing ``/`` is added); it may not
-    overlap the request or node topics, or a device could make the daemon publish requests.
-    ``share_group`` makes pooled subscriptions MQTT 5 shared ones.
-    """
-
-    node: str
-    prefix: str = "edgert"
-    reply_prefix: str | None = None
-    share_group: str | None = None
-    discovery_prefix: str = "homeassistant"
-
-    def __post_init__(self) -> None:
-        _check_topic_root(self.prefix, "topic prefix")
-        _check_topic_root(self.discovery_prefix, "discovery prefix")
-        if self.node != sanitize_node_id(self.node):
-            raise ConfigError(
-                f"node id {self.node!r} must be [a-zA-Z0-9_-]; e.g. {sanitize_node_id(self.node)!r}"
-            )
-        if self.share_group is not None and not _level_ok(self.share_group):
-            raise ConfigError(f"share group {self.share_group!r} must be one topic level")
-        if self.reply_prefix is not None:
-            # Frozen, so normalise through object.__setattr__; the value stays a str.
-            object.__setattr__(self, "reply_prefix", self.reply_prefix.rstrip("/") + "/")
-        reply = self.reply_root
-        _check_topic_root(reply[:-1], "reply prefix")
-        for other in (f"{self.prefix}/infer/", f"{self.prefix}/node/", f"{self.discovery_prefix}/"):
-            if reply.startswith(other) or other.startswith(reply):
-                raise ConfigError(f"reply prefix {reply!r} overlaps {other!r}")
-
-    @property
-    def reply_root(self) -> str:
-        """The reply prefix, ending in ``/``."""
-        return self.reply_prefix or f"{self.prefix}/reply/"
-
-    @property
-    def _node_root(self) -> str:
-        return f"{self.prefix}/node/{self.node}"
-
-    @property
-    def status(self) -> str:
-        return f"{self._node_root}/status"
-
-    @property
-    def models(self) -> str:
-        """The retained catalogue."""
-        return f"{self._node_root}/models"
-
-    @property
-    def stats(self) -> str:
-        return f"{self._node_root}/stats"
-
-    @property
-    def discovery(self) -> str:
-        """Home Assistant device discovery (retained)."""
-        return f"{self.discovery_prefix}/device/{self.node}/config"
-
-    @property
-    def ha_status(self) -> str:
-        """Where Home Assistant announces ``online`` (then discovery is re-sent)."""
-        return f"{self.discovery_prefix}/status"
-
-    def events(self, name: str) -> str:
-        """Results of a model, or of a source, for Home Assistant."""
-        return f"{self._node_root}/events/{_level(name, 'model or source name')}"
-
-    def node_infer(self, model: str | None = None) -> str:
-        """Subscription filter for requests pinned to this node: one model, or all (``None``;
-        for answering ``no_model``)."""
-        return f"{self._node_root}/infer/" + (f"{_level(model, 'model')}/#" if model else "#")
-
-    def pooled_infer(self, model: str) -> str:
-        """Subscription filter for pooled requests to ``model`` (``#`` also matches no key)."""
-        filt = f"{self.prefix}/infer/{_level(model, 'model')}/#"
-        return f"$share/{self.share_group}/{filt}" if self.share_group else filt
-
-    def request_topic(self, model: str, key: str | None = None, *, pinned: bool = False) -> str:
-        """The topic a requester publishes to."""
-        root = f"{self._node_root}/infer" if pinned else f"{self.prefix}/infer"
-        topic = f"{root}/{_level(model, 'model')}"
-        return f"{topic}/{_level(key, 'key')}" if key is not None else topic
-
-    def parse_request_topic(self, topic: str) -> RequestTopic | None:
-        """The model, key and pinning of a request topic; ``None`` if it is not one for this node
-        (another node's, too many levels, an empty or wildcard level)."""
-        levels = topic.split("/")
-        root = self.prefix.split("/")
-        if levels[: len(root)] != root:
-            return None
-        rest = levels[len(root) :]
-        pinned = rest[:3] == ["node", self.node, "infer"]
-        if pinned:
-            rest = rest[3:]
-        elif rest[:1] == ["infer"]:
-            rest = rest[1:]
-        else:
-            return None
-        if not 1 <= len(rest) <= 2 or not all(_level_ok(x) for x in rest):
-            return None
-        return RequestTopic(rest[0], rest[1] if len(rest) == 2 else None, pinned)
-
-    def default_reply_topic(self, key: str, model: str) -> str:
-        """``<reply prefix><key>/<model>``: the reply topic of a keyed request naming none."""
-        return f"{self.reply_root}{_level(key, 'key')}/{_level(model, 'model')}"
-
-    def reply_allowed(self, topic: str) -> bool:
-        """Whether the daemon may publish a reply to ``topic``: under the reply prefix, no
-        wildcards, NULs, empty or ``.``/``..`` levels, at most 65535 UTF-8 bytes."""
-        try:
-            size = len(topic.encode("utf-8"))
-        except UnicodeEncodeError:  # lone surrogates from a JSON "\ud800" escape
-            return False
-        if size > MAX_TOPIC_BYTES or not topic.startswith(self.reply_root):
-            return False
-        rest = topic[len(self.reply_root) :]
-        return bool(rest) and all(_level_ok(x) for x in rest.split("/"))
-
-    def reply_topic(
-        self, response_topic: str | None, reply_to: str | None, key: str | None, model: str
-    ) -> str | None:
-        """Where to answer: MQTT 5 Response Topic, else the envelope's ``reply_to``, else the
-        default topic of the request's ``<key>``; ``None`` if nowhere. ProtocolError
-        (bad_request) if the chosen topic is not allowed."""
-        chosen = response_topic or reply_to
-        if chosen is None:
-            return self.default_reply_topic(key, model) if key is not None else None
-        if not self.reply_allowed(chosen):
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST,
-                f"reply topic {chosen[:200]!r} is not allowed; replies go under "
-                f"{self.reply_root!r} (no wildcards or empty levels)",
-            )
-        return chosen
-
-
-def _level(name: str, what: str) -> str:
-    if not _level_ok(name):
-        raise ConfigError(f"{what} {name!r} cannot be a topic level")
-    return name
 
 
 # -------------------------------------------------------------------------------------- requests

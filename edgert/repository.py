@@ -104,10 +104,22 @@ class ArtifactKey:
         """Why this artifact cannot run where ``machine`` describes, or None if it can."""
         if self.schema != machine.schema:
             return f"key schema {self.schema}, this edgert writes {machine.schema}"
-        for name in ("backend", "backend_version", "device"):
-            mine, theirs = getattr(self, name), getattr(machine, name)
-            if mine != theirs:
-                return f"built for {name.replace('_', ' ')} {mine}, this machine has {theirs}"
+        if self.backend != machine.backend:
+            return f"built for backend {self.backend}, this machine has {machine.backend}"
+        if not _runs_on_version(
+            self.backend_version, machine.backend_version, self.options.get("version_compatible")
+        ):
+            return (
+                f"built for backend version {self.backend_version}, this machine has "
+                f"{machine.backend_version}"
+            )
+        if not _runs_on_device(
+            self.device, machine.device, self.options.get("hardware_compatible")
+        ):
+            return f"built for device {self.device}, this machine has {machine.device}"
+        mine, theirs = self.options.get("platform"), machine.options.get("platform")
+        if mine != theirs:
+            return f"built for platform {mine}, this machine is {theirs}"
         if self.source_sha256 != machine.source_sha256:
             return "the source model.onnx changed since it was built (stale)"
         if dict(self.profiles) != dict(machine.profiles):
@@ -116,6 +128,36 @@ class ArtifactKey:
                 f"{dict(machine.profiles)} (stale)"
             )
         return None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def _runs_on_version(built: str, here: str, compatible: object) -> bool:
+    """Plain artifacts need the exact version. TensorRT's version-compatible engines run on a
+    later runtime of the same major, and across majors from 8 to 10 and from 10 to 11 only."""
+    if built == here:
+        return True
+    if not compatible:
+        return False
+    b, h = _version(built), _version(here)
+    return bool(b and h) and h >= b and (h[0] == b[0] or (b[0], h[0]) in {(8, 10), (10, 11)})
+
+
+def _runs_on_device(built: str, here: str, compatible: object) -> bool:
+    """Hardware-compatible (Ampere+) engines run on any desktop GPU of sm_80 or later; never on
+    Jetson's integrated GPUs or DLA."""
+    if built == here:
+        return True
+    if not compatible:
+        return False
+
+    def desktop_sm(device: str) -> int:
+        major = device.removeprefix("sm_")
+        return int(major) if device.startswith("sm_") and major.isdigit() else 0
+
+    return desktop_sm(built) >= 80 and desktop_sm(here) >= 80
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def open_model(model: ModelDir, backend: str = "auto") -> LoadedModel:
     artifacts = model.artifacts()
     refused: list[str] = []
     for kind in _candidates(backend):
-        machine = machine_key(kind, source, io, config.precision)
+        machine = machine_key(kind, source, io, config.precision, config)
         usable: list[Artifact] = []
         for found in artifacts:
             if isinstance(found, ArtifactError):

@@ -128,7 +128,11 @@ def test_exported_names_exist(module: Any) -> None:
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
-        ("edgert/protocol.py", {"edgert.errors", "edgert.spec", "edgert.config", "edgert.codec"}),
+        (
+            "edgert/protocol.py",
+            {"edgert.errors", "edgert.spec", "edgert.config", "edgert.codec", "edgert.topics"},
+        ),
+        ("edgert/topics.py", {"edgert.errors"}),
         ("edgert/codec.py", {"edgert.errors", "edgert.spec", "edgert.config"}),
     ],
 )
@@ -353,19 +357,6 @@ def test_default_reply_topic() -> None:
             t.events(bad)
         with pytest.raises(ConfigError):
             t.pooled_infer(bad)
-
-
-def test_reply_topic_precedence_and_policy() -> None:
-    t = Topics(node="n1")
-    assert t.reply_topic("edgert/reply/v5", "edgert/reply/json", "k", "m") == "edgert/reply/v5"
-    assert t.reply_topic(None, "edgert/reply/json", "k", "m") == "edgert/reply/json"
-    assert t.reply_topic(None, None, "k", "m") == "edgert/reply/k/m"
-    assert t.reply_topic(None, None, None, "m") is None
-    for bad in ("edgert/infer/m", "edgert/reply/+", "elsewhere"):
-        with pytest.raises(ProtocolError) as info:
-            t.reply_topic(None, bad, "k", "m")
-        assert info.value.code is ErrorCode.BAD_REQUEST
-        assert "edgert/reply/" in info.value.message
 
 
 # ------------------------------------------------------------------------------- JSON requests

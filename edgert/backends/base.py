@@ -37,6 +37,7 @@ class BuildRequest:
     precision: Precision
     out_dir: Path
     progress: ProgressFn = lambda stage, fraction: None
+    cache_dir: Path | None = None  # the repository's engines/.cache (TensorRT timing caches)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ class BackendKind(ABC):
     def device(self) -> str:
         """What the artifact is tied to on this machine ("cpu-x86_64", "sm_87", "sm_87-dla0")."""
 
-    def build_options(self, precision: Precision) -> dict[str, Any]:
+    def build_options(
+        self, precision: Precision, config: ModelConfig | None = None
+    ) -> dict[str, Any]:
         """Options that change the artifact's content (part of its key)."""
         return {}
 

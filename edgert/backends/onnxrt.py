@@ -13,7 +13,7 @@ import onnx
 import onnxruntime as ort
 
 from edgert.backends.base import Backend, BackendKind, BuildRequest, BuildResult
-from edgert.config import Precision
+from edgert.config import ModelConfig, Precision
 from edgert.errors import BuildError, InferenceError, ModelCheckError, mapped
 from edgert.onnx import ModelIO, OnnxSource, to_fp16
 
@@ -55,7 +55,9 @@ class OnnxRuntimeKind(BackendKind):
     def device(self) -> str:
         return f"cpu-{platform.machine().lower()}"
 
-    def build_options(self, precision: Precision) -> dict[str, Any]:
+    def build_options(
+        self, precision: Precision, config: ModelConfig | None = None
+    ) -> dict[str, Any]:
         return {"optimization": _OPT_LEVEL, "format": "ort"}
 
     def build(self, request: BuildRequest) -> BuildResult:

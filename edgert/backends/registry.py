@@ -16,6 +16,7 @@ __all__ = ["BACKENDS", "BackendStatus", "choose", "get", "status"]
 
 # Preference order for `auto`: the first available wins.
 BACKENDS: dict[str, str] = {
+    "tensorrt": "edgert.backends.tensorrt",
     "onnxruntime": "edgert.backends.onnxrt",
 }
 

@@ -1,0 +1,333 @@
+"""TensorRT: engines built in a child process, run with named tensors on cuda-python memory.
+
+Every TensorRT call goes through :mod:`edgert.backends.trt_compat` (the per-version branches);
+device memory and streams through :mod:`edgert.backends.cuda`. Importing this module raises
+:class:`BackendUnavailable` (with the reason) where TensorRT, cuda-python or a GPU is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgert.backends import cuda
+from edgert.backends.base import Backend, BackendKind, BuildRequest, BuildResult
+from edgert.config import ModelConfig, Precision
+from edgert.errors import BackendUnavailable, BuildError, InferenceError, InputError, ModelLoadError
+from edgert.onnx import ModelIO, to_fp16
+from edgert.spec import concrete_shape
+
+try:
+    from edgert.backends import trt_compat as compat
+except ImportError as exc:
+    raise BackendUnavailable(f"TensorRT is not importable here ({exc})") from exc
+
+if cuda.device_count() == 0:
+    raise BackendUnavailable("TensorRT imports, but no CUDA device is visible (see edgert doctor)")
+
+__all__ = ["ARTIFACT", "KIND", "TensorRTBackend", "TensorRTKind"]
+
+ARTIFACT = "engine.plan"
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+_INT32 = np.iinfo(np.int32)
+# model.toml [tensorrt] keys → what they change in the engine (so, part of the artifact key).
+_OPTIONS = {
+    "workspace_mb": int,
+    "optimization_level": int,
+    "dla_core": int,
+    "version_compatible": bool,
+    "hardware_compatible": bool,
+}
+
+
+def _device_info() -> cuda.DeviceInfo:
+    with cuda.Cuda(0) as gpu:
+        return gpu.info
+
+
+class TensorRTKind(BackendKind):
+    name = "tensorrt"
+
+    def __init__(self) -> None:
+        self.api = compat.api()
+        self.info = _device_info()
+
+    def version(self) -> str:
+        return compat.VERSION
+
+    def device(self) -> str:
+        # Jetson's integrated GPUs never share engines with desktop cards of the same sm.
+        return f"{self.info.sm}-igpu" if self.info.integrated else self.info.sm
+
+    def build_options(
+        self, precision: Precision, config: ModelConfig | None = None
+    ) -> dict[str, Any]:
+        section = dict(config.sections.get("tensorrt", {})) if config else {}
+        unknown = set(section) - set(_OPTIONS)
+        if unknown:
+            raise BuildError(
+                f"model.toml [tensorrt]: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                f"{', '.join(_OPTIONS)}"
+            )
+        options: dict[str, Any] = {k: _OPTIONS[k](v) for k, v in section.items()}
+        if precision == "fp16":
+            options["fp16"] = "builder-flag" if self.api.fp16_by_flag else "onnx-conversion"
+        options["platform"] = f"{sys.platform}-{os.uname().machine}"
+        return options
+
+    def build(self, request: BuildRequest) -> BuildResult:
+        model = request.source.model
+        notes: list[str] = []
+        options = self.build_options(request.precision, request.config)
+        if options.get("dla_core") is not None and request.precision == "fp32":
+            raise BuildError('DLA runs FP16 or INT8 only; set precision = "fp16" or "int8"')
+        if request.precision == "int8" and not set(request.source.ops_used()) & _QDQ_OPS:
+            raise BuildError(
+                "int8 needs a quantized ONNX (QuantizeLinear/DequantizeLinear nodes); TensorRT "
+                "in edgert has no calibrator path. Quantize the model first (e.g. NVIDIA Model "
+                "Optimizer or onnxruntime.quantization with QDQ format) or build fp32/fp16"
+            )
+        if request.precision == "fp16" and not self.api.fp16_by_flag:
+            request.progress("converting the ONNX to FP16 (TensorRT 11 is strongly typed)", 0.02)
+            model = to_fp16(model)
+            notes.append("converted to FP16 before parsing (overflow-prone ops kept in FP32)")
+        profiles = {
+            spec.name: [list(concrete_shape(spec.shape, request.io.dims, w)) for w in _WHICH]
+            for spec in request.io.inputs
+            if spec.is_dynamic
+        }
+        cache_dir = request.cache_dir
+        timing_cache = (
+            cache_dir / f"timing-trt{compat.VERSION}-{self.device()}.cache" if cache_dir else None
+        )
+        with tempfile.TemporaryDirectory(dir=request.out_dir) as scratch:
+            prepared = Path(scratch) / "prepared.onnx"
+            onnx.save_model(
+                model,
+                str(prepared),
+                save_as_external_data=model.ByteSize() > 1 << 30,
+                location="prepared.onnx.data",
+            )
+            job = {
+                "onnx": str(prepared),
+                "plan": str(request.out_dir / ARTIFACT),
+                "timing_cache": str(timing_cache) if timing_cache else None,
+                "precision": request.precision,
+                "profiles": profiles,
+                "workspace_bytes": options["workspace_mb"] << 20
+                if "workspace_mb" in options
+                else None,
+                **{k: options.get(k) for k in _OPTIONS if k != "workspace_mb"},
+            }
+            job_path = Path(scratch) / "job.json"
+            job_path.write_text(json.dumps(job))
+            warnings = _run_build(job_path, request)
+        notes.extend(f"TensorRT: {w}" for w in warnings[-3:])
+        return BuildResult(ARTIFACT, options, tuple(notes))
+
+    def load(self, artifact: Path, io: ModelIO) -> Backend:
+        return TensorRTBackend(artifact, io, self.api)
+
+
+_WHICH: tuple[Any, ...] = ("min", "opt", "max")
+
+
+def _run_build(job: Path, request: BuildRequest) -> list[str]:
+    """Run the build child; relay its progress; BuildError with its reasons if it fails."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "edgert.backends.trt_build", str(job)]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        last: dict[str, Any] = {}
+        for line in child.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # TensorRT or a plugin printing on stdout
+            if "stage" in message:
+                request.progress(str(message["stage"]), float(message["fraction"]))
+            else:
+                last = message
+        stderr = child.stderr.read()
+        code = child.wait()
+    if last.get("ok") and code == 0:
+        return [str(w) for w in last.get("warnings", [])]
+    if "error" in last:
+        details = [str(d) for d in last.get("details", [])]
+        reason = "; ".join(details[-5:]) if details else "no reason logged"
+        raise BuildError(f"{last['error']}: {reason}", log="\n".join(details))
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+    hint = " (out of memory? see dmesg)" if code == -9 else ""
+    tail = stderr.strip().splitlines()[-5:]
+    raise BuildError(
+        f"the TensorRT build process {how}{hint}: {' | '.join(tail) or 'no output'}", log=stderr
+    )
+
+
+class TensorRTBackend(Backend):
+    """Runs one engine: named tensors, shapes per call, buffers reused and sized at profile max."""
+
+    def __init__(self, artifact: Path, io: ModelIO, api: compat.Trt8) -> None:
+        super().__init__(f"tensorrt:{artifact}", io)
+        self.artifact = artifact
+        self.api = api
+        self.log = compat.TrtLog()
+        self._gpu: cuda.Cuda | None = None
+        self._stream: cuda.Stream | None = None
+        self._buffers: cuda.BufferSet | None = None
+        self._exec: compat.Execution | None = None
+        self._tensors: list[compat.TensorInfo] = []
+        self._keep: tuple[Any, ...] = ()
+
+    def _activate_impl(self) -> None:
+        plan = self.artifact.read_bytes()
+        gpu = cuda.Cuda(0)
+        try:
+            free, total = gpu.mem_info()
+            if len(plan) > free:
+                raise ModelLoadError(_no_room(self.artifact, len(plan), free, total))
+            try:
+                runtime, engine = compat.deserialize(plan, self.log, _version_compatible(self))
+                tensors = compat.tensors(self.api, engine)
+                need = self.api.device_memory(engine) + _io_bytes(tensors)
+                free, total = gpu.mem_info()
+                if need > free:
+                    raise ModelLoadError(_no_room(self.artifact, need, free, total))
+                self._exec = compat.Execution(self.api, engine, self.log)
+            except compat.TrtFailure as exc:
+                raise ModelLoadError(
+                    f"{self.artifact}: {exc.message}: {'; '.join(exc.details) or 'no reason'}",
+                    log="\n".join(exc.details),
+                ) from exc
+            self._keep = (runtime, engine)  # the context needs both alive
+            self._tensors = tensors
+            self._stream = gpu.stream()
+            self._buffers = cuda.BufferSet(gpu)
+            self._buffers.reserve(
+                {t.name: _nbytes(t.profile_max or t.shape, t.dtype) for t in tensors}
+            )
+            self._gpu = gpu
+        except BaseException:
+            gpu.close()
+            raise
+
+    def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._exec and self._gpu and self._stream and self._buffers
+        gpu, stream, buffers, execution = self._gpu, self._stream, self._buffers, self._exec
+        try:
+            for info in self._tensors:
+                if not info.is_input:
+                    continue
+                array = _to_engine(feeds[info.name], info)
+                if not execution.set_input_shape(info.name, array.shape):
+                    raise InputError(
+                        f"input '{info.name}' of shape {list(array.shape)} is outside the "
+                        f"engine's profile (max {list(info.profile_max or info.shape)})"
+                    )
+                buffer = buffers.ensure(info.name, array.nbytes)
+                gpu.copy_to_device(buffer, array, stream)
+                execution.set_address(info.name, buffer.ptr)
+            shapes: dict[str, tuple[int, ...]] = {}
+            for info in self._tensors:
+                if info.is_input:
+                    continue
+                shape = execution.output_shape(info.name)
+                if -1 in shape:
+                    execution.use_allocator(info.name, lambda n, size: buffers.ensure(n, size).ptr)
+                else:
+                    buffer = buffers.ensure(info.name, _nbytes(shape, info.dtype))
+                    execution.set_address(info.name, buffer.ptr)
+                    shapes[info.name] = shape
+            execution.execute(stream.handle)
+            outputs: dict[str, np.ndarray] = {}
+            stream.synchronize()  # data-dependent shapes are known only once the run is done
+            for info in self._tensors:
+                if info.is_input:
+                    continue
+                shape = shapes.get(info.name) or execution.allocated_shape(info.name)
+                host = np.empty(shape, info.dtype)
+                gpu.copy_to_host(host, buffers.ensure(info.name, host.nbytes), stream)
+                outputs[info.name] = host
+            stream.synchronize()
+        except compat.TrtFailure as exc:
+            raise InferenceError(
+                f"{exc.message}: {'; '.join(exc.details) or 'no reason logged'}",
+                log="\n".join(exc.details),
+            ) from exc
+        return {
+            spec.name: _to_spec(outputs[spec.name], spec.dtype.numpy) for spec in self.io.outputs
+        }
+
+    def _deactivate_impl(self) -> None:
+        if self._buffers is not None:
+            self._buffers.release()
+        if self._stream is not None:
+            self._stream.close()
+        self._exec = None
+        self._keep = ()
+        if self._gpu is not None:
+            self._gpu.close()
+        self._gpu = self._stream = self._buffers = None
+
+
+def _version_compatible(backend: TensorRTBackend) -> bool:
+    """Version-compatible plans carry host code; run it only for plans edgert built so."""
+    manifest = backend.artifact.parent / "manifest.json"
+    try:
+        options = json.loads(manifest.read_text())["key"]["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(options.get("version_compatible"))
+
+
+def _nbytes(shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:
+    return int(np.prod([max(d, 0) for d in shape], dtype=np.int64)) * dtype.itemsize
+
+
+def _io_bytes(tensors: list[compat.TensorInfo]) -> int:
+    return sum(
+        _nbytes(t.profile_max or t.shape, t.dtype)
+        for t in tensors
+        if -1 not in (t.profile_max or t.shape)
+    )
+
+
+def _no_room(artifact: Path, need: int, free: int, total: int) -> str:
+    mib = 1 << 20
+    return (
+        f"{artifact.parent.parent.parent.name}: the engine needs {need // mib} MiB of GPU memory, "
+        f"{free // mib} MiB of {total // mib} MiB is free (on Jetson the OS shares it); "
+        "serve fewer models or build with a smaller profile max"
+    )
+
+
+def _to_engine(array: np.ndarray, info: compat.TensorInfo) -> np.ndarray:
+    """The array in the engine's dtype: TensorRT 8.6 takes int64 as int32, if it fits."""
+    if array.dtype != info.dtype:
+        if array.dtype == np.int64 and info.dtype == np.int32 and array.size:
+            low, high = int(array.min()), int(array.max())
+            if low < _INT32.min or high > _INT32.max:
+                raise InputError(
+                    f"input '{info.name}' holds {low if low < _INT32.min else high}, outside "
+                    "int32; TensorRT 8.6 runs int64 inputs as int32"
+                )
+        array = array.astype(info.dtype)
+    return np.ascontiguousarray(array)
+
+
+def _to_spec(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+KIND = TensorRTKind()
