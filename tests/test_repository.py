@@ -94,6 +94,69 @@ def test_mismatch_reasons(field: str, value: Any, reason: str) -> None:
     assert why is not None and re.search(reason, why), why
 
 
+TRT_KEY = dataclasses.replace(
+    KEY,
+    backend="tensorrt",
+    backend_version="10.3.0",
+    device="sm_86",
+    options={"platform": "linux-x86_64"},
+)
+
+
+@pytest.mark.parametrize(
+    ("built", "here", "version_compatible", "runs"),
+    [
+        ("10.3.0", "10.3.0", False, True),
+        ("10.3.0", "10.3.1", False, False),
+        ("10.3.0", "10.7.0", True, True),
+        ("10.7.0", "10.3.0", True, False),  # never on an older runtime
+        ("8.6.1", "10.3.0", True, True),  # 8 → 10 is one of the two cross-major paths
+        ("10.3.0", "11.4.0.106", True, True),  # and 10 → 11 the other
+        ("8.6.1", "11.4.0.106", True, False),
+        ("8.6.1", "9.2.0", True, False),
+    ],
+)
+def test_version_compatible_engines_run_on_later_tensorrt(
+    built: str, here: str, version_compatible: bool, runs: bool
+) -> None:
+    options = {"platform": "linux-x86_64", "version_compatible": version_compatible}
+    artifact = dataclasses.replace(TRT_KEY, backend_version=built, options=options)
+    machine = dataclasses.replace(TRT_KEY, backend_version=here)
+    why = artifact.mismatch(machine)
+    assert (why is None) == runs, why
+    if not runs:
+        assert f"backend version {built}, this machine has {here}" in (why or "")
+
+
+@pytest.mark.parametrize(
+    ("built", "here", "hardware_compatible", "runs"),
+    [
+        ("sm_86", "sm_86", False, True),
+        ("sm_86", "sm_89", False, False),
+        ("sm_86", "sm_89", True, True),
+        ("sm_80", "sm_90", True, True),
+        ("sm_75", "sm_86", True, False),  # Ampere and later only
+        ("sm_87-igpu", "sm_87-igpu", True, True),
+        ("sm_86", "sm_87-igpu", True, False),  # never on Jetson
+        ("sm_87-igpu", "sm_86", True, False),
+    ],
+)
+def test_hardware_compatible_engines_run_on_other_desktop_gpus(
+    built: str, here: str, hardware_compatible: bool, runs: bool
+) -> None:
+    options = {"platform": "linux-x86_64", "hardware_compatible": hardware_compatible}
+    artifact = dataclasses.replace(TRT_KEY, device=built, options=options)
+    machine = dataclasses.replace(TRT_KEY, device=here)
+    assert (artifact.mismatch(machine) is None) == runs
+
+
+def test_engines_never_cross_platforms() -> None:
+    machine = dataclasses.replace(TRT_KEY, options={"platform": "linux-aarch64"})
+    assert "built for platform linux-x86_64, this machine is linux-aarch64" == TRT_KEY.mismatch(
+        machine
+    )
+
+
 def _manifest(files: dict[str, dict[str, Any]] | None = None) -> Manifest:
     return Manifest(
         model="m",
