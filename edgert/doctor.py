@@ -91,8 +91,7 @@ def _cuda() -> Iterator[Finding]:
         "cuda",
         "cuda-python",
         binding or "not installed",
-        None if binding else False,
-        "" if binding else "pip install 'edgert[tensorrt]'",
+        hint="" if binding else "for TensorRT: pip install 'edgert[tensorrt]'",
     )
     yield Finding(
         "cuda",
