@@ -207,7 +207,9 @@ def test_int8_builds_a_qdq_model(tmp_path: Path) -> None:
 
 
 def test_registry() -> None:
-    with pytest.raises(ConfigError, match="unknown backend 'nope'; known: onnxruntime, auto"):
+    with pytest.raises(
+        ConfigError, match="unknown backend 'nope'; known: tensorrt, onnxruntime, auto"
+    ):
         get("nope")
     assert choose("auto") is KIND and get("onnxruntime") is KIND
     assert choose("onnxruntime").name == "onnxruntime"
