@@ -214,9 +214,7 @@ class TensorRTBackend(Backend):
             self._tensors = tensors
             self._stream = gpu.stream()
             self._buffers = cuda.BufferSet(gpu)
-            self._buffers.reserve(
-                {t.name: _nbytes(t.profile_max or t.shape, t.dtype) for t in tensors}
-            )
+            self._buffers.reserve(_max_sizes(self._exec, tensors))
             self._gpu = gpu
         except BaseException:
             gpu.close()
@@ -291,6 +289,24 @@ def _version_compatible(backend: TensorRTBackend) -> bool:
     return bool(options.get("version_compatible"))
 
 
+def _max_sizes(execution: compat.Execution, tensors: list[compat.TensorInfo]) -> dict[str, int]:
+    """Buffer sizes at the profile maximum: inputs from the profile, outputs from the shapes
+    TensorRT derives for those inputs (outputs sized by the data are left to their allocator)."""
+    sizes = {}
+    for info in tensors:
+        if info.is_input:
+            shape = info.profile_max or info.shape
+            if not execution.set_input_shape(info.name, shape):
+                raise ModelLoadError(f"the engine refuses its own profile maximum {shape}")
+            sizes[info.name] = _nbytes(shape, info.dtype)
+    for info in tensors:
+        if not info.is_input:
+            shape = execution.output_shape(info.name)
+            if -1 not in shape:
+                sizes[info.name] = _nbytes(shape, info.dtype)
+    return sizes
+
+
 def _nbytes(shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:
     return int(np.prod([max(d, 0) for d in shape], dtype=np.int64)) * dtype.itemsize
 
@@ -323,7 +339,8 @@ def _to_engine(array: np.ndarray, info: compat.TensorInfo) -> np.ndarray:
                     "int32; TensorRT 8.6 runs int64 inputs as int32"
                 )
         array = array.astype(info.dtype)
-    return np.ascontiguousarray(array)
+    # Not np.ascontiguousarray: it turns a 0-d array (a scalar input) into shape (1,).
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def _to_spec(array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:

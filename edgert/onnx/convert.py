@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto, helper
 
-from edgert.errors import ModelCheckError
+from edgert.errors import ModelCheckError, first_line
 
 __all__ = ["FP16_KEEP_FP32", "to_fp16"]
 
@@ -36,6 +37,7 @@ FP16_KEEP_FP32: tuple[str, ...] = (
     "Sqrt",
     "Reciprocal",
 )
+_CONTROL_FLOW = {"If", "Loop", "Scan"}
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = FP16_KEEP_FP32) -> onnx.ModelProto:
@@ -61,6 +63,22 @@ def to_fp16(model: onnx.ModelProto, keep_fp32: tuple[str, ...] = FP16_KEEP_FP32)
     except Exception as exc:
         raise ModelCheckError(f"FP16 conversion failed: {exc}") from exc
     _restore_io_types(converted, model)
+    _sort_topologically(converted.graph)
+    # The converter leaves stale float32 value_info inside If/Loop bodies; it is optional (a
+    # runtime infers it), so drop it rather than let it contradict the converted types.
+    for g in _graphs(converted.graph):
+        del g.value_info[:]
+    try:
+        onnx.shape_inference.infer_shapes(converted, check_type=True, strict_mode=True)
+    except Exception as exc:
+        flow = sorted({n.op_type for g in _graphs(model.graph) for n in g.node} & _CONTROL_FLOW)
+        # onnxconverter-common can mistype values shared between an If/Loop body and its outer
+        # graph (in silero VAD: a Conv bound to both float and float16).
+        where = f" with control flow ({', '.join(flow)})" if flow else ""
+        raise ModelCheckError(
+            f"FP16 conversion of this graph{where} produced an invalid model; build it in fp32 "
+            f"(or export it in FP16 yourself): {first_line(exc)}"
+        ) from exc
     return converted
 
 
@@ -126,6 +144,56 @@ def _restore_io_types(model: onnx.ModelProto, original: onnx.ModelProto) -> None
     nodes = [*head, *graph.node, *tail]
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.HasField("g"):
+            yield attr.g
+        yield from attr.graphs
+
+
+def _uses(node: onnx.NodeProto) -> set[str]:
+    """Every value ``node`` reads, including outer-scope values its If/Loop bodies read."""
+    names = set(node.input)
+    for sub in _subgraphs(node):
+        for inner in sub.node:
+            names |= _uses(inner)
+    return names - {""}
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """Order every graph's nodes so each comes after what it reads (stable otherwise).
+
+    The converter appends its Casts inside If/Loop bodies after their readers, which ONNX Runtime
+    refuses ("Nodes in a graph must be topologically sorted").
+    """
+    nodes = list(graph.node)
+    for node in nodes:
+        for sub in _subgraphs(node):
+            _sort_topologically(sub)
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    waiting = [
+        {producer[n] for n in _uses(node) if n in producer and producer[n] != i}
+        for i, node in enumerate(nodes)
+    ]
+    readers: dict[int, list[int]] = {}
+    for i, deps in enumerate(waiting):
+        for dep in deps:
+            readers.setdefault(dep, []).append(i)
+    ready = [i for i, deps in enumerate(waiting) if not deps]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for reader in readers.get(i, []):
+            waiting[reader].discard(i)
+            if not waiting[reader]:
+                heapq.heappush(ready, reader)
+    if len(order) == len(nodes) and order != sorted(order):
+        del graph.node[:]
+        graph.node.extend(nodes[i] for i in order)
 
 
 def _rename(names: Any, rename: dict[str, str]) -> None:
