@@ -81,9 +81,20 @@ class Client:
         self._connection = MqttConnection(config, on_message=self._on_reply)
         self._connection.subscribe(f"{prefix}/reply/{self._key}/#", qos=1)
         self._connection.start()
-        if not self._connection.connected.wait(connect_timeout):
-            self._connection.stop()
-            raise EdgertError(f"cannot reach the broker at {config.host}:{config.port}")
+        self._wait_connected(connect_timeout)
+
+    def _wait_connected(self, timeout: float) -> None:
+        """Wait for the first connection; a refusal (bad credentials) ends the wait at once,
+        since retrying cannot fix it. EdgertError with the broker's or the socket's reason."""
+        connection = self._connection
+        end = time.monotonic() + timeout
+        while not connection.connected.wait(min(0.05, max(end - time.monotonic(), 0))):
+            if connection.refused.is_set() or time.monotonic() >= end:
+                connection.stop()
+                raise EdgertError(
+                    connection.last_error
+                    or f"cannot reach the broker at {connection.address} within {timeout:g} s"
+                )
 
     def __enter__(self) -> Client:
         return self

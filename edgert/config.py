@@ -30,6 +30,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, cast
@@ -347,19 +348,7 @@ class DaemonConfig:
         node_raw = dict(_table(data, "node", where))
         serve_raw = dict(_table(data, "serve", where))
         try:
-            broker = BrokerConfig()
-            url = broker_raw.pop("url", None)
-            if url is not None:
-                broker = parse_broker_url(str(url), broker)
-            password_file = broker_raw.pop("password_file", None)
-            if password_file is not None:
-                secret = (base_dir / str(password_file)).read_text().strip()
-                broker_raw["password"] = secret
-            if isinstance(broker_raw.get("protocol"), str):
-                broker_raw["protocol"] = {"5": 5, "3.1.1": 4, "311": 4}.get(
-                    broker_raw["protocol"], 0
-                )
-            broker = replace(broker, **broker_raw)
+            broker = _broker_from_dict(broker_raw, where, base_dir)
             node = {
                 "id": "node",
                 "prefix": "prefix",
@@ -377,5 +366,38 @@ class DaemonConfig:
             return cls(broker=broker, **fields, **serve_raw)
         except TypeError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
-        except OSError as exc:
-            raise ConfigError(f"{where}: password_file: {exc}") from exc
+
+
+# [broker] keys that name files: relative paths are relative to the config file, as systemd
+# starts the daemon in /.
+_BROKER_FILES = ("ca_file", "cert_file", "key_file")
+
+
+def _broker_from_dict(raw: Mapping[str, Any], where: str, base_dir: Path) -> BrokerConfig:
+    """The ``[broker]`` table: ``url`` first, then the other keys over it; ``password_file``
+    read (stripped); file paths resolved against ``base_dir``."""
+    raw = dict(raw)
+    known = {f.name for f in dataclass_fields(BrokerConfig)} | {"url", "password_file"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown [broker] key(s) {', '.join(sorted(unknown))}; known: "
+            f"{', '.join(sorted(known))}"
+        )
+    broker = BrokerConfig()
+    url = raw.pop("url", None)
+    if url is not None:
+        broker = parse_broker_url(str(url), broker)
+    password_file = raw.pop("password_file", None)
+    if password_file is not None:
+        path = base_dir / str(password_file)
+        try:
+            raw["password"] = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: [broker] password_file {path}: {exc}") from exc
+    for key in _BROKER_FILES:
+        if isinstance(raw.get(key), str):
+            raw[key] = str(base_dir / raw[key])
+    if isinstance(raw.get("protocol"), str):
+        raw["protocol"] = {"5": 5, "3.1.1": 4, "311": 4}.get(raw["protocol"], 0)
+    return replace(broker, **raw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,67 @@ def _convert(msg: paho.MQTTMessage) -> Message:
     )
 
 
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """Closes itself when its handshake fails: paho (2.2) drops such a socket unclosed on every
+    failed attempt (an untrusted or expired certificate), leaving it to the garbage collector."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+class _TlsContext(ssl.SSLContext):
+    sslsocket_class = _ClosingSSLSocket
+
+
+def _tls_context(config: BrokerConfig) -> ssl.SSLContext:
+    """What paho's ``tls_set`` builds (server certificate and host name verified against
+    ``ca_file``, else the system's CAs; an optional client certificate), with unreadable files
+    as a ConfigError naming them."""
+    context = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if config.ca_file is not None:
+            context.load_verify_locations(config.ca_file)
+        else:
+            context.load_default_certs()
+        if config.cert_file is not None:
+            context.load_cert_chain(config.cert_file, config.key_file)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        files = ", ".join(
+            f"{name} {path}"
+            for name, path in (
+                ("ca_file", config.ca_file),
+                ("cert_file", config.cert_file),
+                ("key_file", config.key_file),
+            )
+            if path is not None
+        )
+        raise ConfigError(f"broker TLS files ({files or 'system CAs'}): {exc}") from exc
+    return context
+
+
+def _varint_size(n: int) -> int:
+    size = 1
+    while n >= 128:
+        n //= 128
+        size += 1
+    return size
+
+
+def _packet_size(
+    topic: str, payload: bytes, qos: int, properties: Properties | None, v5: bool
+) -> int:
+    """The bytes of the PUBLISH packet paho sends for these, fixed header included: what a
+    broker's Maximum Packet Size limits."""
+    remaining = 2 + len(topic.encode("utf-8")) + len(payload) + (2 if qos > 0 else 0)
+    if v5:
+        remaining += len(properties.pack()) if properties is not None else 1
+    return 1 + _varint_size(remaining) + remaining
+
+
 class MqttConnection:
     """One paho client with its network loop in one thread; every publish goes through it.
 
@@ -84,7 +146,13 @@ class MqttConnection:
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.connects = 0
+        # The broker's Maximum Packet Size (MQTT 5 CONNACK); None when it states none.
         self.max_packet_size: int | None = None
+        # Why the last connection attempt failed (a CONNACK refusal or a socket/TLS error);
+        # ``refused`` is set when retrying cannot help: the broker refused (bad credentials)
+        # or its certificate is not trusted.
+        self.last_error: str | None = None
+        self.refused = threading.Event()
         protocol = paho.MQTTv5 if config.protocol == 5 else paho.MQTTv311
         kwargs: dict[str, Any] = {}
         if protocol == paho.MQTTv311:
@@ -99,13 +167,10 @@ class MqttConnection:
         client = self._client
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
+        elif config.password is not None:
+            raise ConfigError("a broker password is set but no username: set [broker] username")
         if config.tls:
-            client.tls_set(
-                ca_certs=config.ca_file,
-                certfile=config.cert_file,
-                keyfile=config.key_file,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+            client.tls_set_context(_tls_context(config))
         if will is not None:
             client.will_set(will[0], will[1], qos=1, retain=True)
         client.reconnect_delay_set(
@@ -113,12 +178,17 @@ class MqttConnection:
         )
         client.max_queued_messages_set(config.max_queued)
         client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
 
     @property
     def is_v5(self) -> bool:
         return self.config.protocol == 5
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
 
     def start(self) -> None:
         """Connect in the background; paho's loop reconnects with its capped backoff."""
@@ -163,6 +233,38 @@ class MqttConnection:
                 self._retained.pop(topic, None)
         self.publish(topic, payload, qos=qos, retain=True)
 
+    def _properties(
+        self,
+        correlation: bytes | None,
+        content_type: str | None,
+        response_topic: str | None,
+    ) -> Properties | None:
+        if not (self.is_v5 and (correlation or content_type or response_topic)):
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        if correlation is not None:
+            props.CorrelationData = correlation
+        if content_type is not None:
+            props.ContentType = content_type
+        if response_topic is not None:
+            props.ResponseTopic = response_topic
+        return props
+
+    def packet_size(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        correlation: bytes | None = None,
+        content_type: str | None = None,
+        response_topic: str | None = None,
+    ) -> int:
+        """The size of the packet :meth:`publish` would send, to compare with
+        :attr:`max_packet_size` (the broker's limit, from its MQTT 5 CONNACK)."""
+        props = self._properties(correlation, content_type, response_topic)
+        return _packet_size(topic, payload, qos, props, self.is_v5)
+
     def publish(
         self,
         topic: str,
@@ -174,24 +276,35 @@ class MqttConnection:
         content_type: str | None = None,
         response_topic: str | None = None,
     ) -> bool:
-        """Queue a publish; False if paho refused it (queue full or packet too large).
+        """Queue a publish; False if it was refused (paho's queue full, or larger than the
+        broker's Maximum Packet Size: a broker disconnects a client that sends such a packet,
+        and paho would re-send it after every reconnect).
 
         The MQTT 5 properties are dropped on a 3.1.1 connection.
         """
-        props = None
-        if self.is_v5 and (correlation or content_type or response_topic):
-            props = Properties(PacketTypes.PUBLISH)
-            if correlation is not None:
-                props.CorrelationData = correlation
-            if content_type is not None:
-                props.ContentType = content_type
-            if response_topic is not None:
-                props.ResponseTopic = response_topic
+        props = self._properties(correlation, content_type, response_topic)
+        if not self._fits(topic, payload, qos, props):
+            return False
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("publish to %s refused: %s", topic, paho.error_string(info.rc))
             return False
         return True
+
+    def _fits(self, topic: str, payload: bytes, qos: int, props: Properties | None) -> bool:
+        limit = self.max_packet_size
+        if limit is None:
+            return True
+        size = _packet_size(topic, payload, qos, props, self.is_v5)
+        if size <= limit:
+            return True
+        log.warning(
+            "publish to %s refused: a %d-byte packet; the broker's maximum packet size is %d",
+            topic,
+            size,
+            limit,
+        )
+        return False
 
     def ack(self, message: Message) -> None:
         if message.qos > 0:
@@ -201,9 +314,13 @@ class MqttConnection:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+            self.last_error = f"the broker at {self.address} refused the connection: {reason}"
+            self.refused.set()
+            log.error("%s", self.last_error)
             return
         self.connects += 1
+        self.last_error = None
+        self.refused.clear()
         self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props else None
         with self._lock:
             subscriptions = list(self._subscriptions.items())
@@ -211,22 +328,40 @@ class MqttConnection:
         for topic, qos in subscriptions:
             client.subscribe(topic, qos)
         for topic, (payload, qos) in retained:
-            client.publish(topic, payload, qos=qos, retain=True)
+            if self._fits(topic, payload, qos, None):
+                client.publish(topic, payload, qos=qos, retain=True)
         self.connected.set()
-        log.info(
-            "connected to %s:%d (connect #%d)", self.config.host, self.config.port, self.connects
-        )
+        log.info("connected to %s (connect #%d)", self.address, self.connects)
         if self._on_connect_cb is not None:
             self._on_connect_cb()
+
+    def _handle_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError` (refused, unreachable, TLS errors)
+        # and passes no exception: the one being handled is the reason.
+        exc = sys.exc_info()[1]
+        reason = (str(exc) or type(exc).__name__) if exc is not None else "unknown error"
+        self.last_error = f"cannot connect to the broker at {self.address}: {reason}"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            self.refused.set()
+        log.warning("%s", self.last_error)
 
     def _handle_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        was_connected = self.connected.is_set()
         self.connected.clear()
-        if getattr(reason, "is_failure", True):
-            log.warning("disconnected from the broker: %s", reason)
+        if was_connected:
+            level = logging.WARNING if getattr(reason, "is_failure", True) else logging.INFO
+            log.log(level, "disconnected from the broker: %s", reason)
+        elif self.refused.is_set() or not getattr(reason, "is_failure", True):
+            log.debug("disconnected: %s", reason)  # a refusal was logged with its reason
         else:
-            log.info("disconnected from the broker: %s", reason)
+            # Closed before any CONNACK: e.g. a plain client on a TLS listener.
+            self.last_error = (
+                f"the broker at {self.address} closed the connection before accepting it "
+                f"({reason}); TLS or plain on the wrong port?"
+            )
+            log.warning("%s", self.last_error)
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         message = _convert(msg)

@@ -1,16 +1,28 @@
-"""A real mosquitto on a free loopback port, with a config of the test's own."""
+"""A real mosquitto on a free loopback port, with a config of the test's own.
+
+Optional: a TLS listener (``tls``), users in a password file made with ``mosquitto_passwd``
+(``users``; anonymous clients are then refused), and ``extra`` config lines (limits, persistence).
+"""
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
+import ssl
 import subprocess
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Mosquitto", "free_port", "wait_for_port"]
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+__all__ = ["Mosquitto", "TlsFiles", "free_port", "wait_for_port"]
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
 
 def free_port() -> int:
@@ -30,25 +42,76 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA certificate and the server certificate and key it signed (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class Mosquitto:
     """Start, kill and restart one broker; ``extra`` lines go into its config."""
 
-    def __init__(self, directory: Path, extra: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        extra: str = "",
+        *,
+        tls: TlsFiles | None = None,
+        users: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.directory = directory
+        self.tls = tls
+        self.users = dict(users or {})
         self.config = directory / "mosquitto.conf"
-        self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest stderr\n{extra}"
-        )
+        # Run as whoever runs the tests: mosquitto started as root otherwise drops to the
+        # `mosquitto` user, which cannot read certificates or password files in tmp_path.
+        lines = [f"listener {self.port} 127.0.0.1", f"user {getpass.getuser()}"]
+        if tls is not None:
+            lines += [f"cafile {tls.ca}", f"certfile {tls.cert}", f"keyfile {tls.key}"]
+        if self.users:
+            password_file = directory / "mosquitto.passwd"
+            for i, (name, password) in enumerate(self.users.items()):
+                create = ["-c"] if i == 0 else []
+                subprocess.run(
+                    [MOSQUITTO_PASSWD, "-b", *create, str(password_file), name, password],
+                    check=True,
+                    capture_output=True,
+                    timeout=10,
+                )
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        else:
+            lines += ["allow_anonymous true"]
+        lines += ["persistence false", "log_dest stderr", extra]
+        self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        """The broker's URL, without credentials."""
+        scheme = "mqtts" if self.tls is not None else "mqtt"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "mosquitto.log"
+
+    def client(self, protocol: MQTTProtocolVersion = paho.MQTTv5) -> paho.Client:
+        """A paho client set up for this broker (TLS, the first user's credentials); the caller
+        connects it to ``127.0.0.1:port``."""
+        client = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+        if self.tls is not None:
+            client.tls_set(ca_certs=str(self.tls.ca), cert_reqs=ssl.CERT_REQUIRED)
+        if self.users:
+            name, password = next(iter(self.users.items()))
+            client.username_pw_set(name, password)
+        return client
 
     def start(self) -> Mosquitto:
-        with (self.directory / "mosquitto.log").open("ab") as log:
+        with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log
             )

@@ -152,8 +152,9 @@ def test_hardware_compatible_engines_run_on_other_desktop_gpus(
 
 def test_engines_never_cross_platforms() -> None:
     machine = dataclasses.replace(TRT_KEY, options={"platform": "linux-aarch64"})
-    assert "built for platform linux-x86_64, this machine is linux-aarch64" == TRT_KEY.mismatch(
-        machine
+    assert (
+        TRT_KEY.mismatch(machine)
+        == "built for platform linux-x86_64, this machine is linux-aarch64"
     )
 
 

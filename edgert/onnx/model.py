@@ -263,13 +263,17 @@ def io_specs(source: OnnxSource, config: ModelConfig, *, require_bounds: bool = 
 
 
 def with_io_dims(model: onnx.ModelProto, io: ModelIO) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph inputs carry ``io``'s dims: named dims as dim_param, sizes
-    as dim_value. Runtimes read dim_value 0 as a real zero-size axis and some reject -1, so the
-    graph must say what edgert means by them before anything builds from it."""
-    specs = {s.name: s for s in io.inputs}
+    """A copy of ``model`` whose graph inputs and outputs carry ``io``'s dims: named dims as
+    dim_param, sizes as dim_value. Runtimes read dim_value 0 as a real zero-size axis and some
+    reject -1, so the graph must say what edgert means by them before anything builds from it."""
+    specs = {s.name: s for s in (*io.inputs, *io.outputs)}
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
-    for value in fixed.graph.input:
+    # Shapes inferred from the old IO dims (a dim_value 0 read as a real 0) would contradict
+    # the rewritten ones; a runtime infers them again.
+    del fixed.graph.value_info[:]
+    # Outputs too: TensorRT (and the emulator) size an output declared [0, 3] as empty.
+    for value in (*fixed.graph.input, *fixed.graph.output):
         spec = specs.get(value.name)
         if spec is None:
             continue

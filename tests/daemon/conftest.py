@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -41,21 +41,43 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 class Daemon:
-    """`edgert serve` as a subprocess; its log in ``log``."""
+    """`edgert serve` as a subprocess; its log in ``log``.
 
-    def __init__(self, broker: Mosquitto, repository: Path, directory: Path, **serve: object):
+    ``broker_settings`` and ``node_settings`` become the config's ``[broker]`` and ``[node]``
+    tables; ``broker_url`` replaces the ``--broker`` flag (default: the broker's own URL);
+    ``serve`` keys go into ``[serve]``.
+    """
+
+    def __init__(
+        self,
+        broker: Mosquitto,
+        repository: Path,
+        directory: Path,
+        *,
+        node: str = "testnode",
+        broker_url: str | None = None,
+        broker_settings: Mapping[str, object] | None = None,
+        node_settings: Mapping[str, object] | None = None,
+        **serve: object,
+    ):
         self.broker = broker
-        self.node = "testnode"
+        self.node = node
+        self.broker_url = broker_url or broker.url
         settings = {"stats_interval": 0.3, "queue_size": 64, **serve}
         lines = ["[serve]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-        lines += ["[broker]", "reconnect_min = 1", "reconnect_max = 2"]
+        broker_table = {"reconnect_min": 1, "reconnect_max": 2, **(broker_settings or {})}
+        lines += ["[broker]"] + [f"{k} = {json.dumps(v)}" for k, v in broker_table.items()]
+        if node_settings:
+            lines += ["[node]"] + [f"{k} = {json.dumps(v)}" for k, v in node_settings.items()]
+        directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "edgert.toml"
         self.config.write_text("\n".join(lines) + "\n")
         self.log = directory / "daemon.log"
         self.repository = repository
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Daemon:
+    def start(self, *, wait: bool = True) -> Daemon:
+        """Start it; with ``wait``, block until its status topic says online."""
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -66,7 +88,7 @@ class Daemon:
                     "--config",
                     str(self.config),
                     "--broker",
-                    self.broker.url,
+                    self.broker_url,
                     "--repository",
                     str(self.repository),
                     "--node",
@@ -76,7 +98,8 @@ class Daemon:
                 stderr=log,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        wait_retained(self.broker.port, f"edgert/node/{self.node}/status", b"online")
+        if wait:
+            wait_retained(self.broker, f"edgert/node/{self.node}/status", b"online")
         return self
 
     def terminate(self, timeout: float = 30) -> int:
@@ -90,10 +113,14 @@ class Daemon:
             self.process.wait()
 
 
-def wait_retained(port: int, topic: str, payload: bytes, timeout: float = 30) -> None:
-    """Block until ``topic`` carries ``payload`` (retained or live)."""
+def wait_retained(broker: int | Mosquitto, topic: str, payload: bytes, timeout: float = 30) -> None:
+    """Block until ``topic`` carries ``payload`` (retained or live). ``broker`` is a port
+    (plain, anonymous) or a :class:`Mosquitto` (its TLS and credentials)."""
     seen = threading.Event()
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    if isinstance(broker, Mosquitto):
+        client, port = broker.client(), broker.port
+    else:
+        client, port = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5), broker
 
     def on_message(c: paho.Client, u: object, msg: paho.MQTTMessage) -> None:
         if msg.payload == payload:

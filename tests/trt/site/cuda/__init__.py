@@ -1,0 +1,1 @@
+"""Test-only stand-in for cuda-python: see ``cuda/bindings/runtime.py``."""
