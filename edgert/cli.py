@@ -424,6 +424,14 @@ def serve(
     node: Annotated[
         str | None, typer.Option(help="Node id (default: the host name, reduced to [a-zA-Z0-9_-]).")
     ] = None,
+    rebuild_stale: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild-stale",
+            help="Rebuild (in a child process) models whose artifacts are for another machine or "
+            "an older model.onnx, instead of refusing them.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
 ) -> None:
     """Serve the repository's models over MQTT until SIGTERM or Ctrl-C.
@@ -454,6 +462,8 @@ def serve(
             changes["repository"] = DEFAULT_REPOSITORY
         if node is not None:
             changes["node"] = node
+        if rebuild_stale:
+            changes["rebuild_stale"] = True
         from dataclasses import replace
 
         settings = replace(settings, **changes)

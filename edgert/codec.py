@@ -43,6 +43,7 @@ __all__ = [
     "decode_input",
     "decode_inputs",
     "decode_npy",
+    "decode_raw",
     "dumps",
     "ok_reply",
     "sniff_format",
@@ -351,6 +352,39 @@ def decode_npy(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.n
             f"data, got {len(data)}",
         )
     return _from_bytes(data, wire, tuple(shape), bool(fortran), ".npy payload")
+
+
+def decode_raw(
+    payload: bytes,
+    spec: TensorSpec,
+    bounds: Mapping[str, DimRange],
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> np.ndarray:
+    """Raw little-endian bytes as ``spec``'s tensor: its shape when fixed, or with its one dynamic
+    dim told by the payload's length (e.g. a stream of uint8 samples)."""
+    dtype = spec.dtype.numpy.newbyteorder("<")
+    dynamic = [i for i, d in enumerate(spec.shape) if not isinstance(d, int)]
+    fixed = math.prod(d for d in spec.shape if isinstance(d, int)) * dtype.itemsize
+    described = f"input '{spec.name}' {spec.dtype.value}{list(spec.shape)}"
+    if len(dynamic) > 1:
+        raise PayloadError(
+            "bad_request", f"raw bytes cannot tell the shape of {described}: send .npy or JSON"
+        )
+    if not dynamic and len(payload) != fixed:
+        raise PayloadError(
+            "bad_input", f"raw payload is {len(payload)} bytes; {described} takes {fixed}"
+        )
+    if dynamic and (fixed == 0 or len(payload) % fixed):
+        raise PayloadError(
+            "bad_input",
+            f"raw payload is {len(payload)} bytes; {described} takes a multiple of {fixed}",
+        )
+    count = len(payload) // dtype.itemsize
+    if count > max_elements:
+        raise _too_large("raw payload", count, max_elements)
+    shape = tuple(d if isinstance(d, int) else len(payload) // max(fixed, 1) for d in spec.shape)
+    array = _from_bytes(payload, dtype, shape, False, "raw payload")
+    return check_array(array, spec, bounds)
 
 
 def _short_floats(array: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = [
+    "INPUT_FORMATS",
     "INPUT_KINDS",
     "PRECISIONS",
     "BrokerConfig",
@@ -62,6 +63,7 @@ Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 InputKind = Literal["request", "constant", "carried", "windowed"]
 INPUT_KINDS: tuple[InputKind, ...] = ("request", "constant", "carried", "windowed")
+INPUT_FORMATS = ("json", "raw", "npy", "jpeg", "png", "wav")
 
 # Sections owned by later layers (pipelines, batching, stream state, Home Assistant): kept raw here
 # and validated by their owners, so model.toml can hold them without this module knowing them.
@@ -119,6 +121,7 @@ class InputConfig:
     shape: Shape | None = None
     value: Any = None
     range: tuple[float, float] | None = None
+    format: str | None = None  # how a device sends it without a content type: raw, npy, jpeg...
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -143,7 +146,13 @@ class InputConfig:
             ):
                 raise ConfigError(f"{where}: inputs.{name}.range must be [low, high], low < high")
             rng = (float(rng[0]), float(rng[1]))
-        return cls(name, cast(InputKind, kind), shape, value, rng, MappingProxyType(data))
+        fmt = data.pop("format", None)
+        if fmt is not None and (fmt not in INPUT_FORMATS or kind != "request"):
+            raise ConfigError(
+                f"{where}: inputs.{name}.format is {fmt!r}; a request input's format is one of "
+                f"{', '.join(INPUT_FORMATS)}"
+            )
+        return cls(name, cast(InputKind, kind), shape, value, rng, fmt, MappingProxyType(data))
 
 
 def _parse_shape(raw: Any, where: str) -> Shape:
@@ -323,6 +332,7 @@ class DaemonConfig:
     repository: Path = Path("engines")
     models: tuple[str, ...] = ()  # () = every model in the repository
     backend: str = "auto"
+    rebuild_stale: bool = False  # rebuild artifacts for another machine or an older source
     qos: int = 1
     max_payload: int = 1 << 20  # bytes, checked before decoding
     max_elements: int = 1 << 22  # tensor elements in one request, all inputs together

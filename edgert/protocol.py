@@ -34,6 +34,7 @@ from edgert.codec import (
     check_array,
     decode_inputs,
     decode_npy,
+    decode_raw,
     dumps,
     ok_reply,
     sniff_format,
@@ -64,6 +65,7 @@ __all__ = [
     "ok_reply",
     "parse_json_request",
     "parse_npy",
+    "parse_raw",
     "sanitize_node_id",
     "tensor_request",
 ]
@@ -253,6 +255,18 @@ def parse_npy(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.nd
     return array
 
 
+def parse_raw(
+    payload: bytes,
+    spec: TensorSpec,
+    io: ModelIO,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> np.ndarray:
+    """Raw bytes as the one request input ``spec`` of a model that declares ``format = "raw"``."""
+    with _answerable():
+        array = decode_raw(payload, spec, io.dims, max_elements)
+    return array
+
+
 def tensor_request(
     array: np.ndarray,
     io: ModelIO,
@@ -315,6 +329,12 @@ def error_reply(id: str | None, code: ErrorCode, message: str) -> bytes:
     return dumps({"id": id, "ok": False, "error": {"code": code.value, "message": message}})
 
 
-def catalogue(node: str, models: Sequence[Mapping[str, Any]]) -> bytes:
-    """The retained catalogue: protocol version, node, and one entry per served model."""
-    return dumps({"v": PROTOCOL_VERSION, "node": node, "models": to_jsonable(list(models))})
+def catalogue(
+    node: str, models: Sequence[Mapping[str, Any]], failed: Mapping[str, str] | None = None
+) -> bytes:
+    """The retained catalogue: protocol version, node, one entry per served model, and the
+    models this node could not serve, with why."""
+    doc: dict[str, Any] = {"v": PROTOCOL_VERSION, "node": node, "models": to_jsonable(list(models))}
+    if failed:
+        doc["failed"] = [{"name": k, "reason": v} for k, v in sorted(failed.items())]
+    return dumps(doc)

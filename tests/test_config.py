@@ -151,3 +151,15 @@ def test_config_is_read_only() -> None:
     config = parse(dims={"b": 2})
     with pytest.raises(TypeError):
         config.dims["c"] = DimRange(1, 1, 1)  # type: ignore[index]
+
+
+def test_input_format_is_checked() -> None:
+    config = ModelConfig.from_dict({"inputs": {"x": {"format": "raw"}}}, default_name="m")
+    assert config.inputs["x"].format == "raw" and "format" not in config.inputs["x"].extra
+    with pytest.raises(ConfigError, match="format is 'gif'"):
+        ModelConfig.from_dict({"inputs": {"x": {"format": "gif"}}}, default_name="m")
+    with pytest.raises(ConfigError, match="a request input's format"):
+        ModelConfig.from_dict(
+            {"inputs": {"x": {"kind": "constant", "value": 1, "format": "raw"}}},
+            default_name="m",
+        )

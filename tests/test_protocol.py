@@ -1133,3 +1133,40 @@ def test_shared_batch_axis_must_agree_across_inputs() -> None:
         parse({"inputs": bad}, shared)
     assert info.value.code is ErrorCode.BAD_INPUT
     assert "axis 'batch' is 2 in input 'audio' but 1 in input 'state'" in info.value.message
+
+
+# ------------------------------------------------------------------------------------ raw bytes
+
+
+def test_raw_bytes_fill_a_fixed_input_little_endian() -> None:
+    from edgert.codec import decode_raw
+
+    spec = TensorSpec("pcm", DType.INT32, (1, 3))
+    payload = np.array([[1, -2, 70000]], "<i4").tobytes()
+    np.testing.assert_array_equal(decode_raw(payload, spec, {}), [[1, -2, 70000]])
+    with pytest.raises(
+        PayloadError, match=r"raw payload is 11 bytes; input 'pcm' int32\[1, 3\] takes 12"
+    ):
+        decode_raw(payload[:-1], spec, {})
+
+
+def test_raw_bytes_tell_one_dynamic_dim_within_its_bounds() -> None:
+    from edgert.codec import decode_raw
+
+    spec = TensorSpec("samples", DType.UINT8, (1, "n"))
+    bounds = {"n": DimRange(1, 8, 16)}
+    assert decode_raw(bytes(range(10)), spec, bounds).shape == (1, 10)
+    with pytest.raises(PayloadError, match=r"axis 1 \('n'\) is 17, allowed 1..16"):
+        decode_raw(bytes(17), spec, bounds)
+    two = TensorSpec("img", DType.UINT8, ("h", "w"))
+    with pytest.raises(PayloadError, match="cannot tell the shape"):
+        decode_raw(bytes(4), two, {"h": DimRange(1, 2, 4), "w": DimRange(1, 2, 4)})
+
+
+def test_catalogue_lists_failed_models_with_why() -> None:
+    doc = json.loads(catalogue("n1", [], {"vad": "stale", "cam": "build failed"}))
+    assert doc["failed"] == [
+        {"name": "cam", "reason": "build failed"},
+        {"name": "vad", "reason": "stale"},
+    ]
+    assert "failed" not in json.loads(catalogue("n1", []))

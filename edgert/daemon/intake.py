@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from edgert.config import ModelConfig
 from edgert.mqtt import Message
 from edgert.onnx import ModelIO
 from edgert.protocol import (
@@ -15,16 +16,24 @@ from edgert.protocol import (
     detect_format,
     parse_json_request,
     parse_npy,
+    parse_raw,
     tensor_request,
 )
 from edgert.spec import TensorSpec
 
-__all__ = ["decode_request", "request_specs"]
+__all__ = ["declared_format", "decode_request", "request_specs"]
 
 
 def request_specs(io: ModelIO, constants: Mapping[str, np.ndarray]) -> Sequence[TensorSpec]:
     """The inputs a device sends: all but those model.toml fills in (constants)."""
     return tuple(s for s in io.inputs if s.name not in constants)
+
+
+def declared_format(config: ModelConfig, specs: Sequence[TensorSpec]) -> str | None:
+    """The payload format model.toml declares for a model with one request input, if any."""
+    if len(specs) != 1 or specs[0].name not in config.inputs:
+        return None
+    return config.inputs[specs[0].name].format
 
 
 def decode_request(
@@ -34,9 +43,26 @@ def decode_request(
     specs: Sequence[TensorSpec],
     key: str | None,
     max_elements: int,
+    declared: str | None = None,
 ) -> Request:
     """The request in ``message``; ProtocolError (with its code) for anything wrong."""
-    fmt = detect_format(message.payload, message.content_type)
+    fmt = detect_format(message.payload, message.content_type, declared)
+    if fmt in ("npy", "raw"):
+        array = (
+            parse_npy(message.payload, max_elements)
+            if fmt == "npy"
+            else parse_raw(message.payload, specs[0], io, max_elements)
+        )
+        return tensor_request(
+            array,
+            io,
+            model=model,
+            id=message.user.get("id") or key,
+            stream=message.user.get("stream"),
+            reply_to=message.response_topic,
+            correlation=message.correlation,
+            request_specs=specs,
+        )
     if fmt == "json":
         return parse_json_request(
             message.payload,
@@ -46,17 +72,6 @@ def decode_request(
             correlation=message.correlation,
             request_specs=specs,
             max_elements=max_elements,
-        )
-    if fmt == "npy":
-        return tensor_request(
-            parse_npy(message.payload, max_elements),
-            io,
-            model=model,
-            id=message.user.get("id") or key,
-            stream=message.user.get("stream"),
-            reply_to=message.response_topic,
-            correlation=message.correlation,
-            request_specs=specs,
         )
     raise ProtocolError(
         ErrorCode.BAD_REQUEST,

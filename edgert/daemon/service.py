@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgert.config import DaemonConfig
-from edgert.daemon.intake import decode_request, request_specs
+from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.stats import ModelStats
 from edgert.daemon.worker import Job, ModelWorker
-from edgert.errors import ArtifactError, EdgertError
+from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
 from edgert.mqtt import Message, MqttConnection
 from edgert.protocol import (
     ErrorCode,
@@ -46,6 +46,7 @@ class _Served:
     model: ModelDir
     worker: ModelWorker
     specs: Sequence[TensorSpec]
+    declared: str | None  # the payload format model.toml declares (raw, npy...), if any
 
 
 class Service:
@@ -87,12 +88,17 @@ class Service:
         for model in models:
             try:
                 self._serve_model(model, open_model(model, self.config.backend))
+            except IncompatibleArtifact as exc:
+                if not self.config.rebuild_stale:
+                    self._fail(model, f"{exc.message} (or serve with --rebuild-stale)")
+                    continue
+                log.info("%s: %s; rebuilding it in a child process", _name(model), exc.message)
+                pending.append(model)
             except ArtifactError as exc:
-                log.info("%s: %s; compiling it in a child process", model.path.name, exc.message)
+                log.info("%s: %s; compiling it in a child process", _name(model), exc.message)
                 pending.append(model)
             except EdgertError as exc:
-                self._failed[model.path.name] = exc.message
-                log.error("%s: not served: %s", model.path.name, exc.message)
+                self._fail(model, exc.message)
         self.connection.start()
         # Pinned requests for any model (so an unknown one is answered no_model); pooled ones
         # per served model, so daemons sharing a broker never answer for each other's models.
@@ -140,16 +146,22 @@ class Service:
 
     # -- models -----------------------------------------------------------------------------
 
+    def _fail(self, model: ModelDir, reason: str) -> None:
+        with self._lock:
+            self._failed[_name(model)] = reason
+        log.error("%s: not served: %s", _name(model), reason)
+
     def _serve_model(self, model: ModelDir, loaded: LoadedModel) -> None:
         worker = ModelWorker(
             loaded, self.ledger, self._publish_reply, ModelStats(), self.config.queue_size
         )
         worker.start()
         with self._lock:
+            specs = request_specs(loaded.runner.io, loaded.constants)
             self._served[loaded.config.name] = _Served(
-                model, worker, request_specs(loaded.runner.io, loaded.constants)
+                model, worker, specs, declared_format(loaded.config, specs)
             )
-            self._failed.pop(model.path.name, None)
+            self._failed.pop(loaded.config.name, None)
         self.connection.subscribe(self.topics.pooled_infer(loaded.config.name), self.config.qos)
         key = loaded.artifact.manifest.key
         log.info(
@@ -174,15 +186,12 @@ class Service:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             reason = (result.stderr.strip().splitlines() or ["build failed"])[-1]
-            self._failed[model.path.name] = reason
-            log.error("%s: build failed: %s", model.path.name, reason)
-            return
-        try:
-            self._serve_model(model, open_model(ModelDir(model.path), self.config.backend))
-        except EdgertError as exc:
-            self._failed[model.path.name] = exc.message
-            log.error("%s: built but not loaded: %s", model.path.name, exc.message)
-            return
+            self._fail(model, f"build failed: {reason}")
+        else:
+            try:
+                self._serve_model(model, open_model(ModelDir(model.path), self.config.backend))
+            except EdgertError as exc:
+                self._fail(model, f"built but not loaded: {exc.message}")
         self._publish_catalogue()
 
     def _publish_catalogue(self) -> None:
@@ -206,7 +215,8 @@ class Service:
                         "parity": manifest.parity,
                     }
                 )
-        self.connection.publish_retained(self.topics.models, catalogue(self.node, entries))
+            failed = dict(self._failed)
+        self.connection.publish_retained(self.topics.models, catalogue(self.node, entries, failed))
 
     def _stats_loop(self) -> None:
         while not self._stopping.wait(self.config.stats_interval):
@@ -229,12 +239,40 @@ class Service:
     # -- requests (network thread) ----------------------------------------------------------
 
     def _publish_reply(self, waiter: Waiter, reply: bytes) -> None:
+        reply = self._fitting(waiter, reply)
         self.connection.publish(
             waiter.topic,
             reply,
             qos=waiter.qos,
             correlation=waiter.correlation,
             content_type="application/json",
+        )
+
+    def _fitting(self, waiter: Waiter, reply: bytes) -> bytes:
+        """``reply``, or a too_large error in its place when it exceeds the payload limit or the
+        broker's Maximum Packet Size (the broker would drop the client that sends it)."""
+        limit = self.connection.max_packet_size
+        size = len(reply)
+        if limit is not None:
+            size = self.connection.packet_size(
+                waiter.topic,
+                reply,
+                qos=waiter.qos,
+                correlation=waiter.correlation,
+                content_type="application/json",
+            )
+        cap = min(limit or self.config.max_payload, self.config.max_payload)
+        if size <= cap:
+            return reply
+        try:
+            request_id = json.loads(reply).get("id")
+        except ValueError:
+            request_id = None
+        return error_reply(
+            request_id,
+            ErrorCode.TOO_LARGE,
+            f"the reply is {size} bytes; replies go up to {cap} bytes here: ask with "
+            '"compact": true, or for fewer items per request',
         )
 
     def _on_message(self, message: Message) -> bool:
@@ -274,6 +312,7 @@ class Service:
                 served.specs,
                 key,
                 self.config.max_elements,
+                served.declared,
             )
         except ProtocolError as exc:
             request_id = exc.request_id or message.user.get("id") or key
@@ -332,6 +371,14 @@ class Service:
             return
         reply = error_reply(request_id, error.code, error.message)
         self._publish_reply(Waiter(topic, message.correlation, qos), reply)
+
+
+def _name(model: ModelDir) -> str:
+    """The name requests use: model.toml's, else the directory's (if model.toml is broken)."""
+    try:
+        return model.config.name
+    except EdgertError:
+        return model.path.name
 
 
 def _notify_systemd(state: str) -> None:

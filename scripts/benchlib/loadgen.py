@@ -1,0 +1,251 @@
+"""Closed-loop load from several processes, so the generator is not what limits the servers.
+
+Each process has one paho client (MQTT 5) and a reply topic of its own, and runs some of the
+virtual clients: a virtual client sends one request and sends the next as soon as the reply
+arrives, from inside paho's callback, so concurrency N is N requests outstanding in all.
+Requests carry MQTT 5 Response Topic and Correlation Data (the request id); a reply is matched by
+its Correlation Data, which every server echoes. Latency is measured in the generator, from just
+before the publish to the reply's arrival. Only replies that arrive inside the measured window
+count; a reply to an earlier point or to a request already given up on is ignored.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+__all__ = ["LoadGenerator", "PointSpec", "WorkerResult"]
+
+_ERROR_MARK = b'"ok":false'  # edgert's and the plain loop's error replies
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """One measured point, as one generator process runs it (times are time.monotonic(), which
+    is one clock for every process on the machine)."""
+
+    point: int
+    topic: str
+    content_type: str
+    json_head: bytes
+    json_tail: bytes
+    npy: bytes  # the whole payload of a .npy request; empty for JSON
+    qos: int
+    clients: int  # virtual clients in this process
+    start: float  # the first requests go out
+    measure: float  # the measured window starts
+    end: float  # the window ends; no request is sent after it
+    timeout: float  # a request unanswered this long counts as timed out and is sent again
+
+
+@dataclass
+class WorkerResult:
+    """What one process saw inside the window."""
+
+    latencies: list[float] = field(default_factory=list)  # seconds, successful replies
+    ok: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    error_sample: str = ""
+
+
+class _Worker:
+    def __init__(self, client: paho.Client, tag: str, reply_topic: str) -> None:
+        self.client = client
+        self.tag = tag
+        self.reply_topic = reply_topic
+        self.lock = threading.Lock()
+        self.spec: PointSpec | None = None
+        self.result = WorkerResult()
+        self.sent: list[float] = []
+        self.seq: list[int] = []
+        self.active: list[bool] = []
+        self.remaining = 0
+        self.finished = threading.Event()
+
+    def _send(self, index: int) -> None:
+        """Send virtual client ``index``'s next request; the caller holds the lock."""
+        spec = self.spec
+        assert spec is not None
+        self.seq[index] += 1
+        request_id = f"{self.tag}-{spec.point}-{index}-{self.seq[index]}"
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.reply_topic
+        props.CorrelationData = request_id.encode()
+        props.ContentType = spec.content_type
+        if spec.npy:
+            props.UserProperty = ("id", request_id)
+            payload = spec.npy
+        else:
+            payload = spec.json_head + request_id.encode() + spec.json_tail
+        self.sent[index] = time.monotonic()
+        self.client.publish(spec.topic, payload, qos=spec.qos, properties=props)
+
+    def _retire(self, index: int) -> None:
+        self.active[index] = False
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.finished.set()
+
+    def on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        now = time.monotonic()
+        correlation = getattr(msg.properties, "CorrelationData", None)
+        if not correlation:
+            return
+        try:
+            _tag, point_text, index_text, seq_text = correlation.decode().split("-")
+            point, index, seq = int(point_text), int(index_text), int(seq_text)
+        except ValueError:
+            return
+        with self.lock:
+            spec = self.spec
+            if spec is None or point != spec.point or not 0 <= index < spec.clients:
+                return  # late: an earlier point's
+            if seq != self.seq[index] or not self.active[index]:
+                return  # late: a request already given up on
+            if spec.measure <= now <= spec.end:
+                if _ERROR_MARK in msg.payload:
+                    self.result.errors += 1
+                    self.result.error_sample = self.result.error_sample or msg.payload[:300].decode(
+                        errors="replace"
+                    )
+                else:
+                    self.result.ok += 1
+                    self.result.latencies.append(now - self.sent[index])
+            if now < spec.end:
+                self._send(index)
+            else:
+                self._retire(index)
+
+    def run(self, spec: PointSpec) -> WorkerResult:
+        with self.lock:
+            self.spec = spec
+            self.result = WorkerResult()
+            self.sent = [0.0] * spec.clients
+            self.seq = [0] * spec.clients
+            self.active = [True] * spec.clients
+            self.remaining = spec.clients
+            self.finished.clear()
+        time.sleep(max(0.0, spec.start - time.monotonic()))
+        with self.lock:
+            for index in range(spec.clients):
+                self._send(index)
+        # Watchdog: a request lost or stuck for `timeout` is counted, then sent again (new id).
+        while not self.finished.wait(0.1):
+            now = time.monotonic()
+            with self.lock:
+                for index in range(spec.clients):
+                    if self.active[index] and now - self.sent[index] > spec.timeout:
+                        if spec.measure <= now <= spec.end + spec.timeout:
+                            self.result.timeouts += 1
+                        if now < spec.end:
+                            self._send(index)
+                        else:
+                            self._retire(index)
+        with self.lock:
+            self.spec = None
+            return self.result
+
+
+def _worker_main(index: int, host: str, port: int, tag: str, conn: Connection) -> None:
+    """One generator process: connect, then run points until told to stop."""
+    reply_topic = f"edgert/reply/bench{tag}g{index}"
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"bench{tag}g{index}", protocol=paho.MQTTv5
+    )
+    client.max_inflight_messages_set(1000)  # never the generator's own queue that limits
+    worker = _Worker(client, f"{tag}g{index}", reply_topic)
+    subscribed = threading.Event()
+    client.on_message = worker.on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.on_connect = lambda c, *args: c.subscribe(reply_topic, qos=1)
+    client.connect(host, port)
+    client.loop_start()
+    if not subscribed.wait(20):
+        conn.send(("error", f"generator {index}: no SUBACK from {host}:{port}"))
+        return
+    conn.send(("ready", os.getpid()))
+    try:
+        while True:
+            command, spec = conn.recv()
+            if command == "stop":
+                break
+            conn.send(("result", worker.run(spec)))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+class LoadGenerator:
+    """``processes`` generator processes, connected and waiting for points."""
+
+    def __init__(self, processes: int, host: str, port: int, tag: str) -> None:
+        context = multiprocessing.get_context("spawn")  # no forking a process with threads
+        self._conns: list[Connection] = []
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self.pids: list[int] = []
+        for index in range(processes):
+            parent, child = context.Pipe()
+            proc = context.Process(
+                target=_worker_main, args=(index, host, port, tag, child), daemon=True
+            )
+            proc.start()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        for conn in self._conns:
+            if not conn.poll(60):
+                raise RuntimeError("a load generator process did not start within 60 s")
+            status, value = conn.recv()
+            if status != "ready":
+                raise RuntimeError(value)
+            self.pids.append(value)
+        self._busy: list[Connection] = []
+
+    @property
+    def processes(self) -> int:
+        return len(self._conns)
+
+    def start(self, spec: PointSpec, concurrency: int) -> None:
+        """Spread ``concurrency`` virtual clients over the processes and start the point."""
+        used = min(concurrency, len(self._conns))
+        self._busy = []
+        for index in range(used):
+            clients = concurrency // used + (1 if index < concurrency % used else 0)
+            self._conns[index].send(("run", _with_clients(spec, clients)))
+            self._busy.append(self._conns[index])
+
+    def collect(self, timeout: float) -> list[WorkerResult]:
+        results = []
+        for conn in self._busy:
+            if not conn.poll(timeout):
+                raise RuntimeError("a load generator process did not report its point")
+            results.append(conn.recv()[1])
+        self._busy = []
+        return results
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(("stop", None))
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _with_clients(spec: PointSpec, clients: int) -> PointSpec:
+    from dataclasses import replace
+
+    return replace(spec, clients=clients)

@@ -1,0 +1,169 @@
+"""The workloads measured, their requests, and the temporary model repository the servers load."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "REPO",
+    "WORKLOADS",
+    "Workload",
+    "daemon_config",
+    "inference_ms",
+    "prepare_repository",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+ENGINES = REPO / "engines"
+SCRIPTS = REPO / "scripts"
+# The model files a server needs; build/ is left behind and rebuilt in the temporary repository.
+_MODEL_FILES = ("model.onnx", "model.toml", "samples")
+# Scripts that write a model.onnx that is not committed; silero_vad (idle RSS only) comes from
+# scripts/fetch-models, which downloads, so the bench only uses it when it is already there.
+_MAKERS = {"occupancy": "make-sensor-model", "cnn": "make-cnn-model"}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One model under load and the one request every server gets for it.
+
+    A JSON request is ``json_head + id + json_tail``; a ``.npy`` request is ``npy`` with the id
+    in the MQTT 5 user property ``id`` (what edgert reads for binary payloads).
+    """
+
+    key: str
+    model: str
+    title: str
+    content_type: str
+    feed: np.ndarray
+    json_head: bytes = b""
+    json_tail: bytes = b""
+
+    @property
+    def is_json(self) -> bool:
+        return self.content_type == "application/json"
+
+    @property
+    def npy(self) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, self.feed, allow_pickle=False)
+        return buffer.getvalue()
+
+    def payload(self, request_id: str) -> bytes:
+        if self.is_json:
+            return self.json_head + request_id.encode() + self.json_tail
+        return self.npy
+
+
+def _mlp() -> Workload:
+    reading = [[22.5, 45.0, 480.0, 1150.0]]  # a lit, stuffy room
+    tail = b'","inputs":' + str(reading).replace(" ", "").encode() + b"}"
+    return Workload(
+        key="mlp",
+        model="occupancy",
+        title="tiny sensor MLP (occupancy, JSON request)",
+        content_type="application/json",
+        feed=np.asarray(reading, np.float32),
+        json_head=b'{"id":"',
+        json_tail=tail,
+    )
+
+
+def _cnn() -> Workload:
+    image = np.random.default_rng(7).integers(0, 256, (1, 96, 96, 3), dtype=np.uint8)
+    return Workload(
+        key="cnn",
+        model="cnn",
+        title="medium CNN (cnn, 96x96x3 uint8 image as .npy bytes)",
+        content_type="application/x-npy",
+        feed=image,
+    )
+
+
+WORKLOADS = {"mlp": _mlp(), "cnn": _cnn()}
+
+
+def available(model: str) -> bool:
+    """Whether ``model`` can be served: its model.onnx is there or a script here makes it."""
+    return (ENGINES / model / "model.onnx").is_file() or model in _MAKERS
+
+
+def prepare_repository(root: Path, models: list[str], log: Path) -> None:
+    """Copy ``models`` from engines/ (making a missing model.onnx with its script) into ``root``
+    and compile each there for ONNX Runtime, so the servers never compile while measured."""
+    root.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        for model in models:
+            source = ENGINES / model
+            if not (source / "model.onnx").is_file():
+                if model not in _MAKERS:
+                    raise RuntimeError(f"{source}/model.onnx is missing; run scripts/fetch-models")
+                subprocess.run(
+                    [sys.executable, str(SCRIPTS / _MAKERS[model])],
+                    check=True,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            target = root / model
+            target.mkdir()
+            for name in _MODEL_FILES:
+                path = source / name
+                if path.is_dir():
+                    shutil.copytree(path, target / name)
+                elif path.is_file():
+                    shutil.copy2(path, target / name)
+            command = [sys.executable, "-m", "edgert", "compile", str(target)]
+            result = subprocess.run(
+                [*command, "--backend", "onnxruntime"], stdout=out, stderr=subprocess.STDOUT
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"edgert compile {model} failed; see {log}")
+
+
+def daemon_config(path: Path, broker_url: str, node: str, repository: Path, models: list[str]) -> Path:
+    """A config for ``edgert serve`` (see device/edgert.toml): the bench's broker, a node id of
+    its own (so no broker session of an earlier daemon is resumed), ``models`` from
+    ``repository``, on ONNX Runtime. Everything else is edgert's default."""
+    listed = ", ".join(f'"{m}"' for m in models)
+    path.write_text(
+        "[broker]\n"
+        f'url = "{broker_url}"\n'
+        "session_expiry = 0\n"
+        "\n[node]\n"
+        f'id = "{node}"\n'
+        "\n[serve]\n"
+        f'repository = "{repository}"\n'
+        f"models = [{listed}]\n"
+        'backend = "onnxruntime"\n'
+    )
+    return path
+
+
+def inference_ms(model_path: Path, feed: np.ndarray, runs: int = 200) -> dict[str, float]:
+    """Median ONNX Runtime time per call on ``feed`` alone, no MQTT: 1 intra-op thread and the
+    default (one per core), as the plain loop and edgert both use."""
+    import onnxruntime as ort
+
+    timings = {}
+    for label, threads in (("1_thread", 1), ("default_threads", 0)):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(10):
+            session.run(None, {name: feed})
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            session.run(None, {name: feed})
+            times.append(time.perf_counter() - start)
+        timings[label] = round(float(np.median(times)) * 1000, 4)
+    return timings

@@ -1,0 +1,202 @@
+"""`edgert serve` end to end on the emulated TensorRT of each version.
+
+A real mosquitto, the daemon as a subprocess and real clients, with ``tests/trt/site`` first on
+``PYTHONPATH`` (as in ``test_backend``), so the daemon, and the build child process it starts,
+import the emulator. occupancy is compiled for TensorRT beforehand; silero_vad is not, and the
+daemon compiles it in a child process (backend ``auto``) and serves it once built. Replies are
+compared with ONNX Runtime running the source models directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgert import ModelDir, compile_model
+from edgert.client import Client
+from edgert.compile import CompileOptions
+from edgert.onnx import io_specs, load_source, with_io_dims
+from edgert.repository import Manifest
+from tests.broker import Mosquitto
+from tests.daemon.conftest import Daemon, wait_retained
+from tests.trt.bindings import VERSIONS
+from tests.trt.test_backend import REPO, SITE, _purge
+
+NODE = "trtnode"
+Catalogue = dict[str, Any]
+
+
+@pytest.fixture(params=VERSIONS)
+def emulated(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The emulated TensorRT of one version, here and in every child process (the daemon's
+    environment is a copy of ``os.environ``)."""
+    version: str = request.param
+    monkeypatch.setenv("EMULATED_TRT", version)
+    monkeypatch.setenv("EMULATOR_SM", "sm_87")
+    path = [str(SITE), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    monkeypatch.syspath_prepend(str(SITE))
+    _purge()
+    yield version
+    monkeypatch.undo()
+    _purge()
+
+
+class Watcher:
+    """Every message on the node's retained catalogue and status topics, in order."""
+
+    def __init__(self, port: int, node: str) -> None:
+        self.models_topic = f"edgert/node/{node}/models"
+        self.status_topic = f"edgert/node/{node}/status"
+        self.catalogues: queue.Queue[Catalogue] = queue.Queue()
+        self.statuses: queue.Queue[bytes] = queue.Queue()
+        self.subscribed: queue.Queue[bool] = queue.Queue()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.put(True)
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe([(self.models_topic, 1), (self.status_topic, 1)])
+        self.client.loop_start()
+        self.subscribed.get(timeout=5)  # subscribed before the daemon starts: it sees everything
+
+    def _on_message(self, c: paho.Client, u: object, message: paho.MQTTMessage) -> None:
+        if message.topic == self.models_topic:
+            self.catalogues.put(json.loads(message.payload))
+        elif message.topic == self.status_topic:
+            self.statuses.put(bytes(message.payload))
+
+    def catalogue(self, until: Callable[[Catalogue], bool], timeout: float) -> list[Catalogue]:
+        """The catalogues published until (and including) the first that satisfies ``until``."""
+        seen: list[Catalogue] = []
+        end = time.monotonic() + timeout
+        while not seen or not until(seen[-1]):
+            try:
+                seen.append(self.catalogues.get(timeout=max(end - time.monotonic(), 0.01)))
+            except queue.Empty:
+                raise TimeoutError(f"catalogues seen in {timeout:g} s: {seen}") from None
+        return seen
+
+    def status(self, payload: bytes, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                if self.statuses.get(timeout=max(end - time.monotonic(), 0.01)) == payload:
+                    return
+            except queue.Empty:
+                raise TimeoutError(f"{self.status_topic} never said {payload!r}") from None
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _names(catalogue: Catalogue) -> list[str]:
+    return sorted(m["name"] for m in catalogue["models"])
+
+
+def _entry(catalogue: Catalogue, name: str) -> dict[str, Any]:
+    (entry,) = [m for m in catalogue["models"] if m["name"] == name]
+    return dict(entry)
+
+
+def _onnxruntime(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """ONNX Runtime on the source model, its IO dims as edgert reads them."""
+    directory = ModelDir(model)
+    source = load_source(directory.source_path)
+    prepared = with_io_dims(source.model, io_specs(source, directory.config))
+    session = ort.InferenceSession(prepared.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, feeds), strict=True))
+
+
+def _manifests(model: Path) -> list[Manifest]:
+    build = model / "build"
+    found = sorted(build.glob("*/manifest.json")) if build.is_dir() else []
+    return [Manifest.from_dict(json.loads(p.read_text())) for p in found]
+
+
+def test_serve_compiles_missing_engine_and_answers_like_onnxruntime(
+    emulated: str, tmp_path: Path
+) -> None:
+    repository = tmp_path / "engines"
+    for name in ("occupancy", "silero_vad"):
+        shutil.copytree(
+            REPO / "engines" / name, repository / name, ignore=shutil.ignore_patterns("build")
+        )
+    compile_model(ModelDir(repository / "occupancy"), CompileOptions(backend="tensorrt"))
+    assert _manifests(repository / "silero_vad") == []
+
+    broker = Mosquitto(tmp_path).start()
+    watcher = Watcher(broker.port, NODE)
+    daemon = Daemon(broker, repository, tmp_path / "daemon", node=NODE, backend="auto")
+    try:
+        daemon.start()
+        # Served at start: occupancy alone, from its TensorRT engine.
+        (first,) = watcher.catalogue(lambda c: True, timeout=10)
+        assert first["node"] == NODE and _names(first) == ["occupancy"], first
+        occupancy = _entry(first, "occupancy")
+        assert occupancy["backend"] == "tensorrt" and occupancy["parity"]["passed"]
+        assert [i["name"] for i in occupancy["inputs"]] == ["readings"]
+
+        rng = np.random.default_rng(7)
+        readings = (rng.standard_normal((5, 4)) * [5, 20, 300, 400] + [22, 45, 400, 800]).astype(
+            np.float32
+        )
+        with Client(broker.url, node=NODE) as client:
+            reply = client.infer("occupancy", {"readings": readings}, timeout=10)
+            want = _onnxruntime(repository / "occupancy", {"readings": readings})
+            got = reply.outputs["probabilities"]
+            assert got.shape == (5, 2)
+            np.testing.assert_allclose(got, want["probabilities"], rtol=1e-5, atol=1e-5)
+            assert reply.model == "occupancy" and reply.version == "1"
+
+            # silero_vad: compiled by the daemon in a child process, then served.
+            seen = watcher.catalogue(lambda c: "silero_vad" in _names(c), timeout=30)
+            assert _names(seen[-1]) == ["occupancy", "silero_vad"], seen
+            vad = _entry(seen[-1], "silero_vad")
+            assert vad["backend"] == "tensorrt" and vad["parity"]["passed"], vad
+            # The constant sr is filled in by the daemon; input and the carried state are sent.
+            specs = {i["name"]: i for i in vad["inputs"]}
+            assert sorted(specs) == ["input", "state"], vad["inputs"]
+            assert specs["state"]["dtype"] == "float32"
+            (manifest,) = _manifests(repository / "silero_vad")
+            key = manifest.key
+            assert (key.backend, key.backend_version, key.device) == ("tensorrt", emulated, "sm_87")
+            log = daemon.log.read_text()
+            assert "silero_vad" in log and "compiling it in a child process" in log, log
+
+            feeds = {
+                "input": rng.uniform(-1, 1, (3, 576)).astype(np.float32),
+                "state": rng.uniform(-0.5, 0.5, (2, 3, 128)).astype(np.float32),
+            }
+            reply = client.infer("silero_vad", feeds, timeout=10)
+            want = _onnxruntime(
+                repository / "silero_vad", {**feeds, "sr": np.array(16000, np.int64)}
+            )
+            assert reply.model == "silero_vad" and reply.version == "6.2.3"
+            assert reply.outputs["output"].shape == (3, 1)
+            assert reply.outputs["stateN"].shape == (2, 3, 128)
+            for name in ("output", "stateN"):
+                np.testing.assert_allclose(reply.outputs[name], want[name], atol=1e-5)
+
+        # SIGTERM: exit code 0; offline is published live, and stays retained.
+        assert daemon.terminate(timeout=20) == 0, daemon.log.read_text()
+        watcher.status(b"offline", timeout=5)
+        wait_retained(broker, watcher.status_topic, b"offline", timeout=5)
+        assert "stopped" in daemon.log.read_text()
+    finally:
+        daemon.stop()
+        watcher.close()
+        broker.kill()
