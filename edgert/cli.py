@@ -164,6 +164,8 @@ def _compile_one(model: ModelDir, options: CompileOptions) -> None:
         f"sample(s) ({parity.get('inputs')}): {figures}",
         highlight=False,
     )
+    for note in manifest.notes:
+        out.print(f"  note      {note}", highlight=False)
 
 
 def _size(n: int) -> str:

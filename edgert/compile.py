@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgert import __version__
-from edgert.backends import BackendKind, BuildRequest, ProgressFn, choose, validate_feeds
+from edgert.backends import BackendKind, BuildRequest, ProgressFn, choose, status, validate_feeds
 from edgert.backends.onnxrt import reference_session
 from edgert.config import ModelConfig, Precision
 from edgert.errors import ConfigError, InputError
@@ -77,6 +77,16 @@ def rebuild_command(model: ModelDir, backend: str, precision: Precision) -> str:
 
 def _no_progress(stage: str, fraction: float) -> None:
     return None
+
+
+def _auto_notes(asked: str, kind: BackendKind) -> tuple[str, ...]:
+    """Why ``auto`` chose ``kind``: the backends before it in preference order and their
+    reasons for being unavailable here."""
+    if asked != "auto":
+        return ()
+    skipped = [f"{s.name} unavailable: {s.reason}" for s in status() if s.name != kind.name]
+    skipped = skipped[: [s.name for s in status()].index(kind.name)]
+    return (f"backend auto chose {kind.name}" + (f" ({'; '.join(skipped)})" if skipped else ""),)
 
 
 def compile_model(
@@ -140,7 +150,7 @@ def compile_model(
             built_at=utc_now(),
             build_seconds=round(build_seconds, 3),
             parity=report.to_dict(),
-            notes=built.notes,
+            notes=(*_auto_notes(options.backend, kind), *built.notes),
             edgert_version=__version__,
         )
         model.write_manifest(stage, manifest)

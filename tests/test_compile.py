@@ -229,3 +229,11 @@ def test_uncompiled_model_says_how_to_compile(corpus: Callable[[str], Path]) -> 
     model = ModelDir(corpus("fixed_mlp").parent)
     with pytest.raises(ArtifactError, match="no artifact built yet; run: edgert compile"):
         open_model(model)
+
+
+def test_auto_records_why_it_chose_its_backend(corpus: Callable[[str], Path]) -> None:
+    model = ModelDir(corpus("fixed_mlp").parent)
+    auto = compile_model(model).artifact.manifest.notes
+    assert auto[0].startswith("backend auto chose onnxruntime (tensorrt unavailable: ")
+    forced = compile_model(model, CompileOptions(backend="onnxruntime", force=True))
+    assert not any("backend auto" in n for n in forced.artifact.manifest.notes)

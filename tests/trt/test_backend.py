@@ -114,6 +114,7 @@ def test_auto_prefers_tensorrt_and_list_says_why_not_elsewhere(
     model = _model(tmp_path)
     result = compile_model(model)  # backend auto
     assert result.artifact.manifest.key.backend == "tensorrt"
+    assert result.artifact.manifest.notes[0] == "backend auto chose tensorrt"
     listing = subprocess.run(
         [sys.executable, "-m", "edgert", "list", "--repository", str(tmp_path)],
         capture_output=True,
