@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
 from onnx import helper
@@ -352,3 +353,24 @@ def test_changed_source_makes_the_engine_stale(emulated: str, tmp_path: Path) ->
     onnx.save(proto, str(model.source_path))
     with pytest.raises(IncompatibleArtifact, match=r"changed since it was built \(stale\)"):
         open_model(model, backend="tensorrt")
+
+
+def test_int8_from_qdq_nodes_builds_on_every_version(emulated: str, tmp_path: Path) -> None:
+    x = tensor("x", np.float32, ["batch", 4])
+    y = tensor("y", np.float32, ["batch", 3])
+    rng = np.random.default_rng(5)
+    inits = [
+        onnx.numpy_helper.from_array(np.float32(0.05), "scale"),
+        onnx.numpy_helper.from_array(np.int8(0), "zero"),
+        onnx.numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "scale", "zero"], ["xd"]),
+        helper.make_node("MatMul", ["xd", "w"], ["y"]),
+    ]
+    dims = "[dims]\nbatch = { min = 1, opt = 2, max = 8 }\n"
+    write(tmp_path / "q", make_model(nodes, [x], [y], inits), dims)
+    model = ModelDir(tmp_path / "q")
+    result = compile_model(model, CompileOptions(backend="tensorrt", precision="int8"))
+    assert result.parity["passed"] and result.artifact.manifest.key.precision == "int8"
