@@ -5,9 +5,11 @@ The network thread (paho's) only decodes and hands off: each model has its own w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -64,6 +66,7 @@ class Service:
         self.ledger = RequestLedger(config.reply_cache)
         self._served: dict[str, _Served] = {}
         self._failed: dict[str, str] = {}
+        self._builds: set[subprocess.Popen[str]] = set()  # compile children running now
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._stats_thread: threading.Thread | None = None
@@ -132,6 +135,7 @@ class Service:
         """Stop taking requests, answer what was taken, publish offline, disconnect."""
         self._stopping.set()
         _notify_systemd("STOPPING=1")
+        self._end_builds()
         with self._lock:
             served = list(self._served.values())
         for entry in served:
@@ -143,6 +147,19 @@ class Service:
         for entry in served:
             entry.worker.stop()
         log.info("stopped")
+
+    def _end_builds(self) -> None:
+        """Builds in progress die with the daemon, so none writes or holds the GPU after it."""
+        with self._lock:
+            builds = list(self._builds)
+        for child in builds:
+            _signal_group(child, signal.SIGTERM)
+        for child in builds:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _signal_group(child, signal.SIGKILL)
+                child.wait()
 
     # -- models -----------------------------------------------------------------------------
 
@@ -183,9 +200,27 @@ class Service:
             "--backend",
             self.config.backend,
         ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            reason = (result.stderr.strip().splitlines() or ["build failed"])[-1]
+        if self._stopping.is_set():
+            return
+        # Its own process group, so stop() ends the TensorRT build grandchild with it.
+        with subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        ) as child:
+            with self._lock:
+                self._builds.add(child)
+            try:
+                _, stderr = child.communicate()
+            finally:
+                with self._lock:
+                    self._builds.discard(child)
+        if self._stopping.is_set():
+            return  # stopped (and the build ended by stop()): neither fail nor serve
+        if child.returncode != 0:
+            reason = (stderr.strip().splitlines() or ["build failed"])[-1]
             self._fail(model, f"build failed: {reason}")
         else:
             try:
@@ -371,6 +406,11 @@ class Service:
             return
         reply = error_reply(request_id, error.code, error.message)
         self._publish_reply(Waiter(topic, message.correlation, qos), reply)
+
+
+def _signal_group(child: subprocess.Popen[str], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(child.pid, sig)
 
 
 def _name(model: ModelDir) -> str:

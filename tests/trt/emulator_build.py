@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import signal
+import time
 from typing import Any
 
 import numpy as np
@@ -105,6 +106,7 @@ class BuildClasses:
             trt = self._rt.trt
             check_arg(network, trt.INetworkDefinition, "build_serialized_network", "network")
             check_arg(config, trt.IBuilderConfig, "build_serialized_network", "config")
+            time.sleep(float(os.environ.get("EMULATOR_BUILD_DELAY", "0")))  # a long build
             if os.environ.get("EMULATOR_KILL_BUILD") == "1":
                 # What the kernel's OOM killer does to a TensorRT build on an 8 GB Jetson.
                 os.kill(os.getpid(), signal.SIGKILL)

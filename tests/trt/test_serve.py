@@ -146,6 +146,7 @@ def test_serve_compiles_missing_engine_and_answers_like_onnxruntime(
         # Served at start: occupancy alone, from its TensorRT engine.
         (first,) = watcher.catalogue(lambda c: True, timeout=10)
         assert first["node"] == NODE and _names(first) == ["occupancy"], first
+        assert "failed" not in first, first  # silero_vad is being built, not failed
         occupancy = _entry(first, "occupancy")
         assert occupancy["backend"] == "tensorrt" and occupancy["parity"]["passed"]
         assert [i["name"] for i in occupancy["inputs"]] == ["readings"]
@@ -165,6 +166,7 @@ def test_serve_compiles_missing_engine_and_answers_like_onnxruntime(
             # silero_vad: compiled by the daemon in a child process, then served.
             seen = watcher.catalogue(lambda c: "silero_vad" in _names(c), timeout=30)
             assert _names(seen[-1]) == ["occupancy", "silero_vad"], seen
+            assert "failed" not in seen[-1], seen[-1]
             vad = _entry(seen[-1], "silero_vad")
             assert vad["backend"] == "tensorrt" and vad["parity"]["passed"], vad
             # The constant sr is filled in by the daemon; input and the carried state are sent.
@@ -198,5 +200,54 @@ def test_serve_compiles_missing_engine_and_answers_like_onnxruntime(
         assert "stopped" in daemon.log.read_text()
     finally:
         daemon.stop()
+        broker.kill()
         watcher.close()
+        broker.kill()
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids whose command line mentions ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # exited meanwhile
+    return found
+
+
+def test_sigterm_during_a_build_ends_the_build_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A build still running when the daemon stops must not outlive it (holding the GPU,
+    writing into build/ after the daemon is gone)."""
+    monkeypatch.setenv("EMULATED_TRT", "10.3.0")
+    monkeypatch.setenv("EMULATOR_BUILD_DELAY", "60")
+    path = [str(SITE), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+    repository = tmp_path / "engines"
+    shutil.copytree(
+        REPO / "engines" / "occupancy",
+        repository / "occupancy",
+        ignore=shutil.ignore_patterns("build"),
+    )
+    broker = Mosquitto(tmp_path).start()
+    daemon = Daemon(broker, repository, tmp_path / "daemon", node=NODE).start()
+    try:
+        end = time.monotonic() + 30
+        while not _processes_with(str(repository)) or not _processes_with("trt_build"):
+            assert time.monotonic() < end, "the build child never started"
+            time.sleep(0.1)
+        assert daemon.terminate(timeout=20) == 0
+        end = time.monotonic() + 10
+        while _processes_with(str(repository)):
+            assert time.monotonic() < end, f"left running: {_processes_with(str(repository))}"
+            time.sleep(0.1)
+        assert not (repository / "occupancy" / "build").exists() or not [
+            p for p in (repository / "occupancy" / "build").iterdir() if not p.name.startswith(".")
+        ]
+    finally:
+        daemon.stop()
         broker.kill()
