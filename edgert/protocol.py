@@ -200,7 +200,8 @@ def parse_json_request(
     """Decode a JSON request to ``model``, whose inputs are checked against ``io``.
 
     ``request_specs`` are the inputs a device sends (default: all of ``io.inputs``; the daemon
-    leaves out constant and carried ones, and passes windowed ones with their request shape).
+    leaves out the constant ones, which model.toml fills in; carried and windowed inputs are
+    still sent by the device until the daemon keeps stream state).
     ``response_topic`` (MQTT 5) takes precedence over the envelope's ``reply_to``.
     ``max_elements`` bounds the elements of all inputs together. Unknown keys are refused, so a
     typo (``deadline`` for ``deadline_ms``) does not silently do nothing.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -169,6 +170,10 @@ def _worker_main(index: int, host: str, port: int, tag: str, conn: Connection) -
     client.on_message = worker.on_message
     client.on_subscribe = lambda *args: subscribed.set()
     client.on_connect = lambda c, *args: c.subscribe(reply_topic, qos=1)
+    if os.environ.get("BENCH_NODELAY"):
+        client.on_socket_open = lambda c, u, sock: sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+        )
     client.connect(host, port)
     client.loop_start()
     if not subscribed.wait(20):

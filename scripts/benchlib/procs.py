@@ -129,6 +129,8 @@ class Broker(Server):
             "log_type error",
             "log_type warning",
         ]
+        if os.environ.get("BENCH_BROKER_NODELAY"):
+            lines.append("set_tcp_nodelay true")
         config.write_text("\n".join(lines) + "\n")
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
