@@ -299,7 +299,8 @@ def build_serialized(
 
     cache: trt.ITimingCache = config.create_timing_cache(timing_cache or b"")
     config.set_timing_cache(cache, True)  # a cache from another build is ignored, not fatal
-    monitor = version.watch_progress(config, progress)
+    # The monitor's share of the build goes after parsing (0.05) and before the end (0.95).
+    monitor = version.watch_progress(config, lambda stage, f: progress(stage, 0.05 + 0.9 * f))
     progress("building the engine (this takes minutes on a Jetson)", 0.05)
     plan: trt.IHostMemory | None = builder.build_serialized_network(network, config)
     del monitor

@@ -374,3 +374,21 @@ def test_int8_from_qdq_nodes_builds_on_every_version(emulated: str, tmp_path: Pa
     model = ModelDir(tmp_path / "q")
     result = compile_model(model, CompileOptions(backend="tensorrt", precision="int8"))
     assert result.parity["passed"] and result.artifact.manifest.key.precision == "int8"
+
+
+def test_progress_comes_from_the_builders_monitor_where_it_has_one(
+    emulated: str, tmp_path: Path
+) -> None:
+    seen: list[tuple[str, float]] = []
+    compile_model(
+        _model(tmp_path),
+        CompileOptions(backend="tensorrt"),
+        lambda stage, fraction: seen.append((stage, fraction)),
+    )
+    from_monitor = [f for stage, f in seen if stage == "Building engine"]
+    if emulated.startswith("8."):
+        assert from_monitor == []  # no IProgressMonitor in 8.6
+    else:
+        assert len(from_monitor) >= 3 and from_monitor == sorted(from_monitor)
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
