@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgert.config import DaemonConfig
+from edgert.daemon.batcher import BatchPlan, BatchSettings
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.stats import ModelStats
@@ -169,8 +170,17 @@ class Service:
         log.error("%s: not served: %s", _name(model), reason)
 
     def _serve_model(self, model: ModelDir, loaded: LoadedModel) -> None:
+        settings = BatchSettings.of(loaded.config)
+        extra = [open_model(model, self.config.backend) for _ in range(settings.instances - 1)]
         worker = ModelWorker(
-            loaded, self.ledger, self._publish_reply, ModelStats(), self.config.queue_size
+            loaded,
+            self.ledger,
+            self._publish_reply,
+            ModelStats(),
+            self.config.queue_size,
+            plan=BatchPlan.for_model(loaded.io, loaded.constants, settings.max_batch),
+            max_queue_delay_us=settings.max_queue_delay_us,
+            extra_instances=extra,
         )
         worker.start()
         with self._lock:
@@ -182,11 +192,13 @@ class Service:
         self.connection.subscribe(self.topics.pooled_infer(loaded.config.name), self.config.qos)
         key = loaded.artifact.manifest.key
         log.info(
-            "%s %s: loaded (%s, %s)",
+            "%s %s: loaded (%s, %s, max batch %d, %d instance(s))",
             loaded.config.name,
             loaded.config.version,
             key.backend,
             key.precision,
+            worker.plan.max_batch,
+            len(worker.instances),
         )
 
     def _build_then_serve(self, model: ModelDir) -> None:

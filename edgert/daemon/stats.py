@@ -16,7 +16,8 @@ class ModelStats:
         self._lock = threading.Lock()
         self.requests = 0
         self.ok = 0
-        self.inferences = 0
+        self.inferences = 0  # backend runs: fewer than ok replies when requests batch
+        self.batched = 0
         self.errors: Counter[str] = Counter()
         self._total: deque[float] = deque(maxlen=window)
         self._infer: deque[float] = deque(maxlen=window)
@@ -28,9 +29,14 @@ class ModelStats:
     def record_ok(self, total_s: float, infer_s: float) -> None:
         with self._lock:
             self.ok += 1
-            self.inferences += 1
             self._total.append(total_s * 1000)
             self._infer.append(infer_s * 1000)
+
+    def record_batch(self, requests: int) -> None:
+        """One backend run that answered ``requests`` requests."""
+        with self._lock:
+            self.inferences += 1
+            self.batched += requests
 
     def record_error(self, code: str) -> None:
         with self._lock:
@@ -42,6 +48,7 @@ class ModelStats:
                 "requests": self.requests,
                 "ok": self.ok,
                 "inferences": self.inferences,
+                "mean_batch": round(self.batched / self.inferences, 2) if self.inferences else None,
                 "errors": dict(self.errors),
                 "queue": queue_depth,
                 "latency_ms": {

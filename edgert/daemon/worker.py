@@ -6,11 +6,12 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from edgert.daemon.batcher import BatchPlan
 from edgert.daemon.ledger import LedgerKey, RequestLedger, Waiter
 from edgert.daemon.stats import ModelStats
 from edgert.errors import EdgertError
@@ -38,7 +39,8 @@ class Job:
 
 
 class ModelWorker:
-    """Runs one model's requests in order, one inference at a time, and publishes the replies."""
+    """One model's bounded queue, batched by a :class:`BatchPlan`, and one inference thread per
+    instance (each instance a runner of its own: one inference at a time per instance)."""
 
     def __init__(
         self,
@@ -47,18 +49,32 @@ class ModelWorker:
         publish: PublishFn,
         stats: ModelStats,
         queue_size: int,
+        *,
+        plan: BatchPlan | None = None,
+        max_queue_delay_us: int = 0,
+        extra_instances: Sequence[LoadedModel] = (),
     ) -> None:
         self.loaded = loaded
+        self.instances = (loaded, *extra_instances)
         self.name = loaded.config.name
         self.version = loaded.config.version
+        self.plan = plan or BatchPlan.for_model(loaded.io, loaded.constants, 1)
+        self.delay = max_queue_delay_us / 1e6
         self._ledger = ledger
         self._publish = publish
         self.stats = stats
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
-        self._thread = threading.Thread(target=self._run, name=f"model-{self.name}", daemon=True)
+        self._stopping = threading.Event()
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(instance,), name=f"model-{self.name}-{i}", daemon=True
+            )
+            for i, instance in enumerate(self.instances)
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, job: Job) -> bool:
         """Queue a job; False when the queue is full (the caller answers ``busy``)."""
@@ -82,53 +98,100 @@ class ModelWorker:
         return self._queue.unfinished_tasks == 0
 
     def stop(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-        self.loaded.close()
+        self._stopping.set()
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        for instance in self.instances:
+            instance.close()
 
-    def _run(self) -> None:
+    def _run(self, instance: LoadedModel) -> None:
+        carry: Job | None = None
         while True:
-            job = self._queue.get()
-            try:
-                if job is None:
-                    return
-                self._serve(job)
-            except Exception:  # a bug must not stop this model's worker
-                log.exception("%s: serving a request failed", self.name)
-            finally:
+            first = carry if carry is not None else self._queue.get()
+            carry = None
+            if first is None:
                 self._queue.task_done()
+                return
+            batch = [first]
+            try:
+                carry = self._gather(batch)
+                self._serve(instance, batch)
+            except Exception:  # a bug must not stop this model's worker
+                log.exception("%s: serving a batch failed", self.name)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
 
-    def _serve(self, job: Job) -> None:
+    def _gather(self, batch: list[Job]) -> Job | None:
+        """Add queued jobs that fit to ``batch`` (up to max_batch rows, waiting at most the queue
+        delay); the first that does not fit is returned, to start the next batch."""
+        plan = self.plan
+        if not plan.batches:
+            return None
+        rows = plan.rows(batch[0].feeds)
+        flush_at = time.monotonic() + self.delay
+        while rows < plan.max_batch:
+            wait = flush_at - time.monotonic()
+            try:
+                job = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return None
+            if job is None:
+                self._queue.put(None)  # stop: let this thread (or another) see it after this batch
+                self._queue.task_done()
+                return None
+            job_rows = plan.rows(job.feeds)
+            if not plan.fits(batch[0].feeds, job.feeds) or rows + job_rows > plan.max_batch:
+                return job
+            batch.append(job)
+            rows += job_rows
+        return None
+
+    def _serve(self, instance: LoadedModel, batch: list[Job]) -> None:
         start = time.monotonic()
-        if job.deadline is not None and start > job.deadline:
-            self._answer(
-                job,
-                error_reply(job.id, ErrorCode.EXPIRED, "deadline passed in queue"),
-                cache=False,
-                code=ErrorCode.EXPIRED,
-            )
+        live = []
+        for job in batch:
+            if job.deadline is not None and start > job.deadline:
+                message = "deadline passed in queue"
+                self._answer(job, error_reply(job.id, ErrorCode.EXPIRED, message), code="expired")
+            else:
+                live.append(job)
+        if not live:
             return
         try:
-            # Decoding validated the request against the specs: no second pass per request.
-            outputs = self.loaded.infer(job.feeds, check=False)
+            # Decoding validated each request against the specs: no second pass here.
+            feeds = self.plan.stack([j.feeds for j in live])
+            outputs = self.plan.split(
+                instance.infer(feeds, check=False), [self.plan.rows(j.feeds) for j in live]
+            )
         except EdgertError as exc:
+            if len(live) > 1:  # one request may spoil a batch: run each alone to find it
+                for job in live:
+                    self._serve(instance, [job])
+                return
             code = ErrorCode.BAD_INPUT if exc.code == "bad_input" else ErrorCode.INTERNAL
-            self._answer(job, error_reply(job.id, code, exc.message), cache=True, code=code)
+            self._answer(live[0], error_reply(live[0].id, code, exc.message), code=code.value)
             return
         done = time.monotonic()
-        latency = {
-            "queue": round((start - job.received) * 1000, 3),
-            "infer": round((done - start) * 1000, 3),
-            "total": round((done - job.received) * 1000, 3),
-        }
-        reply = ok_reply(
-            job.id, self.name, self.version, outputs, None, latency, compact=job.compact
-        )
-        self.stats.record_ok(done - job.received, done - start)
-        self._answer(job, reply, cache=True, code=None)
+        for job, result in zip(live, outputs, strict=True):
+            latency = {
+                "queue": round((start - job.received) * 1000, 3),
+                "infer": round((done - start) * 1000, 3),
+                "total": round((done - job.received) * 1000, 3),
+            }
+            reply = ok_reply(
+                job.id, self.name, self.version, result, None, latency, compact=job.compact
+            )
+            self.stats.record_ok(done - job.received, done - start)
+            self._answer(job, reply, code=None)
+        self.stats.record_batch(len(live))
 
-    def _answer(self, job: Job, reply: bytes, *, cache: bool, code: ErrorCode | None) -> None:
+    def _answer(self, job: Job, reply: bytes, *, code: str | None) -> None:
+        # Error replies a retry could fix (busy, expired) are not cached.
+        cache = code != "expired"
         if code is not None:
-            self.stats.record_error(code.value)
+            self.stats.record_error(code)
         for waiter in self._ledger.finish(job.key, job.waiter, reply, cache):
             self._publish(waiter, reply)

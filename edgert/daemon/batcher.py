@@ -1,0 +1,106 @@
+"""Dynamic batching as pure logic: which requests can share one inference, how to stack their
+inputs along the batch axis, and how to split the outputs back, in order.
+
+A model batches when every request input and every output starts with the same named dynamic
+dim (``batch``) whose upper bound is above 1; requests may carry several rows each. Requests whose
+other dims differ (two sequence lengths) cannot be stacked and go in separate batches. Constants
+(model.toml) are not stacked: a model whose constant has the batch dim does not batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgert.config import ModelConfig
+from edgert.errors import ConfigError
+from edgert.onnx import ModelIO
+
+__all__ = ["BatchPlan", "BatchSettings"]
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """model.toml ``[batching]``: every key optional."""
+
+    max_batch: int | None = None  # cap below the profile's bound on the batch dim
+    max_queue_delay_us: int = 0  # how long a partial batch waits for more (0: take what is queued)
+    instances: int = 1  # runners of the model, each one inference at a time
+
+    @classmethod
+    def of(cls, config: ModelConfig) -> BatchSettings:
+        raw = dict(config.sections.get("batching", {}))
+        known = {"max_batch", "max_queue_delay_us", "instances"}
+        if set(raw) - known:
+            raise ConfigError(
+                f"{config.name}: unknown [batching] key(s) {', '.join(sorted(set(raw) - known))}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        for key, value in raw.items():
+            least = 0 if key == "max_queue_delay_us" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"{config.name}: [batching] {key} must be an integer >= {least}")
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one model's requests are grouped: ``max_batch`` rows along axis 0 of ``inputs``."""
+
+    inputs: tuple[str, ...]  # the request inputs, stacked along axis 0
+    outputs: tuple[str, ...]
+    max_batch: int  # 1: no batching
+
+    @classmethod
+    def for_model(
+        cls, io: ModelIO, constants: Mapping[str, np.ndarray], limit: int | None = None
+    ) -> BatchPlan:
+        """The plan for ``io``; ``limit`` (model.toml ``[batching] max_batch``) caps the
+        profile's bound."""
+        requested = [s for s in io.inputs if s.name not in constants]
+        leading = {s.shape[0] if s.shape else None for s in (*requested, *io.outputs)}
+        constant_dims = {d for s in io.inputs if s.name in constants for d in s.shape}
+        names = (tuple(s.name for s in requested), tuple(s.name for s in io.outputs))
+        if len(leading) != 1 or not requested:
+            return cls(*names, 1)
+        (dim,) = leading
+        if not isinstance(dim, str) or dim not in io.dims or dim in constant_dims:
+            return cls(*names, 1)
+        bound = io.dims[dim].max
+        return cls(*names, max(1, min(bound, limit) if limit else bound))
+
+    @property
+    def batches(self) -> bool:
+        return self.max_batch > 1
+
+    def rows(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """How many rows a request brings (1 for a model that does not batch)."""
+        return int(feeds[self.inputs[0]].shape[0]) if self.batches else 1
+
+    def fits(self, first: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]) -> bool:
+        """Whether ``other`` can be stacked with ``first``: same dtypes, same dims past axis 0."""
+        return self.batches and all(
+            first[n].shape[1:] == other[n].shape[1:] and first[n].dtype == other[n].dtype
+            for n in self.inputs
+        )
+
+    def stack(self, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """One feed of all ``requests``' rows, in order."""
+        if len(requests) == 1:
+            return dict(requests[0])
+        return {n: np.concatenate([r[n] for r in requests], axis=0) for n in self.inputs}
+
+    def split(
+        self, outputs: Mapping[str, np.ndarray], rows: Sequence[int]
+    ) -> list[dict[str, np.ndarray]]:
+        """``outputs`` of a stacked run, back to each request's rows (in ``rows`` order)."""
+        if len(rows) == 1:
+            return [dict(outputs)]
+        bounds = np.cumsum([0, *rows])
+        return [
+            {n: outputs[n][start:end] for n in self.outputs}
+            for start, end in itertools.pairwise(bounds)
+        ]
