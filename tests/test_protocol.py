@@ -1170,3 +1170,15 @@ def test_catalogue_lists_failed_models_with_why() -> None:
         {"name": "vad", "reason": "stale"},
     ]
     assert "failed" not in json.loads(catalogue("n1", []))
+
+
+@pytest.mark.parametrize("size", [1, 2, 47, 48, 49, 500])  # both sides of the small-array path
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_floats_in_replies_are_short_and_read_back_exactly(size: int, dtype: type) -> None:
+    rng = np.random.default_rng(size)
+    with np.errstate(over="ignore"):
+        values = (rng.standard_normal(size) * 10.0 ** rng.integers(-6, 6, size)).astype(dtype)
+    values[0] = dtype(0.1)
+    encoded = json.loads(json.dumps(tensor_to_json(values)))
+    np.testing.assert_array_equal(np.array(encoded, dtype), values)
+    assert repr(encoded[0]) == "0.1"  # the shortest decimal, not 0.10000000149011612
