@@ -1176,8 +1176,7 @@ def test_catalogue_lists_failed_models_with_why() -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_floats_in_replies_are_short_and_read_back_exactly(size: int, dtype: type) -> None:
     rng = np.random.default_rng(size)
-    with np.errstate(over="ignore"):
-        values = (rng.standard_normal(size) * 10.0 ** rng.integers(-6, 6, size)).astype(dtype)
+    values = (rng.standard_normal(size) * 10.0 ** rng.integers(-6, 4, size)).astype(dtype)
     values[0] = dtype(0.1)
     encoded = json.loads(json.dumps(tensor_to_json(values)))
     np.testing.assert_array_equal(np.array(encoded, dtype), values)
