@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from edgert.config import DaemonConfig
@@ -181,6 +181,7 @@ class Service:
             plan=BatchPlan.for_model(loaded.io, loaded.constants, settings.max_batch),
             max_queue_delay_us=settings.max_queue_delay_us,
             extra_instances=extra,
+            events=self._event_publisher(loaded.config.name) if self.config.events else None,
         )
         worker.start()
         with self._lock:
@@ -200,6 +201,14 @@ class Service:
             worker.plan.max_batch,
             len(worker.instances),
         )
+
+    def _event_publisher(self, name: str) -> Callable[[bytes], None]:
+        topic = self.topics.events(name)
+
+        def publish(result: bytes) -> None:
+            self.connection.publish(topic, result, qos=0)
+
+        return publish
 
     def _build_then_serve(self, model: ModelDir) -> None:
         # A crash or out-of-memory abort in the build must not take the daemon down.

@@ -53,6 +53,7 @@ class ModelWorker:
         plan: BatchPlan | None = None,
         max_queue_delay_us: int = 0,
         extra_instances: Sequence[LoadedModel] = (),
+        events: Callable[[bytes], None] | None = None,
     ) -> None:
         self.loaded = loaded
         self.instances = (loaded, *extra_instances)
@@ -62,6 +63,7 @@ class ModelWorker:
         self.delay = max_queue_delay_us / 1e6
         self._ledger = ledger
         self._publish = publish
+        self._events = events  # every result, also to the events topic (Home Assistant)
         self.stats = stats
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
@@ -186,6 +188,8 @@ class ModelWorker:
             )
             self.stats.record_ok(done - job.received, done - start)
             self._answer(job, reply, code=None)
+            if self._events is not None:
+                self._events(reply)
         self.stats.record_batch(len(live))
 
     def _answer(self, job: Job, reply: bytes, *, code: str | None) -> None:

@@ -553,3 +553,28 @@ def test_stale_artifact_is_refused_unless_rebuild_stale(
     finally:
         watch.close()
         daemon.stop()
+
+
+@pytest.mark.parametrize("events", [True, False])
+def test_every_result_goes_to_the_events_topic_unless_off(
+    broker: Mosquitto, compiled_repository: Path, tmp_path: Path, events: bool
+) -> None:
+    watch = Observer(broker, "edgert/node/ev/events/#", "edgert/reply/#")
+    daemon = Daemon(broker, compiled_repository, tmp_path / "daemon", node="ev", events=events)
+    try:
+        daemon.start()
+        for n in range(3):
+            watch.send("edgert/infer/occupancy/dev", {"id": f"e{n}", "inputs": READING})
+        watch.wait(lambda: len(watch.on("edgert/reply/dev/")) == 3, 10, "three replies")
+        if events:
+            watch.wait(lambda: len(watch.on("edgert/node/ev/events/occupancy")) == 3, 10, "events")
+            seen = watch.on("edgert/node/ev/events/occupancy")
+            replies = {m.json()["id"]: m.json() for m in watch.on("edgert/reply/dev/")}
+            for event in (m.json() for m in seen):
+                assert event == replies[event["id"]]  # the result as the device got it
+        else:
+            time.sleep(0.5)  # replies came; an event would have come with them
+            assert watch.on("edgert/node/ev/events/") == []
+    finally:
+        watch.close()
+        daemon.stop()
