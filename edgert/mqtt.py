@@ -7,7 +7,9 @@ neither) and uses paho's own capped reconnect backoff.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import ssl
 import sys
 import threading
@@ -123,6 +125,14 @@ def _packet_size(
     return 1 + _varint_size(remaining) + remaining
 
 
+def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
+    """TCP_NODELAY on the broker socket. Replies leave from model threads right after the
+    network thread acknowledged the request; with Nagle on, each waits for the broker's delayed
+    ACK: about 44 ms per request (scripts/bench, 22.7 → 1,078 req/s at concurrency 1)."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class MqttConnection:
     """One paho client with its network loop in one thread; every publish goes through it.
 
@@ -177,6 +187,7 @@ class MqttConnection:
             min_delay=max(1, int(config.reconnect_min)), max_delay=int(config.reconnect_max)
         )
         client.max_queued_messages_set(config.max_queued)
+        client.on_socket_open = _no_delay
         client.on_connect = self._handle_connect
         client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect

@@ -3,6 +3,7 @@
 - ``procs``: /proc readings (CPU seconds, RSS, peak RSS), mosquitto, server subprocesses.
 - ``workloads``: the models measured, their request payloads, the temporary model repository.
 - ``loadgen``: closed-loop load from several processes, one paho client each.
+- ``probe``: the bench's own client: readiness requests, edgert's stats messages.
 - ``runner``: one run: every workload x server x concurrency, and the idle RSS of each server.
 - ``report``: results.json, results.md (values, ratios, targets) and plot.png.
 """

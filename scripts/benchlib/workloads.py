@@ -16,6 +16,7 @@ __all__ = [
     "REPO",
     "WORKLOADS",
     "Workload",
+    "available",
     "daemon_config",
     "inference_ms",
     "prepare_repository",
@@ -128,10 +129,18 @@ def prepare_repository(root: Path, models: list[str], log: Path) -> None:
                 raise RuntimeError(f"edgert compile {model} failed; see {log}")
 
 
-def daemon_config(path: Path, broker_url: str, node: str, repository: Path, models: list[str]) -> Path:
+def daemon_config(
+    path: Path,
+    broker_url: str,
+    node: str,
+    repository: Path,
+    models: list[str],
+    stats_interval: float,
+) -> Path:
     """A config for ``edgert serve`` (see device/edgert.toml): the bench's broker, a node id of
     its own (so no broker session of an earlier daemon is resumed), ``models`` from
-    ``repository``, on ONNX Runtime. Everything else is edgert's default."""
+    ``repository``, on ONNX Runtime, stats every ``stats_interval`` s. Everything else, batching
+    included (model.toml's [batching]), is what the daemon and the model's own files say."""
     listed = ", ".join(f'"{m}"' for m in models)
     path.write_text(
         "[broker]\n"
@@ -143,6 +152,7 @@ def daemon_config(path: Path, broker_url: str, node: str, repository: Path, mode
         f'repository = "{repository}"\n'
         f"models = [{listed}]\n"
         'backend = "onnxruntime"\n'
+        f"stats_interval = {stats_interval}\n"
     )
     return path
 
