@@ -24,6 +24,8 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINES = REPO / "engines"
+# The CNN is a bench workload, not an example the demo serves: it lives beside the harness.
+MODEL_DIRS = {"cnn": Path(__file__).resolve().parent / "cnn"}
 SCRIPTS = REPO / "scripts"
 # The model files a server needs; build/ is left behind and rebuilt in the temporary repository.
 _MODEL_FILES = ("model.onnx", "model.toml", "samples")
@@ -94,21 +96,27 @@ WORKLOADS = {"mlp": _mlp(), "cnn": _cnn()}
 
 def available(model: str) -> bool:
     """Whether ``model`` can be served: its model.onnx is there or a script here makes it."""
-    return (ENGINES / model / "model.onnx").is_file() or model in _MAKERS
+    return (_source(model) / "model.onnx").is_file() or model in _MAKERS
+
+
+def _source(model: str) -> Path:
+    return MODEL_DIRS.get(model, ENGINES / model)
 
 
 def prepare_repository(root: Path, models: list[str], log: Path) -> None:
-    """Copy ``models`` from engines/ (making a missing model.onnx with its script) into ``root``
+    """Copy ``models`` from engines/ or MODEL_DIRS (making a missing model.onnx with its script)
+    into ``root``
     and compile each there for ONNX Runtime, so the servers never compile while measured."""
     root.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         for model in models:
-            source = ENGINES / model
+            source = _source(model)
             if not (source / "model.onnx").is_file():
                 if model not in _MAKERS:
                     raise RuntimeError(f"{source}/model.onnx is missing; run scripts/fetch-models")
                 subprocess.run(
-                    [sys.executable, str(SCRIPTS / _MAKERS[model])],
+                    [sys.executable, str(SCRIPTS / _MAKERS[model])]
+                    + ([str(source)] if model in MODEL_DIRS else []),
                     check=True,
                     stdout=out,
                     stderr=subprocess.STDOUT,
