@@ -398,7 +398,7 @@ class Service:
         job = Job(
             request.id, ledger_key, waiter, request.inputs, received, deadline, request.compact
         )
-        if not served.worker.submit(job):
+        if not served.worker.offer(job):
             reply = error_reply(
                 request.id, ErrorCode.BUSY, f"{model_name}'s queue is full; retry later"
             )
