@@ -396,10 +396,6 @@ def _short_floats(array: np.ndarray) -> np.ndarray:
     formatting is ~20x slower than ``tolist()``."""
     narrow = array.dtype
     target = array.ravel()
-    if target.size <= _SMALL:
-        # numpy's own shortest repr per element: cheaper than the vectorised passes' fixed cost
-        # on the small outputs most sensor models have (2 floats: ~2 us against ~150 us).
-        return np.array([float(str(v)) for v in target], np.float64).reshape(array.shape)
     x = target.astype(np.float64)
     out = x.copy()
     todo = np.isfinite(x) & (x != 0)
@@ -423,10 +419,25 @@ def _short_floats(array: np.ndarray) -> np.ndarray:
     return shaped
 
 
+def _nest(flat: list[Any], shape: tuple[int, ...]) -> Any:
+    """``flat`` (C order) as nested lists of ``shape``."""
+    if not shape:
+        return flat[0]
+    if len(shape) == 1:
+        return flat
+    step = math.prod(shape[1:])
+    return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
 def tensor_to_json(array: np.ndarray) -> Any:
     """``array`` as nested lists of Python values; floats compact, NaN/inf as ``None``."""
     if array.dtype.kind != "f":
         return array.tolist()
+    if array.size <= _SMALL and array.dtype.itemsize < 8:
+        # numpy's own shortest repr per element, in plain Python: cheaper than the vectorised
+        # passes' fixed cost on the small outputs most sensor models have (~2 us against ~150).
+        flat = [float(str(v)) for v in array.ravel()]
+        return _nest([v if math.isfinite(v) else None for v in flat], array.shape)
     values = _short_floats(array) if array.dtype.itemsize < 8 else array.astype(np.float64)
     finite = np.isfinite(values)
     if finite.all():
@@ -479,6 +490,10 @@ def ok_reply(
     return dumps(reply)
 
 
+# One encoder: json.dumps() with any non-default option builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps(obj: Any) -> bytes:
     """Compact JSON bytes; ASCII-only, so an odd string (a lone surrogate) cannot break encoding."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("ascii")
+    return _ENCODER.encode(obj).encode("ascii")
