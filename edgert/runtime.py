@@ -56,8 +56,9 @@ def _candidates(backend: str) -> list[BackendKind]:
     return [s.kind for s in status() if s.kind is not None]
 
 
-def open_model(model: ModelDir, backend: str = "auto") -> LoadedModel:
-    """Load the best artifact of ``model`` that runs here; refuse others, saying why."""
+def open_model(model: ModelDir, backend: str = "auto", *, threads: int = 0) -> LoadedModel:
+    """Load the best artifact of ``model`` that runs here; refuse others, saying why.
+    ``threads``: CPU threads per inference (0: the runtime's default)."""
     config = model.config
     source = load_source(model.source_path)
     io = io_specs(source, config)
@@ -85,7 +86,7 @@ def open_model(model: ModelDir, backend: str = "auto") -> LoadedModel:
             except ArtifactError as exc:
                 refused.append(exc.message)
                 continue
-            runner = kind.load(artifact.file, artifact.manifest.io)
+            runner = kind.load(artifact.file, artifact.manifest.io, threads=threads)
             runner.activate()
             constants = {
                 spec.name: constant_value(spec, config.inputs[spec.name].value, io)

@@ -73,8 +73,9 @@ class BackendKind(ABC):
         """Write an artifact for ``request.source`` into ``request.out_dir``."""
 
     @abstractmethod
-    def load(self, artifact: Path, io: ModelIO) -> Backend:
-        """A runner for an artifact file (not yet activated)."""
+    def load(self, artifact: Path, io: ModelIO, *, threads: int = 0) -> Backend:
+        """A runner for an artifact file (not yet activated). ``threads``: CPU threads one
+        inference may use (0: the runtime's default); GPU backends ignore it."""
 
 
 def validate_feeds(io: ModelIO, feeds: Mapping[str, np.ndarray]) -> None:

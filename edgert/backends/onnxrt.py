@@ -98,8 +98,8 @@ class OnnxRuntimeKind(BackendKind):
         request.progress("optimized", 0.7)
         return BuildResult(ARTIFACT, self.build_options(request.precision), tuple(notes))
 
-    def load(self, artifact: Path, io: ModelIO) -> Backend:
-        return OnnxRuntimeBackend(artifact, io)
+    def load(self, artifact: Path, io: ModelIO, *, threads: int = 0) -> Backend:
+        return OnnxRuntimeBackend(artifact, io, threads)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -114,6 +114,10 @@ class OnnxRuntimeBackend(Backend):
 
     def _activate_impl(self) -> None:
         options = _session_options(self.threads)
+        # No busy-waiting between inferences: a served model idles between requests, and its
+        # spinning threads would take the cores the network thread and the other models need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if self.artifact.suffix == ".ort":
             options.add_session_config_entry("session.load_model_format", "ORT")
             # Already optimised at build time; don't redo it on every load.

@@ -134,7 +134,7 @@ class TensorRTKind(BackendKind):
         notes.extend(f"TensorRT: {w}" for w in warnings[-3:])
         return BuildResult(ARTIFACT, options, tuple(notes))
 
-    def load(self, artifact: Path, io: ModelIO) -> Backend:
+    def load(self, artifact: Path, io: ModelIO, *, threads: int = 0) -> Backend:
         return TensorRTBackend(artifact, io, self.api)
 
 

@@ -29,21 +29,29 @@ class BatchSettings:
     max_batch: int | None = None  # cap below the profile's bound on the batch dim
     max_queue_delay_us: int = 0  # how long a partial batch waits for more (0: take what is queued)
     instances: int = 1  # runners of the model, each one inference at a time
+    threads: int = 0  # CPU threads per instance (0: all cores for one, cores / instances else)
 
     @classmethod
     def of(cls, config: ModelConfig) -> BatchSettings:
         raw = dict(config.sections.get("batching", {}))
-        known = {"max_batch", "max_queue_delay_us", "instances"}
+        known = {"max_batch", "max_queue_delay_us", "instances", "threads"}
         if set(raw) - known:
             raise ConfigError(
                 f"{config.name}: unknown [batching] key(s) {', '.join(sorted(set(raw) - known))}; "
                 f"known: {', '.join(sorted(known))}"
             )
         for key, value in raw.items():
-            least = 0 if key == "max_queue_delay_us" else 1
+            least = 0 if key in ("max_queue_delay_us", "threads") else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ConfigError(f"{config.name}: [batching] {key} must be an integer >= {least}")
         return cls(**raw)
+
+    def threads_per_instance(self, cores: int) -> int:
+        """CPU threads for each instance: as set, else the cores split between instances (0,
+        the runtime's default, for a single instance)."""
+        if self.threads or self.instances == 1:
+            return self.threads
+        return max(1, cores // self.instances)
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,14 @@ class Service:
 
     def _serve_model(self, model: ModelDir, loaded: LoadedModel) -> None:
         settings = BatchSettings.of(loaded.config)
-        extra = [open_model(model, self.config.backend) for _ in range(settings.instances - 1)]
+        threads = settings.threads_per_instance(os.cpu_count() or 1)
+        if threads:  # reopen with its share of the cores
+            loaded.close()
+            loaded = open_model(model, self.config.backend, threads=threads)
+        extra = [
+            open_model(model, self.config.backend, threads=threads)
+            for _ in range(settings.instances - 1)
+        ]
         worker = ModelWorker(
             loaded,
             self.ledger,

@@ -183,7 +183,39 @@ def test_batching_settings_are_checked() -> None:
         default_name="m",
     )
     assert BatchSettings.of(ok) == BatchSettings(8, 500, 2)
+    assert BatchSettings.of(ok).threads_per_instance(cores=8) == 4  # the cores, split
+    assert BatchSettings(instances=1).threads_per_instance(cores=8) == 0  # runtime default
+    assert BatchSettings(instances=3, threads=1).threads_per_instance(cores=8) == 1
     assert BatchSettings.of(ModelConfig.from_dict({}, default_name="m")) == BatchSettings()
-    for bad in ({"max_batch": 0}, {"instances": "2"}, {"max_delay": 1}):
+    for bad in ({"max_batch": 0}, {"instances": "2"}, {"max_delay": 1}, {"threads": -1}):
         with pytest.raises(ConfigError, match=r"\[batching\]"):
             BatchSettings.of(ModelConfig.from_dict({"batching": bad}, default_name="m"))
+
+
+def test_two_instances_serve_in_parallel_and_agree(occupancy: LoadedModel) -> None:
+    """Each instance is a runner of its own; every request still gets its own outputs."""
+    second = open_model(occupancy.model, threads=1)
+    rng = np.random.default_rng(2)
+    feeds = [{"readings": rng.uniform(0, 1000, (1, 4)).astype(np.float32)} for _ in range(40)]
+    alone = [occupancy.infer(f)["probabilities"] for f in feeds]
+    replies = Replies()
+    plan = BatchPlan.for_model(occupancy.io, occupancy.constants, 4)
+    worker = ModelWorker(
+        occupancy,
+        RequestLedger(),
+        replies.publish,
+        ModelStats(),
+        64,
+        plan=plan,
+        extra_instances=[second],
+    )
+    for n, f in enumerate(feeds):
+        worker.submit(_job(n, f))
+    with worker._locks[0]:  # instance 0 busy: its thread waits holding a batch
+        worker.start()
+        replies.wait_for(len(feeds) - 4)  # instance 1 serves all the others meanwhile
+    replies.wait_for(len(feeds))
+    assert second.runner.infer_count > 0  # it served while instance 0 was busy
+    for n, expected in enumerate(alone):
+        np.testing.assert_allclose(_outputs(replies.by_topic[f"r/{n}"]), expected, rtol=1e-6)
+    worker.stop()
