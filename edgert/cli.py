@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -25,12 +25,14 @@ from rich.table import Table
 
 from edgert import __version__
 from edgert.backends import status as backend_status
-from edgert.compile import CompileOptions, compile_model
 from edgert.config import ModelConfig
 from edgert.errors import EdgertError, InputError
-from edgert.onnx import ModelIO, io_specs, load_source
 from edgert.repository import Artifact, ModelDir, Repository
 from edgert.runtime import open_model
+from edgert.spec import ModelIO
+
+if TYPE_CHECKING:  # compile and the onnx package load in the commands that need them, not in serve
+    from edgert.compile import CompileOptions
 
 __all__ = ["app", "main"]
 
@@ -123,6 +125,8 @@ def compile(
     under `<model>/build/<key>/`. Building the same source with the same options again is a cache
     hit. Dynamic axes need bounds in model.toml (`[dims]`); `edgert inspect` names them.
     """
+    from edgert.compile import CompileOptions
+
     with _errors():
         repo = Repository(repository)
         targets = [repo.model(m) for m in models] if models else repo.models()
@@ -136,6 +140,8 @@ def compile(
 
 
 def _compile_one(model: ModelDir, options: CompileOptions) -> None:
+    from edgert.compile import compile_model
+
     with Progress(
         TextColumn("[bold]{task.fields[model]}[/]"),
         BarColumn(),
@@ -193,6 +199,8 @@ def inspect(
     ],
 ) -> None:
     """Show a model's inputs and outputs, opset, ops, dynamic axes and bounds, and artifacts."""
+    from edgert.onnx import io_specs, load_source
+
     with _errors():
         if (target / "manifest.json").is_file():
             artifact = Artifact.read(target)
@@ -442,41 +450,25 @@ def serve(
     `online`, the model catalogue and stats, and answers requests on `edgert/infer/<model>`.
     On SIGTERM it stops taking requests, answers what it took, publishes `offline`, exits 0.
     """
-    import logging
-    import signal
+    from edgert.daemon.__main__ import SETTINGS_VARIABLE, load_settings, settings_argument
 
-    from edgert.config import DaemonConfig, parse_broker_url
-    from edgert.daemon import Service
-
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    argument = settings_argument(
+        config,
+        broker=broker,
+        repository=repository if (repository or config) else DEFAULT_REPOSITORY,
+        node=node,
+        rebuild_stale=rebuild_stale,
+        verbose=verbose,
     )
     with _errors():
-        settings = DaemonConfig.load(config)
-        changes: dict[str, Any] = {}
-        if broker is not None:
-            changes["broker"] = parse_broker_url(broker, settings.broker)
-        if repository is not None:
-            changes["repository"] = repository
-        elif config is None:
-            changes["repository"] = DEFAULT_REPOSITORY
-        if node is not None:
-            changes["node"] = node
-        if rebuild_stale:
-            changes["rebuild_stale"] = True
-        from dataclasses import replace
-
-        settings = replace(settings, **changes)
-        service = Service(settings)
-        signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
-        signal.signal(signal.SIGINT, lambda *_: service.request_stop())
-        service.start()
-        try:
-            service.wait()
-        finally:
-            service.stop()
+        load_settings(argument, DEFAULT_REPOSITORY)  # a bad config fails here, in one line
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The daemon runs in a lean process (same pid, so systemd and signals see no difference)
+    # without the CLI's libraries: Typer, Click, Rich and pydantic are ~12 MB it never needs.
+    # The settings travel in the environment: a broker password must not show in `ps`.
+    environment = {**os.environ, SETTINGS_VARIABLE: argument}
+    os.execve(sys.executable, [sys.executable, "-m", "edgert.daemon"], environment)
 
 
 @app.command()

@@ -29,7 +29,7 @@ from edgert.errors import ConfigError, EdgertError, InputError, first_line
 from edgert.spec import DimRange, DType, TensorSpec, check_shared_dims
 
 if TYPE_CHECKING:  # annotation only: pure codecs do not import the onnx layer at run time
-    from edgert.onnx.model import ModelIO
+    from edgert.spec import ModelIO
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",

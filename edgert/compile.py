@@ -30,8 +30,11 @@ from edgert.repository import (
     describe_files,
     utc_now,
 )
+from edgert.repository import (
+    machine_key as repository_machine_key,
+)
 
-__all__ = ["CompileOptions", "CompileResult", "compile_model", "machine_key", "rebuild_command"]
+__all__ = ["CompileOptions", "CompileResult", "compile_model", "machine_key"]
 
 
 @dataclass(frozen=True)
@@ -60,19 +63,15 @@ def machine_key(
     config: ModelConfig | None = None,
 ) -> ArtifactKey:
     """The key an artifact of ``source`` built here, now, with these settings would have."""
-    return ArtifactKey(
-        backend=kind.name,
-        backend_version=kind.version(),
-        device=kind.device(),
-        precision=precision,
-        profiles={name: rng.as_list() for name, rng in io.dims.items()},
-        source_sha256=source.sha256,
-        options=kind.build_options(precision, config),
-    )
+    return repository_machine_key(kind, source.sha256, io.dims, precision, config)
 
 
-def rebuild_command(model: ModelDir, backend: str, precision: Precision) -> str:
-    return f"edgert compile {model.path} --backend {backend} --precision {precision}"
+def _source_files(model: ModelDir, source: OnnxSource) -> tuple[str, ...]:
+    files = [source.path, *source.external]
+    try:
+        return tuple(str(f.resolve().relative_to(model.path.resolve())) for f in files)
+    except ValueError:  # a source outside the model dir: serving parses it instead
+        return ()
 
 
 def _no_progress(stage: str, fraction: float) -> None:
@@ -152,6 +151,7 @@ def compile_model(
             parity=report.to_dict(),
             notes=(*_auto_notes(options.backend, kind), *built.notes),
             edgert_version=__version__,
+            source_files=_source_files(model, source),
         )
         model.write_manifest(stage, manifest)
     artifact = Artifact.read(model.build_dir / key.dirname)

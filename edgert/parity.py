@@ -17,8 +17,7 @@ import numpy as np
 
 from edgert.config import InputConfig, ModelConfig, Tolerance
 from edgert.errors import ConfigError, InputError, ParityError
-from edgert.onnx import ModelIO
-from edgert.spec import DType, TensorSpec, concrete_shape
+from edgert.spec import DType, ModelIO, TensorSpec, concrete_shape
 
 __all__ = [
     "OutputParity",

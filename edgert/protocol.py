@@ -44,7 +44,7 @@ from edgert.spec import TensorSpec
 from edgert.topics import RequestTopic, Topics, default_node_id, sanitize_node_id
 
 if TYPE_CHECKING:  # annotation only: this layer does not import the onnx layer at run time
-    from edgert.onnx.model import ModelIO
+    from edgert.spec import ModelIO
 
 __all__ = [
     "OFFLINE",

@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgert.backends.base import BackendKind
 from edgert.config import ModelConfig, Precision
 from edgert.errors import ArtifactError, ConfigError, IncompatibleArtifact
-from edgert.onnx import ModelIO
+from edgert.spec import DimRange, ModelIO
 
 __all__ = [
     "KEY_SCHEMA",
@@ -35,6 +36,7 @@ __all__ = [
     "Repository",
     "describe_files",
     "file_sha256",
+    "machine_key",
     "utc_now",
 ]
 
@@ -160,6 +162,25 @@ def _runs_on_device(built: str, here: str, compatible: object) -> bool:
     return desktop_sm(built) >= 80 and desktop_sm(here) >= 80
 
 
+def machine_key(
+    kind: BackendKind,
+    source_sha256: str,
+    dims: Mapping[str, DimRange],
+    precision: Precision,
+    config: ModelConfig | None = None,
+) -> ArtifactKey:
+    """The key an artifact of that source built here, now, with these settings would have."""
+    return ArtifactKey(
+        backend=kind.name,
+        backend_version=kind.version(),
+        device=kind.device(),
+        precision=precision,
+        profiles={name: rng.as_list() for name, rng in dims.items()},
+        source_sha256=source_sha256,
+        options=kind.build_options(precision, config),
+    )
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What was built, how, and how closely it matches the FP32 reference."""
@@ -175,6 +196,9 @@ class Manifest:
     parity: Mapping[str, Any]
     notes: tuple[str, ...] = ()
     edgert_version: str = ""
+    # The source's files (model.onnx, then its external data), relative to the model dir: serving
+    # re-hashes them to tell a stale artifact without parsing the ONNX.
+    source_files: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -189,6 +213,7 @@ class Manifest:
             "parity": dict(self.parity),
             "notes": list(self.notes),
             "edgert_version": self.edgert_version,
+            "source_files": list(self.source_files),
         }
 
     @classmethod
@@ -206,6 +231,7 @@ class Manifest:
                 parity=dict(data["parity"]),
                 notes=tuple(data.get("notes", ())),
                 edgert_version=str(data.get("edgert_version", "")),
+                source_files=tuple(str(f) for f in data.get("source_files", ())),
             )
         except ArtifactError:
             raise

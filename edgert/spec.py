@@ -20,6 +20,7 @@ __all__ = [
     "DType",
     "Dim",
     "DimRange",
+    "ModelIO",
     "Shape",
     "TensorSpec",
     "check_shared_dims",
@@ -211,3 +212,29 @@ def check_shared_dims(specs: Iterable[TensorSpec], arrays: Mapping[str, np.ndarr
                         f"axis '{dim}' is {first[1]} in input '{first[0]}' but {size} in "
                         f"input '{spec.name}'"
                     )
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """A model's request-facing IO: input and output specs, and the bounds of dynamic dims."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: Mapping[str, DimRange]
+
+    def input(self, name: str) -> TensorSpec:
+        return next(s for s in self.inputs if s.name == name)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "dims": {k: v.as_list() for k, v in self.dims.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ModelIO:
+        inputs = tuple(TensorSpec.from_dict(s) for s in data["inputs"])  # type: ignore[attr-defined]
+        outputs = tuple(TensorSpec.from_dict(s) for s in data["outputs"])  # type: ignore[attr-defined]
+        dims = {k: DimRange(*v) for k, v in data["dims"].items()}  # type: ignore[attr-defined]
+        return cls(inputs, outputs, dims)

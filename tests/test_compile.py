@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -237,3 +239,48 @@ def test_auto_records_why_it_chose_its_backend(corpus: Callable[[str], Path]) ->
     assert auto[0].startswith("backend auto chose onnxruntime (tensorrt unavailable: ")
     forced = compile_model(model, CompileOptions(backend="onnxruntime", force=True))
     assert not any("backend auto" in n for n in forced.artifact.manifest.notes)
+
+
+def test_serving_tells_stale_artifacts_without_parsing_the_onnx(
+    corpus: Callable[[str], Path],
+) -> None:
+    """open_model re-hashes the files the manifest names (external data too) and compares the
+    bounds in model.toml; the onnx package is never imported on that path."""
+    model = ModelDir(corpus("external_data").parent)
+    manifest = compile_model(model).artifact.manifest
+    assert manifest.source_files == ("model.onnx", "model.onnx.data")
+    probe = (
+        "import sys; from pathlib import Path; from edgert import ModelDir, open_model; "
+        f"open_model(ModelDir(Path({str(model.path)!r}))); "
+        "print(sorted(m for m in ('onnx', 'typer', 'edgert.compile') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    data = model.path / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4] + b"\x00\x00\x80\x3f")  # one weight retrained
+    with pytest.raises(IncompatibleArtifact, match=r"changed since it was built \(stale\)"):
+        open_model(ModelDir(model.path))
+
+
+def test_changed_bounds_in_model_toml_make_the_artifact_stale(
+    corpus: Callable[[str], Path],
+) -> None:
+    model = ModelDir(corpus("dim_symbol").parent)
+    compile_model(model)
+    toml = model.path / "model.toml"
+    toml.write_text(toml.read_text().replace("32", "16"))
+    with pytest.raises(IncompatibleArtifact, match=r"dim bounds .* \(stale\)"):
+        open_model(ModelDir(model.path))
+
+
+def test_manifests_from_before_source_files_still_load(corpus: Callable[[str], Path]) -> None:
+    model = ModelDir(corpus("fixed_mlp").parent)
+    artifact = compile_model(model).artifact
+    manifest_path = artifact.path / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    del data["source_files"]  # as edgert wrote them before it recorded them
+    manifest_path.write_text(json.dumps(data))
+    loaded = open_model(ModelDir(model.path))
+    assert loaded.artifact.manifest.source_files == ()
+    loaded.close()

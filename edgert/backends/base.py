@@ -12,14 +12,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgert.config import ModelConfig, Precision
 from edgert.errors import BackendError, InputError
-from edgert.onnx import ModelIO, OnnxSource
-from edgert.spec import check_shared_dims
+from edgert.spec import ModelIO, check_shared_dims
+
+if TYPE_CHECKING:  # the onnx package loads only where a build needs it
+    from edgert.onnx import OnnxSource
 
 __all__ = ["Backend", "BackendKind", "BuildRequest", "BuildResult", "ProgressFn", "validate_feeds"]
 

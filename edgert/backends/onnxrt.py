@@ -6,16 +6,18 @@ import platform
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from edgert.backends.base import Backend, BackendKind, BuildRequest, BuildResult
 from edgert.config import ModelConfig, Precision
 from edgert.errors import BuildError, InferenceError, ModelCheckError, mapped
-from edgert.onnx import ModelIO, OnnxSource, to_fp16
+from edgert.spec import ModelIO
+
+if TYPE_CHECKING:
+    from edgert.onnx import OnnxSource
 
 __all__ = ["KIND", "OnnxRuntimeBackend", "OnnxRuntimeKind", "reference_session"]
 
@@ -61,6 +63,10 @@ class OnnxRuntimeKind(BackendKind):
         return {"optimization": _OPT_LEVEL, "format": "ort"}
 
     def build(self, request: BuildRequest) -> BuildResult:
+        import onnx  # builds only: serving never loads the onnx package
+
+        from edgert.onnx import to_fp16
+
         model = request.source.model
         notes: list[str] = []
         if request.precision == "fp16":

@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from edgert.backends import cuda
 from edgert.backends.base import Backend, BackendKind, BuildRequest, BuildResult
 from edgert.config import ModelConfig, Precision
 from edgert.errors import BackendUnavailable, BuildError, InferenceError, InputError, ModelLoadError
-from edgert.onnx import ModelIO, to_fp16
-from edgert.spec import concrete_shape
+from edgert.spec import ModelIO, concrete_shape
 
 try:
     from edgert.backends import trt_compat as compat
@@ -85,6 +83,10 @@ class TensorRTKind(BackendKind):
         return options
 
     def build(self, request: BuildRequest) -> BuildResult:
+        import onnx  # builds only: serving never loads the onnx package
+
+        from edgert.onnx import to_fp16
+
         model = request.source.model
         notes: list[str] = []
         options = self.build_options(request.precision, request.config)

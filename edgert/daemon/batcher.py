@@ -17,7 +17,7 @@ import numpy as np
 
 from edgert.config import ModelConfig
 from edgert.errors import ConfigError
-from edgert.onnx import ModelIO
+from edgert.spec import ModelIO
 
 __all__ = ["BatchPlan", "BatchSettings"]
 

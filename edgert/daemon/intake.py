@@ -8,7 +8,6 @@ import numpy as np
 
 from edgert.config import ModelConfig
 from edgert.mqtt import Message
-from edgert.onnx import ModelIO
 from edgert.protocol import (
     ErrorCode,
     ProtocolError,
@@ -19,7 +18,7 @@ from edgert.protocol import (
     parse_raw,
     tensor_request,
 )
-from edgert.spec import TensorSpec
+from edgert.spec import ModelIO, TensorSpec
 
 __all__ = ["declared_format", "decode_request", "request_specs"]
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import onnx
 from onnx import TensorProto
 
 from edgert.config import ModelConfig
+from edgert.digest import source_digest
 from edgert.errors import (
     ConfigError,
     ModelCheckError,
@@ -19,7 +18,7 @@ from edgert.errors import (
     UnboundedDimError,
     first_line,
 )
-from edgert.spec import Dim, DimRange, DType, Shape, TensorSpec
+from edgert.spec import Dim, DimRange, DType, ModelIO, Shape, TensorSpec
 
 __all__ = [
     "ModelIO",
@@ -54,6 +53,7 @@ class OnnxSource:
     path: Path
     model: onnx.ModelProto
     sha256: str
+    external: tuple[Path, ...] = ()  # its external data files, in the order the sha256 took them
 
     @property
     def opset(self) -> int:
@@ -102,17 +102,8 @@ def source_sha256(path: Path, model: onnx.ModelProto | None = None) -> str:
     ``model`` names the external files: pass it as loaded without its external data
     (``load_external_data=False``); once the data is loaded the references are gone.
     """
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    if model is not None:
-        for extra in external_data_files(model, path.parent):
-            digest.update(extra.name.encode())
-            with extra.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
+    extras = external_data_files(model, path.parent) if model is not None else []
+    return source_digest(path, extras)
 
 
 def load_source(path: Path) -> OnnxSource:
@@ -145,7 +136,8 @@ def load_source(path: Path) -> OnnxSource:
             f"(up to {max_opset})"
         )
     # Hash now: loading the external data below drops the references to its files.
-    sha256 = source_sha256(path, model)
+    external = tuple(external_data_files(model, path.parent))
+    sha256 = source_digest(path, external)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
@@ -154,33 +146,7 @@ def load_source(path: Path) -> OnnxSource:
         model = onnx.shape_inference.infer_shapes(model, check_type=True, data_prop=True)
     except Exception as exc:
         raise ModelCheckError(f"{path}: shape inference failed: {first_line(exc)}") from exc
-    return OnnxSource(path, model, sha256)
-
-
-@dataclass(frozen=True)
-class ModelIO:
-    """A model's request-facing IO: input and output specs, and the bounds of dynamic dims."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    dims: Mapping[str, DimRange]
-
-    def input(self, name: str) -> TensorSpec:
-        return next(s for s in self.inputs if s.name == name)
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "inputs": [s.to_dict() for s in self.inputs],
-            "outputs": [s.to_dict() for s in self.outputs],
-            "dims": {k: v.as_list() for k, v in self.dims.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> ModelIO:
-        inputs = tuple(TensorSpec.from_dict(s) for s in data["inputs"])  # type: ignore[attr-defined]
-        outputs = tuple(TensorSpec.from_dict(s) for s in data["outputs"])  # type: ignore[attr-defined]
-        dims = {k: DimRange(*v) for k, v in data["dims"].items()}  # type: ignore[attr-defined]
-        return cls(inputs, outputs, dims)
+    return OnnxSource(path, model, sha256, external)
 
 
 def _raw_dims(value: onnx.ValueInfoProto) -> Shape | None:

@@ -8,9 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["evaluate_targets", "markdown", "plot", "write_json"]
+__all__ = ["evaluate", "evaluate_targets", "idle_readings", "markdown", "plot", "write_json"]
 
-SERVER_NAMES = {"floor": "echo floor", "plain": "plain loop", "edgert": "edgert serve"}
 # (key, column title, digits); ratios of these are edgert's over the other server's.
 METRICS = [
     ("throughput_rps", "req/s", 1),
@@ -29,26 +28,59 @@ def _find(points: Points, workload: str, server: str, concurrency: int) -> dict[
     return None
 
 
-def _ratio(points: Points, workload: str, concurrency: int, metric: str, other: str) -> float:
-    mine = _find(points, workload, "edgert", concurrency)
+def _servers(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Server key -> {"name", "events", "targets"}: events is edgert's [serve] events (None for
+    the servers that are not edgert); targets marks the edgert the targets compare."""
+    return results["servers"]
+
+
+def _edgerts(results: dict[str, Any]) -> list[str]:
+    return [k for k, v in _servers(results).items() if v["events"] is not None]
+
+
+def _target_server(results: dict[str, Any]) -> str:
+    return next(k for k, v in _servers(results).items() if v.get("targets"))
+
+
+def _short(results: dict[str, Any], kind: str) -> str:
+    """A server's name in ratio labels: "edgert (events off)" and the like."""
+    events = _servers(results)[kind]["events"]
+    if events is None:
+        return _servers(results)[kind]["name"]
+    return f"edgert (events {'on' if events else 'off'})"
+
+
+def _ratio(
+    points: Points, workload: str, concurrency: int, metric: str, other: str, mine: str
+) -> float:
+    """``mine``'s ``metric`` over ``other``'s at one point; NaN where either is missing."""
+    found = _find(points, workload, mine, concurrency)
     theirs = _find(points, workload, other, concurrency)
-    if mine is None or theirs is None or not theirs[metric]:
+    if found is None or theirs is None or not theirs[metric] or found[metric] is None:
         return math.nan
-    return float(mine[metric]) / float(theirs[metric])
+    return float(found[metric]) / float(theirs[metric])
 
 
 def _fmt(value: float, digits: int = 2) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def _target(name: str, ratios: dict[str, float], ok: Callable[[float], bool]) -> dict[str, Any]:
+def _target(
+    name: str, short: str, ratios: dict[str, float], ok: Callable[[float], bool]
+) -> dict[str, Any]:
     found = {k: v for k, v in ratios.items() if not math.isnan(v)}
     if not found or len(found) < len(ratios):
         result = "not measured"
     else:
         result = "PASS" if all(ok(v) for v in found.values()) else "FAIL"
     measured = ", ".join(f"{k}: {_fmt(v)}x" for k, v in ratios.items())
-    return {"target": name, "measured": measured or "n/a", "result": result, "ratios": ratios}
+    return {
+        "target": name,
+        "short": short,
+        "measured": measured or "n/a",
+        "result": result,
+        "ratios": ratios,
+    }
 
 
 def _idle(idle: list[dict[str, Any]], server: str, models: list[str]) -> float:
@@ -58,58 +90,125 @@ def _idle(idle: list[dict[str, Any]], server: str, models: list[str]) -> float:
     return math.nan
 
 
-def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each with what was measured and PASS, FAIL or not measured."""
+def evaluate_targets(results: dict[str, Any], server: str | None = None) -> list[dict[str, Any]]:
+    """The issue's targets for one edgert server (default: events off), each with what was
+    measured and PASS, FAIL or not measured."""
+    server = server or _target_server(results)
     points: Points = results["points"]
     mlp_c = sorted({p["concurrency"] for p in points if p["workload"] == "mlp"}) or [1]
+
+    def ratio(workload: str, c: int, metric: str) -> float:
+        return _ratio(points, workload, c, metric, "plain", server)
+
     per_c = {
-        metric: {f"c={c}": _ratio(points, "mlp", c, metric, "plain") for c in mlp_c}
+        metric: {f"c={c}": ratio("mlp", c, metric) for c in mlp_c}
         for metric in ("cpu_s_per_1k", "throughput_rps")
     }
     idle = results["idle_rss"]
-    both = _idle(idle, "edgert", ["occupancy", "cnn"]) / _idle(idle, "plain", ["cnn"])
-    examples = _idle(idle, "edgert", ["occupancy", "silero_vad"]) / _idle(
+    examples = _idle(idle, server, ["occupancy", "silero_vad"]) / _idle(
         idle, "plain", ["occupancy"]
     )
     return [
         _target(
             "tiny MLP: CPU per request, edgert / plain loop <= 1.0x, every concurrency",
+            "MLP CPU per request",
             per_c["cpu_s_per_1k"],
             lambda r: r <= 1.0,
         ),
         _target(
             "tiny MLP: throughput, edgert / plain loop >= 1.0x, every concurrency",
+            "MLP throughput",
             per_c["throughput_rps"],
             lambda r: r >= 1.0,
         ),
         _target(
             "tiny MLP: p50 latency at c=1, edgert / plain loop <= 1.15x",
-            {"c=1": _ratio(points, "mlp", 1, "p50_ms", "plain")},
+            "MLP p50 latency",
+            {"c=1": ratio("mlp", 1, "p50_ms")},
             lambda r: r <= 1.15,
         ),
         _target(
             "medium CNN: throughput at c=64, edgert / plain loop >= 1.3x",
-            {"c=64": _ratio(points, "cnn", 64, "throughput_rps", "plain")},
+            "CNN throughput",
+            {"c=64": ratio("cnn", 64, "throughput_rps")},
             lambda r: r >= 1.3,
         ),
         _target(
             "medium CNN: p99 latency at c=64, edgert / plain loop <= 1.0x",
-            {"c=64": _ratio(points, "cnn", 64, "p99_ms", "plain")},
+            "CNN p99 latency",
+            {"c=64": ratio("cnn", 64, "p99_ms")},
             lambda r: r <= 1.0,
         ),
         _target(
-            "idle RSS: edgert with both bench models (occupancy + cnn) / plain loop with cnn"
-            " <= 1.3x",
-            {"idle": both},
-            lambda r: r <= 1.3,
-        ),
-        _target(
-            "idle RSS: edgert with the README's example models (occupancy + silero_vad) / plain"
-            " loop with occupancy <= 1.3x",
-            {"idle": examples},
+            "idle RSS: edgert with both example models (occupancy + silero_vad) / plain loop"
+            " with one (occupancy) <= 1.3x",
+            "idle RSS",
+            {"occupancy + silero_vad": examples},
             lambda r: r <= 1.3,
         ),
     ]
+
+
+def idle_readings(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Idle RSS ratios that are not targets: edgert (events off) over the plain loop with the
+    bench models."""
+    idle, server = results["idle_rss"], _target_server(results)
+    cases = [
+        (["occupancy", "cnn"], ["cnn"]),
+        (["occupancy"], ["occupancy"]),
+        (["cnn"], ["cnn"]),
+    ]
+    rows = []
+    for mine, theirs in cases:
+        value = _idle(idle, server, mine) / _idle(idle, "plain", theirs)
+        rows.append(
+            {
+                "reading": f"idle RSS: {_short(results, server)} with {' + '.join(mine)} / "
+                f"plain loop with {' + '.join(theirs)}",
+                "ratio": value,
+            }
+        )
+    return rows
+
+
+def evaluate(results: dict[str, Any]) -> dict[str, Any]:
+    """What results.json adds to the measurements: ``targets`` (edgert with events off),
+    ``targets_events_on`` (the same targets for edgert with events on; [] if it was not run)
+    and ``idle_rss_readings`` (idle RSS ratios that are not targets)."""
+    on = [k for k in _edgerts(results) if _servers(results)[k]["events"]]
+    return {
+        "targets": evaluate_targets(results),
+        "targets_events_on": evaluate_targets(results, on[0]) if on else [],
+        "idle_rss_readings": idle_readings(results),
+    }
+
+
+def _events_line(targets: list[dict[str, Any]]) -> str:
+    """The targets' figures for edgert with the events topic on, in one line."""
+    if not targets:
+        return "edgert serve (events on) was not measured."
+    parts = [f"{t['short']} ({t['measured']}; {t['result']})" for t in targets]
+    return (
+        "The same targets with the events topic on (edgert serve (events on) / plain loop): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def _events_statement(results: dict[str, Any]) -> str:
+    """Which runs had edgert's events topic on, for the header."""
+    servers = _servers(results)
+    on = " and ".join(v["name"] for v in servers.values() if v["events"]) or "none"
+    off = " and ".join(v["name"] for v in servers.values() if v["events"] is False) or "none"
+    return (
+        f"**Events topic: on in the {on} runs only.** With `[serve] events = true` (the "
+        "daemon's default) edgert publishes every result twice: the reply, and a QoS 0 copy to "
+        "edgert/node/<node>/events/<model>; nothing here subscribes to that topic, so the broker "
+        f"matches each copy and drops it. Off (`events = false`) in the {off} runs. Both ran at "
+        "every point and in the idle RSS with the example models. The targets compare edgert "
+        "with the events topic off; the line under them gives the same targets with it on. The "
+        "echo floor and the plain loop publish no events."
+    )
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -117,17 +216,25 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _workload_section(key: str, info: dict[str, Any], points: Points) -> list[str]:
+def _workload_section(results: dict[str, Any], key: str, info: dict[str, Any]) -> list[str]:
+    points: Points = results["points"]
+    servers = _servers(results)
+    edgerts = _edgerts(results)
     mine = [p for p in points if p["workload"] == key]
     concurrencies = sorted({p["concurrency"] for p in mine})
     cost = info.get("onnxruntime_ms_per_request", {})
-    agree = {True: "yes", False: "NO", None: "not compared"}[info.get("outputs_agree")]
+    said = {True: "yes", False: "NO", None: "not compared"}
+    agreed = info.get("outputs_agree")
+    if isinstance(agreed, dict):
+        agree = ", ".join(f"{_short(results, k)} {said[v]}" for k, v in agreed.items())
+    else:
+        agree = said[agreed]
     lines = [
         f"## {key}: {info['title']}",
         "",
         f"ONNX Runtime alone (no MQTT), median per request: {cost.get('1_thread', 'n/a')} ms on "
         f"1 thread, {cost.get('default_threads', 'n/a')} ms on the default threads. "
-        f"Plain loop and edgert outputs agree on the probe request: {agree}.",
+        f"The plain loop's and edgert's outputs agree on the probe request: {agree}.",
         "",
     ]
     header = ["c", "server", *(title for _, title, _ in METRICS)]
@@ -135,12 +242,12 @@ def _workload_section(key: str, info: dict[str, Any], points: Points) -> list[st
     header += ["edgert batch", "errors"]
     rows = []
     for c in concurrencies:
-        for server in SERVER_NAMES:
+        for server in servers:
             p = _find(mine, key, server, c)
             if p is None:
                 continue
             rows.append(
-                [str(c), SERVER_NAMES[server]]
+                [str(c), servers[server]["name"]]
                 + [_fmt(p[m], d) for m, _, d in METRICS]
                 + [
                     _fmt(p["server_cores_used"]),
@@ -157,19 +264,22 @@ def _workload_section(key: str, info: dict[str, Any], points: Points) -> list[st
         "Ratios (edgert over the other server; for req/s higher is better, else lower):",
         "",
     ]
+    pairs = [(e, other) for e in edgerts for other in ("plain", "floor")]
+    if len(edgerts) == 2:
+        pairs.append((edgerts[1], edgerts[0]))  # the events topic's own cost
     rows = []
     for c in concurrencies:
-        for other in ("plain", "floor"):
+        for server, other in pairs:
             rows.append(
-                [str(c), f"edgert / {SERVER_NAMES[other]}"]
-                + [_fmt(_ratio(mine, key, c, m, other)) + "x" for m, _, _ in METRICS]
+                [str(c), f"{_short(results, server)} / {_short(results, other)}"]
+                + [_fmt(_ratio(mine, key, c, m, other, server)) + "x" for m, _, _ in METRICS]
             )
     lines += _table(["c", "ratio", *(t for _, t, _ in METRICS)], rows)
     headroom = []
     for c in concurrencies:
         floor = _find(mine, key, "floor", c)
         best = max(
-            (p["throughput_rps"] for s in ("plain", "edgert") if (p := _find(mine, key, s, c))),
+            (p["throughput_rps"] for s in ["plain", *edgerts] if (p := _find(mine, key, s, c))),
             default=0.0,
         )
         if floor and best:
@@ -196,16 +306,29 @@ def markdown(results: dict[str, Any]) -> str:
         "machine's cores. The broker, the generator, the echo floor and the plain loop turn "
         "Nagle's algorithm off (TCP_NODELAY); edgert serve's sockets are as the daemon sets them.",
         "",
+        _events_statement(results),
+        "",
         "## Targets",
+        "",
+        f"edgert here is {_servers(results)[_target_server(results)]['name']}; the baseline is "
+        "the plain loop.",
         "",
     ]
     rows = [[t["target"], t["measured"], t["result"]] for t in results["targets"]]
     lines += [*_table(["target", "measured (edgert / baseline)", "result"], rows), ""]
+    lines += [_events_line(results.get("targets_events_on", [])), ""]
+    lines += ["Other idle RSS readings (information, not targets):", ""]
+    rows = [[r["reading"], _fmt(r["ratio"]) + "x"] for r in results.get("idle_rss_readings", [])]
+    lines += [*_table(["reading", "ratio"], rows), ""]
     for key, info in results["workloads"].items():
-        lines += _workload_section(key, info, results["points"])
-    lines += ["## Idle RSS (loaded, one request answered per bench model)", ""]
+        lines += _workload_section(results, key, info)
+    lines += [
+        "## Idle RSS (loaded, one request answered per bench model; silero_vad loaded, not asked)",
+        "",
+    ]
+    servers = _servers(results)
     rows = [
-        [SERVER_NAMES[r["server"]], " + ".join(r["models"]), _fmt(r["rss_mib"], 1)]
+        [servers[r["server"]]["name"], " + ".join(r["models"]), _fmt(r["rss_mib"], 1)]
         for r in results["idle_rss"]
     ]
     lines += [*_table(["server", "models", "RSS MiB"], rows), ""]
@@ -251,7 +374,10 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
         ("p50_ms", "latency (ms): p50 solid, p99 dashed"),
         ("cpu_s_per_1k", "server CPU s per 1,000 requests"),
     ]
-    colours = {"floor": "tab:gray", "plain": "tab:blue", "edgert": "tab:orange"}
+    servers = _servers(results)
+    palette = {"floor": "tab:gray", "plain": "tab:blue"}
+    edgert_colours = {False: "tab:orange", True: "tab:red"}  # events off, on
+    colours = {k: palette.get(k) or edgert_colours[bool(v["events"])] for k, v in servers.items()}
     fig, axes = plt.subplots(
         len(workloads), len(panels), figsize=(15, 4.2 * len(workloads)), squeeze=False
     )
@@ -266,7 +392,7 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
                 if not mine:
                     continue
                 xs = [p["concurrency"] for p in mine]
-                label = SERVER_NAMES[server]
+                label = servers[server]["name"]
                 ax.plot(xs, [p[metric] for p in mine], "o-", color=colour, label=label)
                 if metric == "p50_ms":
                     ax.plot(xs, [p["p99_ms"] for p in mine], "o--", color=colour, alpha=0.7)

@@ -27,9 +27,19 @@ from benchlib.workloads import (
     prepare_repository,
 )
 
-__all__ = ["SERVERS", "Options", "run"]
+__all__ = ["EDGERT_EVENTS", "SERVERS", "TARGET_SERVER", "Options", "run"]
 
-SERVERS = {"floor": "echo floor", "plain": "plain loop", "edgert": "edgert serve"}
+# Every server measured at every point, in this order: key -> the name the report gives it.
+SERVERS = {
+    "floor": "echo floor",
+    "plain": "plain loop",
+    "edgert_events_off": "edgert serve (events off)",
+    "edgert_events_on": "edgert serve (events on)",
+}
+# edgert's [serve] events per edgert server: on, every result is published twice (the reply,
+# and a QoS 0 copy to edgert/node/<node>/events/<model>); on is the daemon's default.
+EDGERT_EVENTS = {"edgert_events_off": False, "edgert_events_on": True}
+TARGET_SERVER = "edgert_events_off"  # the edgert the targets compare with the plain loop
 STATS_INTERVAL = 1.0  # s between edgert's stats messages: the bench reads its mean batch there
 
 
@@ -98,6 +108,7 @@ class Bench:
         label = f"{kind}-{'+'.join(models)}-{self.starts}"
         python, url = sys.executable, self.broker.url
         node = ""
+        name = f"{SERVERS[kind]} with {' + '.join(models)}"
         if kind == "floor":
             command = [python, str(REPO / "scripts/echo-floor"), models[0], "--broker", url]
         elif kind == "plain":
@@ -106,12 +117,16 @@ class Bench:
         else:
             node = f"bench{self.tag}n{self.starts}"
             config = daemon_config(
-                self.tmp / f"{label}.toml", url, node, self.repo, models, STATS_INTERVAL
+                self.tmp / f"{label}.toml",
+                url,
+                node,
+                self.repo,
+                models,
+                STATS_INTERVAL,
+                events=EDGERT_EVENTS[kind],
             )
             command = [python, "-m", "edgert", "serve", "--config", str(config)]
-        server = Server(
-            f"{SERVERS[kind]} ({', '.join(models)})", command, self.logs / f"{label}.log"
-        )
+        server = Server(name, command, self.logs / f"{label}.log")
         if node:
             self.nodes[server.pid] = node
         return server
@@ -212,22 +227,26 @@ class Bench:
             except RuntimeError as exc:  # one server failing must not lose the others' figures
                 info["servers"].setdefault(kind, {})["error"] = str(exc)
                 self.say(f"  {SERVERS[kind]}: FAILED: {str(exc).splitlines()[0]}")
-        info["outputs_agree"] = outputs_agree(answers.get("plain"), answers.get("edgert"))
+        info["outputs_agree"] = {
+            kind: outputs_agree(answers.get("plain"), answers.get(kind)) for kind in EDGERT_EVENTS
+        }
         return points, info
 
     def idle_rss(self) -> list[dict[str, Any]]:
-        """RSS of each server after loading and answering one request per bench model."""
+        """RSS of each server after loading and answering one request per bench model; edgert
+        with the README's example models (occupancy + silero_vad, the idle RSS target's) both
+        with the events topic off and on."""
         assert self.probe is not None
         cases = [
             ("floor", ["occupancy"]),
             ("plain", ["occupancy"]),
             ("plain", ["cnn"]),
-            ("edgert", ["occupancy"]),
-            ("edgert", ["cnn"]),
-            ("edgert", ["occupancy", "cnn"]),
+            (TARGET_SERVER, ["occupancy"]),
+            (TARGET_SERVER, ["cnn"]),
+            (TARGET_SERVER, ["occupancy", "cnn"]),
         ]
         if (self.repo / "silero_vad").is_dir():
-            cases.append(("edgert", ["occupancy", "silero_vad"]))
+            cases += [(kind, ["occupancy", "silero_vad"]) for kind in EDGERT_EVENTS]
         rows = []
         for kind, models in cases:
             server = self.start_server(kind, models)
@@ -276,6 +295,14 @@ class Bench:
             workloads[key] = info | {"onnxruntime_ms_per_request": costs[key]}
         self.say("idle RSS")
         return {
+            "servers": {
+                kind: {
+                    "name": name,
+                    "events": EDGERT_EVENTS.get(kind),
+                    "targets": kind == TARGET_SERVER,
+                }
+                for kind, name in SERVERS.items()
+            },
             "points": points,
             "workloads": workloads,
             "idle_rss": self.idle_rss(),

@@ -144,11 +144,14 @@ def daemon_config(
     repository: Path,
     models: list[str],
     stats_interval: float,
+    events: bool,
 ) -> Path:
     """A config for ``edgert serve`` (see device/edgert.toml): the bench's broker, a node id of
     its own (so no broker session of an earlier daemon is resumed), ``models`` from
-    ``repository``, on ONNX Runtime, stats every ``stats_interval`` s. Everything else, batching
-    included (model.toml's [batching]), is what the daemon and the model's own files say."""
+    ``repository``, on ONNX Runtime, stats every ``stats_interval`` s, the events topic on or
+    off (``[serve] events``: every result also published to <prefix>/node/<node>/events/<model>
+    at QoS 0). Everything else, batching included (model.toml's [batching]), is what the daemon
+    and the model's own files say."""
     listed = ", ".join(f'"{m}"' for m in models)
     path.write_text(
         "[broker]\n"
@@ -161,6 +164,7 @@ def daemon_config(
         f"models = [{listed}]\n"
         'backend = "onnxruntime"\n'
         f"stats_interval = {stats_interval}\n"
+        f"events = {'true' if events else 'false'}\n"
     )
     return path
 

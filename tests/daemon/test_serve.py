@@ -280,3 +280,15 @@ def test_broker_restart_reconnects_and_serves(daemon: Daemon, tmp_path: Path) ->
         reply = client.infer("occupancy", np.array(READING, np.float32), timeout=10)
     assert reply.outputs["probabilities"].shape == (1, 2)
     assert time.monotonic() - start < 20
+
+
+def test_the_serving_process_loads_neither_onnx_nor_the_cli_libraries(daemon: Daemon) -> None:
+    """`edgert serve` replaces itself with a lean daemon (same pid) that reads IO specs from the
+    manifests: the onnx package and Typer's pydantic (~20 MB together) are never loaded."""
+    assert daemon.process is not None
+    maps = Path(f"/proc/{daemon.process.pid}/maps").read_text()
+    assert "onnxruntime_pybind11_state" in maps  # the check sees extension modules at all
+    assert "onnx_cpp2py_export" not in maps
+    assert "pydantic_core" not in maps
+    cmdline = Path(f"/proc/{daemon.process.pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:3] == [b"-m", b"edgert.daemon"]
