@@ -1,6 +1,9 @@
 """The serving daemon: load models, connect, take requests, answer them, drain on SIGTERM.
 
-The network thread (paho's) only decodes and hands off: each model has its own worker thread.
+The network thread (paho's) decodes and hands off to each model's worker (a bounded queue, a
+batcher, one thread per instance). A model whose runs take under a millisecond is answered on
+the network thread itself while nothing is queued for it: there, a hand-off costs more than the
+inference.
 """
 
 from __future__ import annotations
