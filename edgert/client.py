@@ -115,11 +115,15 @@ class Client:
         deadline_ms: float | None = None,
         request_id: str | None = None,
         compact: bool = False,
+        stream: str | None = None,
+        reset: bool = False,
     ) -> Reply:
         """Run ``model`` on ``inputs`` (name → array, or one array for a one-input model).
 
         Re-sends with the same id every ``resend_after`` seconds (default: a third of
         ``timeout``) until answered; raises RemoteError for an error reply, EdgertError on timeout.
+        ``stream`` names a stateful model's stream (the daemon keeps its state between requests;
+        a re-sent request is answered once, so the state advances once); ``reset`` starts it over.
         """
         request_id = request_id or uuid.uuid4().hex
         if isinstance(inputs, np.ndarray):
@@ -135,6 +139,10 @@ class Client:
             body["deadline_ms"] = deadline_ms
         if compact:
             body["compact"] = True
+        if stream is not None:
+            body["stream"] = stream
+        if reset:
+            body["reset"] = True
         payload = json.dumps(body, separators=(",", ":")).encode()
         base = f"{self.prefix}/node/{self.node}" if self.node else self.prefix
         topic = f"{base}/infer/{model}"

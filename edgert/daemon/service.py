@@ -20,13 +20,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgert.config import DaemonConfig
 from edgert.daemon.batcher import BatchPlan, BatchSettings
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.stats import ModelStats
+from edgert.daemon.streams import StreamPlan, StreamStates
 from edgert.daemon.worker import Job, ModelWorker
 from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
 from edgert.mqtt import Message, MqttConnection
@@ -176,6 +177,9 @@ class Service:
 
     def _serve_model(self, model: ModelDir, loaded: LoadedModel) -> None:
         settings = BatchSettings.of(loaded.config)
+        streams = StreamPlan.of(loaded.config, loaded.io)
+        if streams.stateful:  # a stream's requests run one at a time, in order, on one runner
+            settings = replace(settings, max_batch=1, instances=1)
         threads = settings.threads_per_instance(os.cpu_count() or 1)
         if threads:  # reopen with its share of the cores
             loaded.close()
@@ -194,10 +198,11 @@ class Service:
             max_queue_delay_us=settings.max_queue_delay_us,
             extra_instances=extra,
             events=self._event_publisher(loaded.config.name) if self.config.events else None,
+            streams=StreamStates(streams, loaded.io) if streams.stateful else None,
         )
         worker.start()
         with self._lock:
-            specs = request_specs(loaded.runner.io, loaded.constants)
+            specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
             self._served[loaded.config.name] = _Served(
                 model, worker, specs, declared_format(loaded.config, specs)
             )
@@ -274,12 +279,14 @@ class Service:
                         "version": loaded.config.version,
                         "backend": manifest.key.backend,
                         "precision": manifest.key.precision,
-                        "inputs": [
+                        "inputs": [s.to_dict() for s in entry.specs],  # what a device sends
+                        "outputs": [
                             s.to_dict()
-                            for s in loaded.runner.io.inputs
-                            if s.name not in loaded.constants
+                            for s in loaded.runner.io.outputs
+                            if entry.worker.streams is None
+                            or s.name not in entry.worker.streams.plan.internal_outputs
                         ],
-                        "outputs": [s.to_dict() for s in loaded.runner.io.outputs],
+                        "stateful": entry.worker.streams is not None,
                         "parity": manifest.parity,
                     }
                 )
@@ -408,7 +415,15 @@ class Service:
             return True
         deadline = received + request.deadline_ms / 1000 if request.deadline_ms else None
         job = Job(
-            request.id, ledger_key, waiter, request.inputs, received, deadline, request.compact
+            request.id,
+            ledger_key,
+            waiter,
+            request.inputs,
+            received,
+            deadline,
+            request.compact,
+            request.stream,
+            request.reset,
         )
         if not served.worker.offer(job):
             reply = error_reply(

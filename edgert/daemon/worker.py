@@ -15,6 +15,7 @@ import numpy as np
 from edgert.daemon.batcher import BatchPlan
 from edgert.daemon.ledger import LedgerKey, RequestLedger, Waiter
 from edgert.daemon.stats import ModelStats
+from edgert.daemon.streams import StreamStates
 from edgert.errors import EdgertError
 from edgert.protocol import ErrorCode, error_reply, ok_reply
 from edgert.runtime import LoadedModel
@@ -41,6 +42,8 @@ class Job:
     received: float  # time.monotonic() at receipt
     deadline: float | None  # monotonic
     compact: bool
+    stream: str | None = None
+    reset: bool = False
 
 
 class ModelWorker:
@@ -59,6 +62,7 @@ class ModelWorker:
         max_queue_delay_us: int = 0,
         extra_instances: Sequence[LoadedModel] = (),
         events: Callable[[bytes], None] | None = None,
+        streams: StreamStates | None = None,
     ) -> None:
         self.loaded = loaded
         self.instances = (loaded, *extra_instances)
@@ -69,6 +73,7 @@ class ModelWorker:
         self._ledger = ledger
         self._publish = publish
         self._events = events  # every result, also to the events topic (Home Assistant)
+        self.streams = streams  # state per stream id, for stateful models
         self.stats = stats
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
@@ -188,10 +193,18 @@ class ModelWorker:
             return
         try:
             # Decoding validated each request against the specs: no second pass here.
-            feeds = self.plan.stack([j.feeds for j in live])
-            outputs = self.plan.split(
-                instance.infer(feeds, check=False), [self.plan.rows(j.feeds) for j in live]
-            )
+            if self.streams is not None:  # stateful: one request per run, its stream's state in
+                (job,) = live
+                full = self.streams.feeds(job.stream, job.reset, job.feeds)
+                result = instance.infer(full, check=False)
+                self.streams.update(job.stream, full, result)
+                hidden = self.streams.plan.internal_outputs
+                outputs = [{k: v for k, v in result.items() if k not in hidden}]
+            else:
+                feeds = self.plan.stack([j.feeds for j in live])
+                outputs = self.plan.split(
+                    instance.infer(feeds, check=False), [self.plan.rows(j.feeds) for j in live]
+                )
         except EdgertError as exc:
             if len(live) > 1:  # one request may spoil a batch: run each alone to find it
                 for job in live:

@@ -217,7 +217,7 @@ def test_full_queue_answers_busy(
 ) -> None:
     server = Daemon(broker, compiled_repository, tmp_path, queue_size=1).start()
     try:
-        chunk = {"input": np.zeros((16, 576)).tolist(), "state": np.zeros((2, 16, 128)).tolist()}
+        chunk = {"input": np.zeros((16, 512)).tolist()}  # the daemon keeps state and context
         for i in range(40):
             device.send("edgert/infer/silero_vad/flood", {"id": f"f{i}", "inputs": chunk})
         codes = [device.reply()[1].get("error", {}).get("code", "ok") for _ in range(40)]
@@ -244,7 +244,7 @@ def test_repeated_id_runs_once(daemon: Daemon, device: Device) -> None:
 
 
 def test_sigterm_under_load_loses_nothing(daemon: Daemon, device: Device) -> None:
-    chunk = {"input": np.zeros((16, 576)).tolist(), "state": np.zeros((2, 16, 128)).tolist()}
+    chunk = {"input": np.zeros((16, 512)).tolist()}
     sent = {f"t{i}" for i in range(30)}
     for request_id in sorted(sent):
         device.send("edgert/infer/silero_vad/term", {"id": request_id, "inputs": chunk})

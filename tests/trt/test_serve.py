@@ -169,29 +169,30 @@ def test_serve_compiles_missing_engine_and_answers_like_onnxruntime(
             assert "failed" not in seen[-1], seen[-1]
             vad = _entry(seen[-1], "silero_vad")
             assert vad["backend"] == "tensorrt" and vad["parity"]["passed"], vad
-            # The constant sr is filled in by the daemon; input and the carried state are sent.
+            # The daemon fills in the constant sr and keeps the state and context per stream:
+            # a device sends 512-sample chunks.
             specs = {i["name"]: i for i in vad["inputs"]}
-            assert sorted(specs) == ["input", "state"], vad["inputs"]
-            assert specs["state"]["dtype"] == "float32"
+            assert sorted(specs) == ["input"] and specs["input"]["shape"][-1] == 512, specs
+            assert vad["stateful"] is True
             (manifest,) = _manifests(repository / "silero_vad")
             key = manifest.key
             assert (key.backend, key.backend_version, key.device) == ("tensorrt", emulated, "sm_87")
             log = daemon.log.read_text()
             assert "silero_vad" in log and "compiling it in a child process" in log, log
 
-            feeds = {
-                "input": rng.uniform(-1, 1, (3, 576)).astype(np.float32),
-                "state": rng.uniform(-0.5, 0.5, (2, 3, 128)).astype(np.float32),
-            }
-            reply = client.infer("silero_vad", feeds, timeout=10)
-            want = _onnxruntime(
-                repository / "silero_vad", {**feeds, "sr": np.array(16000, np.int64)}
-            )
-            assert reply.model == "silero_vad" and reply.version == "6.2.3"
-            assert reply.outputs["output"].shape == (3, 1)
-            assert reply.outputs["stateN"].shape == (2, 3, 128)
-            for name in ("output", "stateN"):
-                np.testing.assert_allclose(reply.outputs[name], want[name], atol=1e-5)
+            chunks = rng.uniform(-1, 1, (2, 3, 512)).astype(np.float32)
+            state, context = np.zeros((2, 3, 128), np.float32), np.zeros((3, 64), np.float32)
+            for step, chunk in enumerate(chunks):  # two steps of one stream of batch 3
+                reply = client.infer("silero_vad", {"input": chunk}, stream="s1", timeout=10)
+                window = np.concatenate([context, chunk], axis=1)
+                want = _onnxruntime(
+                    repository / "silero_vad",
+                    {"input": window, "state": state, "sr": np.array(16000, np.int64)},
+                )
+                assert reply.model == "silero_vad" and reply.version == "6.2.3"
+                assert set(reply.outputs) == {"output"}, step  # stateN stays in the daemon
+                np.testing.assert_allclose(reply.outputs["output"], want["output"], atol=1e-5)
+                state, context = want["stateN"], window[:, -64:]
 
         # SIGTERM: exit code 0; offline is published live, and stays retained.
         assert daemon.terminate(timeout=20) == 0, daemon.log.read_text()

@@ -1,0 +1,192 @@
+"""Stateful streams: state kept per stream id between a device's requests.
+
+model.toml declares it per input (DESIGN.md, "Smart-home integration"):
+
+- ``kind = "carried"``: an output fed back as this input on the stream's next request
+  (``from_output``, ``initial`` value, ``batch_axis``); silero VAD's ``state`` ← ``stateN``.
+- ``kind = "windowed"``: the device sends ``chunk`` samples; the last ``context`` samples of the
+  stream's previous model input are prepended along the last axis (zeros at the start); silero's
+  64 samples of context before each 512-sample chunk.
+
+A request without a stream id runs from the initial state. ``reset`` starts a stream over. Idle
+streams expire after ``ttl`` seconds, and at most ``cap`` are kept (the least recently used goes).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from edgert.config import ModelConfig
+from edgert.errors import ConfigError, InputError
+from edgert.spec import ModelIO, TensorSpec
+
+__all__ = ["Carried", "StreamPlan", "StreamStates", "Windowed"]
+
+
+@dataclass(frozen=True)
+class Carried:
+    name: str
+    from_output: str
+    initial: float
+    batch_axis: int
+
+
+@dataclass(frozen=True)
+class Windowed:
+    name: str
+    context: int
+    chunk: int
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Which inputs carry state, and how; empty for a stateless model."""
+
+    carried: tuple[Carried, ...] = ()
+    windowed: tuple[Windowed, ...] = ()
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self.carried or self.windowed)
+
+    @property
+    def internal_outputs(self) -> frozenset[str]:
+        """Outputs that only feed state back: left out of replies."""
+        return frozenset(c.from_output for c in self.carried)
+
+    @classmethod
+    def of(cls, config: ModelConfig, io: ModelIO) -> StreamPlan:
+        where = f"{config.name}: model.toml"
+        outputs = {s.name for s in io.outputs}
+        carried, windowed = [], []
+        for name, conf in config.inputs.items():
+            extra = dict(conf.extra)
+            if conf.kind == "carried":
+                source = extra.get("from_output")
+                if source not in outputs:
+                    raise ConfigError(
+                        f"{where}: inputs.{name}.from_output must name an output "
+                        f"({', '.join(sorted(outputs))}), got {source!r}"
+                    )
+                spec = io.input(name)
+                axis = int(extra.get("batch_axis", 0))
+                if not 0 <= axis < len(spec.shape):
+                    raise ConfigError(f"{where}: inputs.{name}.batch_axis {axis} is out of range")
+                carried.append(Carried(name, source, float(extra.get("initial", 0.0)), axis))
+            elif conf.kind == "windowed":
+                context, chunk = extra.get("context"), extra.get("chunk")
+                if not (isinstance(context, int) and isinstance(chunk, int) and chunk > 0):
+                    raise ConfigError(
+                        f"{where}: inputs.{name} is windowed: give integer context and chunk"
+                    )
+                last = io.input(name).shape[-1]
+                if isinstance(last, str) and last in io.dims:  # a named dim fixed in model.toml
+                    bound = io.dims[last]
+                    last = bound.max if bound.min == bound.max else last
+                if isinstance(last, int) and last != context + chunk:
+                    raise ConfigError(
+                        f"{where}: inputs.{name}: context {context} + chunk {chunk} must be its "
+                        f"last dim, {last}"
+                    )
+                windowed.append(Windowed(name, context, chunk))
+        return cls(tuple(carried), tuple(windowed))
+
+    def request_specs(self, specs: Sequence[TensorSpec]) -> tuple[TensorSpec, ...]:
+        """What a device sends: no carried inputs; windowed ones a chunk long."""
+        carried = {c.name for c in self.carried}
+        chunks = {w.name: w.chunk for w in self.windowed}
+        return tuple(
+            replace(s, shape=(*s.shape[:-1], chunks[s.name])) if s.name in chunks else s
+            for s in specs
+            if s.name not in carried
+        )
+
+
+@dataclass
+class _State:
+    carried: dict[str, np.ndarray] = field(default_factory=dict)
+    window: dict[str, np.ndarray] = field(default_factory=dict)
+    used: float = 0.0
+
+
+class StreamStates:
+    """The state of every live stream of one model. Thread-safe; a stream's requests must still
+    run one at a time, in order (the model's worker does that)."""
+
+    def __init__(self, plan: StreamPlan, io: ModelIO, ttl: float = 300.0, cap: int = 256) -> None:
+        self.plan, self.io, self.ttl, self.cap = plan, io, ttl, cap
+        self._streams: OrderedDict[str, _State] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def feeds(
+        self, stream: str | None, reset: bool, sent: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The model's full inputs for one request: what was sent, plus the stream's state."""
+        state = self._state(stream, reset)
+        rows = next(iter(sent.values())).shape[0] if sent else 1
+        full = dict(sent)
+        for c in self.plan.carried:
+            held = state.carried.get(c.name)
+            if held is not None and held.shape[c.batch_axis] != rows:
+                raise InputError(
+                    f"stream '{stream}' was {held.shape[c.batch_axis]} wide and this request is "
+                    f"{rows}: send reset to start it over"
+                )
+            full[c.name] = held if held is not None else self._initial(c, rows)
+        for w in self.plan.windowed:
+            chunk = sent[w.name]
+            context = state.window.get(w.name)
+            if context is None or context.shape[:-1] != chunk.shape[:-1]:
+                context = np.zeros((*chunk.shape[:-1], w.context), chunk.dtype)
+            full[w.name] = np.concatenate([context, chunk], axis=-1)
+        return full
+
+    def update(
+        self, stream: str | None, full: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+    ) -> None:
+        """Keep what the next request of ``stream`` needs from this one."""
+        if stream is None:
+            return
+        with self._lock:
+            state = self._streams.get(stream)
+            if state is None:
+                return
+            for c in self.plan.carried:
+                state.carried[c.name] = np.array(outputs[c.from_output], copy=True)
+            for w in self.plan.windowed:
+                state.window[w.name] = np.array(full[w.name][..., -w.context :], copy=True)
+
+    def _state(self, stream: str | None, reset: bool) -> _State:
+        if stream is None:
+            return _State()
+        now = time.monotonic()
+        with self._lock:
+            for old, held in list(self._streams.items()):
+                if now - held.used > self.ttl:
+                    del self._streams[old]
+            state = self._streams.get(stream)
+            if state is None or reset:
+                state = _State()
+                self._streams[stream] = state
+            state.used = now
+            self._streams.move_to_end(stream)
+            while len(self._streams) > self.cap:
+                self._streams.popitem(last=False)
+            return state
+
+    def _initial(self, c: Carried, rows: int) -> np.ndarray:
+        spec = self.io.input(c.name)
+        shape = [
+            rows if axis == c.batch_axis else (d if isinstance(d, int) else 1)
+            for axis, d in enumerate(spec.shape)
+        ]
+        return np.full(shape, c.initial, spec.dtype.numpy)

@@ -1,0 +1,230 @@
+"""Image pre-processing: JPEG/PNG bytes → a model's image tensor, and the transform back.
+
+Pillow is optional (the ``images`` extra) and imported only when an image is decoded. EXIF
+orientation is ignored: the pixels are taken as stored.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import numpy as np
+
+from edgert.codec import PayloadError
+from edgert.errors import BackendUnavailable, ConfigError
+from edgert.pipeline._check import check_keys, choice, number, numbers
+from edgert.spec import DType, TensorSpec
+
+__all__ = ["IMAGE_KEYS", "ImagePre", "Transform", "decode_image"]
+
+IMAGE_KEYS = (
+    "kind",
+    "size",
+    "resize",
+    "pad_value",
+    "color",
+    "layout",
+    "scale",
+    "mean",
+    "std",
+    "dtype",
+)
+Resize = Literal["stretch", "letterbox"]
+Layout = Literal["nchw", "nhwc"]
+
+
+@dataclass(frozen=True)
+class Transform:
+    """How the original image maps to the model's input: ``model = original * scale + pad``."""
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    width: int  # of the original image
+    height: int
+
+    def to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """``[N, 4]`` x1, y1, x2, y2 boxes in model-input pixels → original pixels, clipped."""
+        out: np.ndarray = np.array(boxes, dtype=np.float64)
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale_x
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale_y
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, self.width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, self.height)
+        return out
+
+
+@dataclass(frozen=True)
+class ImagePre:
+    """A validated ``[preprocess]`` section with ``kind = "image"``.
+
+    The tensor is ``((pixel * scale) - mean) / std`` per channel (in ``color`` order), laid out as
+    ``layout`` with a batch dim of 1, cast to ``dtype``. ``pad_value`` fills letterbox borders
+    (in 0..255 pixel units, before scaling).
+    """
+
+    height: int
+    width: int
+    resize: Resize = "stretch"
+    pad_value: int = 114
+    color: Literal["rgb", "bgr"] = "rgb"
+    layout: Layout = "nchw"
+    scale: float = 1.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    dtype: DType = DType.FLOAT32
+
+    @classmethod
+    def from_section(
+        cls, section: Mapping[str, Any], spec: TensorSpec, where: str = "[preprocess]"
+    ) -> ImagePre:
+        """Validate ``section`` against the input ``spec`` it feeds (rank 4, 3 channels)."""
+        check_keys(section, IMAGE_KEYS, where)
+        if len(spec.shape) != 4:
+            raise ConfigError(
+                f"{where}: image input '{spec.name}' must have rank 4, it is {spec.shape_text()}"
+            )
+        default_layout = "nhwc" if spec.shape[3] == 3 and spec.shape[1] != 3 else "nchw"
+        layout = cast(
+            Layout, choice({"layout": default_layout, **section}, "layout", ("nchw", "nhwc"), where)
+        )
+        h_dim, w_dim, c_dim = (spec.shape[2], spec.shape[3], spec.shape[1])
+        if layout == "nhwc":
+            h_dim, w_dim, c_dim = spec.shape[1], spec.shape[2], spec.shape[3]
+        if isinstance(c_dim, int) and c_dim != 3:
+            raise ConfigError(
+                f"{where}: input '{spec.name}' {spec.shape_text()} has {c_dim} channels in "
+                f"layout {layout}; image pre-processing makes 3"
+            )
+        if "size" in section:
+            raw = section["size"]
+            if (
+                not isinstance(raw, list)
+                or len(raw) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw)
+            ):
+                raise ConfigError(f"{where}: size must be [height, width], got {raw!r}")
+            height, width = raw
+            for dim, size, what in ((h_dim, height, "height"), (w_dim, width, "width")):
+                if isinstance(dim, int) and dim != size:
+                    raise ConfigError(
+                        f"{where}: size {raw} but input '{spec.name}' {spec.shape_text()} has "
+                        f"{what} {dim}"
+                    )
+        elif isinstance(h_dim, int) and isinstance(w_dim, int):
+            height, width = h_dim, w_dim
+        else:
+            raise ConfigError(
+                f"{where}: input '{spec.name}' {spec.shape_text()} has a dynamic height or "
+                f"width; set size = [height, width]"
+            )
+        dtype = spec.dtype
+        if "dtype" in section:
+            try:
+                dtype = DType(section["dtype"])
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{where}: dtype {section['dtype']!r}; one of "
+                    f"{', '.join(d.value for d in DType)}"
+                ) from exc
+        pad_value = section.get("pad_value", 114)
+        if (
+            not isinstance(pad_value, int)
+            or isinstance(pad_value, bool)
+            or not 0 <= pad_value <= 255
+        ):
+            raise ConfigError(f"{where}: pad_value must be an integer in 0..255, got {pad_value!r}")
+        mean = numbers(section.get("mean", [0.0, 0.0, 0.0]), "mean", 3, where)
+        std = numbers(section.get("std", [1.0, 1.0, 1.0]), "std", 3, where)
+        if any(s == 0 for s in std):
+            raise ConfigError(f"{where}: std must not contain 0, got {list(std)}")
+        scale = number(section, "scale", 1.0, where)
+        if not dtype.is_float and dtype is not DType.UINT8:
+            raise ConfigError(f"{where}: dtype {dtype.value}; an image tensor is float or uint8")
+        if not dtype.is_float and (scale != 1.0 or any(mean) or any(s != 1.0 for s in std)):
+            raise ConfigError(
+                f"{where}: dtype {dtype.value} takes raw pixels; scale, mean and std need a "
+                f"float dtype"
+            )
+        return cls(
+            height=height,
+            width=width,
+            resize=cast(Resize, choice(section, "resize", ("stretch", "letterbox"), where)),
+            pad_value=pad_value,
+            color=cast(Literal["rgb", "bgr"], choice(section, "color", ("rgb", "bgr"), where)),
+            layout=layout,
+            scale=scale,
+            mean=cast(tuple[float, float, float], mean),
+            std=cast(tuple[float, float, float], std),
+            dtype=dtype,
+        )
+
+
+def _open_rgb(payload: bytes) -> Any:
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as exc:  # pragma: no cover - the images extra is installed in dev
+        raise BackendUnavailable(
+            f"image pre-processing needs Pillow (pip install 'edgert[images]'): {exc}"
+        ) from exc
+    if not payload:
+        raise PayloadError("bad_input", "image payload is empty")
+    try:
+        with Image.open(io.BytesIO(payload)) as img:
+            if img.format not in ("JPEG", "PNG"):
+                raise PayloadError(
+                    "bad_input",
+                    f"image is {img.format or 'of an unknown format'}; send JPEG or PNG",
+                )
+            # Decoding happens here: a truncated file fails now, not later.
+            return img.convert("RGB")
+    except UnidentifiedImageError as exc:
+        raise PayloadError("bad_input", "payload is not a JPEG or PNG image") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PayloadError("bad_input", f"image cannot be decoded: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise PayloadError("too_large", f"image is too large: {exc}") from exc
+
+
+def _fit(img: Any, pre: ImagePre) -> tuple[Any, Transform]:
+    from PIL import Image
+
+    w, h = img.size
+    if pre.resize == "stretch":
+        out = (
+            img
+            if (w, h) == (pre.width, pre.height)
+            else img.resize((pre.width, pre.height), Image.Resampling.BILINEAR)
+        )
+        return out, Transform(pre.width / w, pre.height / h, 0.0, 0.0, w, h)
+    gain = min(pre.width / w, pre.height / h)
+    new_w, new_h = max(1, round(w * gain)), max(1, round(h * gain))
+    pad_x, pad_y = (pre.width - new_w) // 2, (pre.height - new_h) // 2
+    canvas = Image.new("RGB", (pre.width, pre.height), (pre.pad_value,) * 3)
+    inner = (
+        img if (w, h) == (new_w, new_h) else img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    )
+    canvas.paste(inner, (pad_x, pad_y))
+    return canvas, Transform(new_w / w, new_h / h, float(pad_x), float(pad_y), w, h)
+
+
+def decode_image(payload: bytes, pre: ImagePre) -> tuple[np.ndarray, Transform]:
+    """JPEG or PNG bytes → ``[1, 3, H, W]`` (or ``[1, H, W, 3]``) tensor, and its Transform.
+
+    PayloadError("bad_input") when the payload is not a whole JPEG or PNG image.
+    """
+    fitted, transform = _fit(_open_rgb(payload), pre)
+    pixels = np.asarray(fitted, dtype=np.uint8)  # [H, W, 3] RGB
+    if pre.color == "bgr":
+        pixels = pixels[..., ::-1]
+    if pre.dtype.is_float:
+        values = pixels.astype(np.float32) * np.float32(pre.scale)
+        values = (values - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    else:
+        values = pixels
+    if pre.layout == "nchw":
+        values = values.transpose(2, 0, 1)
+    return np.ascontiguousarray(values[np.newaxis], dtype=pre.dtype.numpy), transform

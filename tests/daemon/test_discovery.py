@@ -1,0 +1,315 @@
+"""Home Assistant device discovery payloads, checked key by key against HA's documented schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from edgert import __version__
+from edgert.config import ModelConfig
+from edgert.daemon.discovery import (
+    DEFAULT_OFF_DELAY,
+    ModelEntity,
+    component_platforms,
+    device_discovery,
+)
+from edgert.errors import ConfigError
+from edgert.topics import Topics
+
+# The abbreviations this module uses, as Home Assistant expands them: a subset of
+# home-assistant/core homeassistant/components/mqtt/abbreviations.py (ABBREVIATIONS,
+# DEVICE_ABBREVIATIONS, ORIGIN_ABBREVIATIONS). "p", "o" and "cmps" are the device-discovery
+# additions (HA 2024.11; also in the docs' "Device discovery payload" section).
+HA_ABBREVIATIONS = {
+    "avty": "availability",
+    "cmps": "components",
+    "dev": "device",
+    "dev_cla": "device_class",
+    "ent_cat": "entity_category",
+    "ic": "icon",
+    "json_attr_t": "json_attributes_topic",
+    "json_attr_tpl": "json_attributes_template",
+    "name": "name",
+    "o": "origin",
+    "off_dly": "off_delay",
+    "ops": "options",
+    "p": "platform",
+    "pl_avail": "payload_available",
+    "pl_not_avail": "payload_not_available",
+    "pl_off": "payload_off",
+    "pl_on": "payload_on",
+    "stat_cla": "state_class",
+    "stat_t": "state_topic",
+    "t": "topic",
+    "uniq_id": "unique_id",
+    "unit_of_meas": "unit_of_measurement",
+    "val_tpl": "value_template",
+}
+HA_DEVICE_ABBREVIATIONS = {
+    "ids": "identifiers",
+    "name": "name",
+    "mf": "manufacturer",
+    "mdl": "model",
+    "sw": "sw_version",
+}
+HA_ORIGIN_ABBREVIATIONS = {"name": "name", "sw": "sw_version", "url": "support_url"}
+
+# Options each platform accepts (full names), from the HA MQTT platform schemas (event.py,
+# sensor.py, binary_sensor.py, and the common entity schema); "required" ones per the same.
+COMMON_OPTIONS = {
+    "platform",
+    "name",
+    "unique_id",
+    "state_topic",
+    "value_template",
+    "icon",
+    "device_class",
+    "entity_category",
+    "json_attributes_topic",
+    "json_attributes_template",
+}
+PLATFORM_OPTIONS = {
+    "event": COMMON_OPTIONS | {"event_types"},
+    "sensor": COMMON_OPTIONS | {"unit_of_measurement", "state_class", "options", "expire_after"},
+    "binary_sensor": COMMON_OPTIONS | {"payload_on", "payload_off", "off_delay", "expire_after"},
+}
+ALL_OPTIONS: frozenset[str] = frozenset().union(*PLATFORM_OPTIONS.values())
+REQUIRED = {
+    # Device discovery: p and unique_id on every entity component; state_topic is required by
+    # the read-only schema (MQTT_RO_SCHEMA); event_types by event.py.
+    "event": {"platform", "unique_id", "state_topic", "event_types"},
+    "sensor": {"platform", "unique_id", "state_topic"},
+    "binary_sensor": {"platform", "unique_id", "state_topic"},
+}
+HA_ID = re.compile(r"[a-zA-Z0-9_-]+")
+
+
+def expand(
+    data: dict[str, Any], table: dict[str, str], full: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """``data`` with abbreviated keys expanded; a key that is neither an abbreviation in
+    ``table`` nor a full option name fails the test."""
+    full = full | set(table.values())
+    out = {}
+    for key, value in data.items():
+        assert key in table or key in full, f"{key!r} is neither an HA option nor abbreviation"
+        out[table.get(key, key)] = value
+    return out
+
+
+TOPICS = Topics(node="kitchen")
+OCCUPANCY = ModelEntity(
+    name="occupancy",
+    version="3",
+    labels=("empty", "occupied"),
+    kind="binary_sensor",
+    device_class="occupancy",
+    off_delay=45,
+)
+PETS = ModelEntity(name="pets.v2", labels=("cat", "dog"), kind="sensor", title="Pets")
+VAD = ModelEntity(name="silero_vad")
+
+
+def discover(*models: ModelEntity, removed: tuple[str, ...] = ()) -> dict[str, Any]:
+    topic, payload = device_discovery("kitchen", TOPICS, list(models), removed)
+    assert topic == "homeassistant/device/kitchen/config"
+    data: dict[str, Any] = json.loads(payload)
+    return data
+
+
+def components(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        cid: expand(cfg, HA_ABBREVIATIONS, ALL_OPTIONS)
+        for cid, cfg in expand(data, HA_ABBREVIATIONS)["components"].items()
+    }
+
+
+def test_root_has_the_required_device_and_origin_mappings() -> None:
+    root = expand(discover(OCCUPANCY), HA_ABBREVIATIONS)
+    assert set(root) == {"device", "origin", "availability", "components"}
+    device = expand(root["device"], HA_DEVICE_ABBREVIATIONS)
+    assert device == {
+        "identifiers": ["edgert_kitchen"],
+        "name": "kitchen",
+        "manufacturer": "edgert",
+        "model": "edgert inference node",
+        "sw_version": __version__,
+    }
+    origin = expand(root["origin"], HA_ORIGIN_ABBREVIATIONS)
+    assert origin == {"name": "edgert", "sw_version": __version__}  # name is required
+
+
+def test_origin_support_url_when_given() -> None:
+    _, payload = device_discovery("kitchen", TOPICS, [VAD], support_url="https://x.example/")
+    origin = expand(json.loads(payload)["o"], HA_ORIGIN_ABBREVIATIONS)
+    assert origin["support_url"] == "https://x.example/"
+
+
+def test_availability_is_the_node_status_topic() -> None:
+    root = expand(discover(VAD), HA_ABBREVIATIONS)
+    [avail] = root["availability"]
+    assert expand(avail, HA_ABBREVIATIONS) == {
+        "topic": "edgert/node/kitchen/status",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
+
+
+def test_every_component_has_its_platform_required_keys_and_only_known_options() -> None:
+    cmps = components(discover(OCCUPANCY, PETS, VAD))
+    platforms = {cid: cfg["platform"] for cid, cfg in cmps.items()}
+    assert platforms == {
+        "node_requests": "sensor",
+        "node_errors": "sensor",
+        "occupancy_event": "event",
+        "occupancy_state": "binary_sensor",
+        "occupancy_latency": "sensor",
+        "pets_v2_event": "event",
+        "pets_v2_label": "sensor",
+        "pets_v2_latency": "sensor",
+        "silero_vad_event": "event",
+        "silero_vad_latency": "sensor",
+    }
+    for cid, cfg in cmps.items():
+        platform = cfg["platform"]
+        assert REQUIRED[platform] <= set(cfg), cid
+        assert set(cfg) <= PLATFORM_OPTIONS[platform], (cid, set(cfg) - PLATFORM_OPTIONS[platform])
+        assert HA_ID.fullmatch(cid) and HA_ID.fullmatch(cfg["unique_id"]), cid
+
+
+def test_event_types_come_from_the_labels_or_result() -> None:
+    cmps = components(discover(OCCUPANCY, VAD))
+    assert cmps["occupancy_event"]["event_types"] == ["empty", "occupied"]
+    assert cmps["occupancy_event"]["state_topic"] == "edgert/node/kitchen/events/occupancy"
+    assert "r.label" in cmps["occupancy_event"]["value_template"]
+    assert "event_type" in cmps["occupancy_event"]["value_template"]
+    assert cmps["silero_vad_event"]["event_types"] == ["result"]
+    assert '"event_type": "result"' in cmps["silero_vad_event"]["value_template"]
+
+
+def test_binary_sensor_has_off_delay_and_on_off_payloads() -> None:
+    state = components(discover(OCCUPANCY))["occupancy_state"]
+    assert state["off_delay"] == 45
+    assert (state["payload_on"], state["payload_off"]) == ("ON", "OFF")
+    assert state["device_class"] == "occupancy"
+    assert "'ON' if r.state else 'OFF'" in state["value_template"]
+    default = ModelEntity(name="door", kind="binary_sensor")
+    assert components(discover(default))["door_state"]["off_delay"] == DEFAULT_OFF_DELAY
+
+
+def test_label_sensor_is_an_enum_of_the_labels_with_score_attributes() -> None:
+    label = components(discover(PETS))["pets_v2_label"]
+    assert label["name"] == "Pets"
+    assert (label["device_class"], label["options"]) == ("enum", ["cat", "dog"])
+    assert label["json_attributes_topic"] == "edgert/node/kitchen/events/pets.v2"
+    assert "score" in label["json_attributes_template"]
+
+
+def test_diagnostics_read_the_stats_topic() -> None:
+    cmps = components(discover(PETS))
+    for cid in ("node_requests", "node_errors", "pets_v2_latency"):
+        assert cmps[cid]["state_topic"] == "edgert/node/kitchen/stats"
+        assert cmps[cid]["entity_category"] == "diagnostic"
+    assert cmps["node_requests"]["state_class"] == "total_increasing"
+    assert cmps["node_errors"]["state_class"] == "total_increasing"
+    latency = cmps["pets_v2_latency"]
+    assert (latency["unit_of_measurement"], latency["device_class"]) == ("ms", "duration")
+    assert 'value_json.models.get("pets.v2")' in latency["value_template"]
+    assert "latency_ms.p50" in latency["value_template"]
+
+
+def test_removed_components_are_platform_only() -> None:
+    before = component_platforms([OCCUPANCY, PETS])
+    after = component_platforms([OCCUPANCY])
+    gone = tuple(sorted(set(before) - set(after)))
+    assert gone == ("pets_v2_event", "pets_v2_label", "pets_v2_latency")
+    cmps = discover(OCCUPANCY, removed=gone)["cmps"]
+    assert cmps["pets_v2_event"] == {"p": "event"}
+    assert cmps["pets_v2_label"] == {"p": "sensor"}
+    assert cmps["pets_v2_latency"] == {"p": "sensor"}
+    assert set(cmps) == set(after) | set(gone)
+
+
+@pytest.mark.parametrize("bad", ["pets", "pets_bogus", "pets v2_event", ""])
+def test_removing_an_unknown_component_id_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        discover(OCCUPANCY, removed=(bad,))
+
+
+def test_removing_a_served_component_is_refused() -> None:
+    with pytest.raises(ConfigError, match="both served and removed"):
+        discover(OCCUPANCY, removed=("occupancy_event",))
+
+
+def test_unique_ids_are_stable_and_sanitized() -> None:
+    first = discover(OCCUPANCY, PETS)
+    again = discover(PETS, OCCUPANCY)  # model order changes nothing an id depends on
+    ids = {cid: cfg["uniq_id"] for cid, cfg in first["cmps"].items()}
+    assert ids == {cid: cfg["uniq_id"] for cid, cfg in again["cmps"].items()}
+    assert ids["pets_v2_label"] == "edgert_kitchen_pets_v2_label"
+    assert len(set(ids.values())) == len(ids)
+    assert all(HA_ID.fullmatch(i) for i in ids.values())
+
+
+def test_names_that_sanitize_alike_are_refused() -> None:
+    with pytest.raises(ConfigError, match="both become"):
+        discover(ModelEntity(name="a.b"), ModelEntity(name="a b"))
+
+
+def test_node_must_match_the_topics() -> None:
+    with pytest.raises(ConfigError, match="differs"):
+        device_discovery("other", TOPICS, [VAD])
+
+
+def test_entity_from_model_config() -> None:
+    config = ModelConfig.from_dict(
+        {
+            "version": "3",
+            "labels": ["empty", "occupied"],
+            "homeassistant": {
+                "kind": "binary_sensor",
+                "name": "Kitchen occupancy",
+                "icon": "mdi:sofa",
+                "off_delay": 60,
+                "device_class": "occupancy",
+            },
+        },
+        default_name="occupancy",
+    )
+    assert ModelEntity.of(config) == ModelEntity(
+        name="occupancy",
+        version="3",
+        labels=("empty", "occupied"),
+        kind="binary_sensor",
+        title="Kitchen occupancy",
+        icon="mdi:sofa",
+        off_delay=60,
+        device_class="occupancy",
+    )
+    plain = ModelEntity.of(ModelConfig.from_dict({}, default_name="vad"))
+    assert (plain.kind, plain.labels, plain.off_delay) == ("event", (), DEFAULT_OFF_DELAY)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            {"colour": "red"},
+            "unknown key.*colour.*known: kind, name, icon, off_delay, device_class",
+        ),
+        ({"kind": "switch"}, "kind is 'switch'"),
+        ({"kind": "binary_sensor", "off_delay": 0}, "off_delay must be a positive"),
+        ({"kind": "binary_sensor", "off_delay": True}, "off_delay must be a positive"),
+        ({"kind": "binary_sensor", "off_delay": "30"}, "off_delay must be a positive"),
+        ({"off_delay": 30}, "off_delay applies to kind"),
+        ({"name": ""}, "name must be a non-empty string"),
+        ({"icon": 3}, "icon must be a non-empty string"),
+    ],
+)
+def test_bad_homeassistant_section_is_refused(section: dict[str, Any], message: str) -> None:
+    config = ModelConfig.from_dict({"homeassistant": section}, default_name="m")
+    with pytest.raises(ConfigError, match=message):
+        ModelEntity.of(config)

@@ -1,0 +1,108 @@
+"""Stateful streams: silero VAD's state and context kept per stream id by the daemon."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgert import ModelDir, open_model
+from edgert.client import Client
+from edgert.config import ModelConfig
+from edgert.daemon.streams import StreamPlan, StreamStates
+from edgert.errors import ConfigError, InputError
+from tests.daemon.conftest import Daemon
+
+CHUNK, CONTEXT, RATE = 512, 64, 16000
+
+
+def _silero_reference(model: Path, audio: np.ndarray) -> list[float]:
+    """silero-vad's OnnxWrapper at 16 kHz, restated with numpy: 512-sample chunks, the last 64
+    samples of the previous model input prepended, state carried; run on the source model."""
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    state = np.zeros((2, 1, 128), np.float32)
+    context = np.zeros((1, CONTEXT), np.float32)
+    probs = []
+    for start in range(0, len(audio) - CHUNK + 1, CHUNK):
+        window = np.concatenate([context, audio[None, start : start + CHUNK]], axis=1)
+        out, state = session.run(
+            None, {"input": window, "state": state, "sr": np.array(RATE, np.int64)}
+        )
+        context = window[:, -CONTEXT:]
+        probs.append(float(out[0, 0]))
+    return probs
+
+
+def _audio(seed: int, chunks: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(chunks * CHUNK) / RATE
+    tone = 0.5 * np.sin(2 * np.pi * (150 + 50 * seed) * t) * (np.sin(2 * np.pi * 0.7 * t) > 0)
+    return (tone + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def test_three_interleaved_streams_match_silero_run_alone(
+    daemon: Daemon, compiled_repository: Path
+) -> None:
+    chunks = 100
+    audios = {f"mic{n}": _audio(n, chunks) for n in range(3)}
+    source = compiled_repository / "silero_vad" / "model.onnx"
+    expected = {name: _silero_reference(source, audio) for name, audio in audios.items()}
+    got: dict[str, list[float]] = {name: [] for name in audios}
+    with Client(daemon.broker.url) as client:
+        for i in range(chunks):
+            for name, audio in audios.items():  # interleaved, chunk by chunk
+                chunk = audio[None, i * CHUNK : (i + 1) * CHUNK]
+                reply = client.infer(
+                    "silero_vad", {"input": chunk}, stream=name, reset=i == 0, timeout=10
+                )
+                got[name].append(float(reply.outputs["output"][0, 0]))
+    for name in audios:
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-4)
+    # The streams differ, so one stream's state leaking into another would show.
+    assert np.abs(np.subtract(expected["mic0"], expected["mic1"])).max() > 1e-3
+
+
+def _silero(compiled_repository: Path) -> tuple[StreamPlan, StreamStates]:
+    loaded = open_model(ModelDir(compiled_repository / "silero_vad"))
+    plan = StreamPlan.of(loaded.config, loaded.io)
+    loaded.close()
+    return plan, StreamStates(plan, loaded.io, ttl=0.5, cap=2)
+
+
+def test_state_per_stream_reset_ttl_and_cap(compiled_repository: Path) -> None:
+    plan, states = _silero(compiled_repository)
+    assert [c.name for c in plan.carried] == ["state"] and plan.internal_outputs == {"stateN"}
+    chunk = {"input": np.ones((1, CHUNK), np.float32)}
+    first = states.feeds("a", False, chunk)
+    assert first["input"].shape == (1, CHUNK + CONTEXT) and not first["input"][:, :CONTEXT].any()
+    assert first["state"].shape == (2, 1, 128) and not first["state"].any()
+    states.update("a", first, {"stateN": np.full((2, 1, 128), 7, np.float32)})
+    second = states.feeds("a", False, chunk)
+    assert (second["state"] == 7).all() and (second["input"][:, :CONTEXT] == 1).all()
+    assert not states.feeds("a", True, chunk)["state"].any()  # reset starts over
+    assert not states.feeds(None, False, chunk)["state"].any()  # no stream: initial state
+    with pytest.raises(InputError, match="send reset"):
+        states.update("a", second, {"stateN": np.full((2, 1, 128), 7, np.float32)})
+        states.feeds("a", False, {"input": np.ones((2, CHUNK), np.float32)})
+    states.feeds("b", False, chunk)
+    states.feeds("c", False, chunk)
+    assert len(states) == 2  # the cap: the least recently used went
+    time.sleep(0.6)
+    states.feeds("d", False, chunk)
+    assert len(states) == 1  # the others idled past the TTL
+
+
+def test_stream_config_is_checked(compiled_repository: Path) -> None:
+    loaded = open_model(ModelDir(compiled_repository / "silero_vad"))
+    loaded.close()
+    base = {"inputs": {"input": {"kind": "windowed", "context": 64, "chunk": 512}}}
+    bad_output = {"inputs": {"state": {"kind": "carried", "from_output": "nope"}}}
+    bad_window = {"inputs": {"input": {"kind": "windowed", "context": 64, "chunk": 500}}}
+    assert StreamPlan.of(ModelConfig.from_dict(base, default_name="v"), loaded.io).windowed
+    with pytest.raises(ConfigError, match="from_output must name an output"):
+        StreamPlan.of(ModelConfig.from_dict(bad_output, default_name="v"), loaded.io)
+    with pytest.raises(ConfigError, match="must be its last dim, 576"):
+        StreamPlan.of(ModelConfig.from_dict(bad_window, default_name="v"), loaded.io)

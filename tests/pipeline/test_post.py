@@ -1,0 +1,127 @@
+"""softmax, top_k, threshold, and Postprocess built from model.toml."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgert.config import ModelConfig
+from edgert.errors import ConfigError, InferenceError
+from edgert.pipeline import Postprocess, Transform, softmax, threshold, top_k
+from edgert.spec import DType, ModelIO, TensorSpec
+
+
+def test_softmax_is_stable_and_sums_to_one() -> None:
+    probs = softmax(np.array([1000.0, 1000.0 + np.log(3.0)]))
+    np.testing.assert_allclose(probs, [0.25, 0.75])
+    rows = softmax(np.array([[0.0, 0.0], [0.0, np.log(4.0)]]))
+    np.testing.assert_allclose(rows, [[0.5, 0.5], [0.2, 0.8]])
+
+
+def test_top_k_orders_and_labels() -> None:
+    probs = np.array([0.1, 0.6, 0.05, 0.25])
+    assert top_k(probs, ["a", "b", "c", "d"], 2) == [
+        {"label": "b", "score": 0.6},
+        {"label": "d", "score": 0.25},
+    ]
+    # missing labels are the class number; k past the end gives all
+    assert [r["label"] for r in top_k(probs, ["a"], 9)] == ["1", "3", "a", "2"]
+
+
+def test_threshold() -> None:
+    assert threshold(0.5, 0.5) == {"state": True, "score": 0.5}
+    assert threshold(0.49994, 0.5) == {"state": False, "score": 0.4999}
+
+
+def model(post: dict[str, Any], labels: list[str] | None = None) -> ModelConfig:
+    data: dict[str, Any] = {"postprocess": post}
+    if labels is not None:
+        data["labels"] = labels
+    return ModelConfig.from_dict(data, default_name="m")
+
+
+def io(*outputs: TensorSpec) -> ModelIO:
+    return ModelIO((TensorSpec("x", DType.FLOAT32, ("batch", 4)),), outputs, {})
+
+
+LOGITS = TensorSpec("logits", DType.FLOAT32, ("batch", 3))
+PROB = TensorSpec("prob", DType.FLOAT32, ("batch", 1))
+BOXES = TensorSpec("output0", DType.FLOAT32, (1, 6, 8400))
+
+
+def test_top_k_with_softmax_per_batch_item() -> None:
+    post = Postprocess.of(
+        model({"softmax": "logits", "top_k": 2}, ["a", "b", "c"]), io(PROB, LOGITS)
+    )
+    assert post is not None
+    one = np.log(np.array([[1.0, 2.0, 5.0]]))
+    assert post.apply({"logits": one, "prob": np.zeros((1, 1))}) == [
+        {"label": "c", "score": 0.625},
+        {"label": "b", "score": 0.25},
+    ]
+    two = np.log(np.array([[1.0, 2.0, 5.0], [6.0, 1.0, 1.0]]))
+    assert [r[0]["label"] for r in post.apply({"logits": two})] == ["c", "a"]
+
+
+def test_threshold_on_a_label_and_on_a_single_score() -> None:
+    config = model({"threshold": 0.7, "on_label": "occupied"}, ["empty", "occupied"])
+    two = TensorSpec("probs", DType.FLOAT32, ("batch", 2))
+    post = Postprocess.of(config, io(two))
+    assert post is not None
+    assert post.apply({"probs": np.array([[0.2, 0.8]])}) == {"state": True, "score": 0.8}
+    assert post.apply({"probs": np.array([[0.4, 0.6]])}) == {"state": False, "score": 0.6}
+    single = Postprocess.of(model({"threshold": 0.5}), io(PROB))
+    assert single is not None
+    assert single.apply({"prob": np.array([[0.25]])}) == {"state": False, "score": 0.25}
+
+
+def test_detect_applies_the_transform() -> None:
+    post = Postprocess.of(
+        model({"detect": "yolov8", "score_threshold": 0.5}, ["a", "b"]), io(BOXES)
+    )
+    assert post is not None and post.detect is not None
+    assert post.detect.score_threshold == 0.5 and post.detect.iou_threshold == 0.45
+    head = np.zeros((1, 6, 3), np.float32)
+    head[0, :, 0] = [20, 20, 10, 10, 0.0, 0.9]  # class b at (15, 15)-(25, 25)
+    result = post.apply({"output0": head}, Transform(0.5, 0.5, 0.0, 5.0, 100, 100))
+    assert result == [{"label": "b", "score": 0.9, "box": [30.0, 20.0, 50.0, 40.0]}]
+
+
+def test_missing_output_at_run_time() -> None:
+    post = Postprocess.of(model({"top_k": 1}), io(LOGITS))
+    assert post is not None
+    with pytest.raises(InferenceError, match="needs output 'logits'"):
+        post.apply({"other": np.zeros((1, 3))})
+
+
+def test_no_section_is_none() -> None:
+    assert Postprocess.of(ModelConfig(name="m"), io(LOGITS)) is None
+
+
+@pytest.mark.parametrize(
+    ("post", "labels", "outputs", "match"),
+    [
+        ({"top_k": 1, "topk": 2}, None, (LOGITS,), "unknown key.*topk; known: .*top_k"),
+        ({}, None, (LOGITS,), "exactly one of top_k, threshold, detect"),
+        ({"top_k": 1, "threshold": 0.5}, None, (LOGITS,), "exactly one of"),
+        ({"top_k": 0}, None, (LOGITS,), "top_k must be a positive integer"),
+        ({"top_k": 1, "output": "nope"}, None, (LOGITS,), "no output 'nope'; outputs: logits"),
+        ({"top_k": 1}, ["a", "b"], (LOGITS,), "2 labels but the output has 3 classes"),
+        ({"threshold": 0.5}, None, (LOGITS,), "has 3 scores; say which with on_label"),
+        ({"threshold": 0.5, "on_label": "x"}, ["a", "b", "c"], (LOGITS,), "on_label 'x'"),
+        ({"threshold": 0.5, "softmax": True}, None, (PROB,), "always 1"),
+        ({"detect": "yolov9"}, None, (BOXES,), "detect is 'yolov9'; one of yolov5, yolov8"),
+        ({"detect": "yolov8"}, ["a", "b", "c"], (BOXES,), "3 labels but the output has 2"),
+        ({"detect": "yolov5"}, None, (LOGITS,), "must have rank 3"),
+        ({"detect": "end2end", "iou_threshold": 2}, None, (BOXES,), "iou_threshold .* \\[0.0"),
+        ({"top_k": 1, "iou_threshold": 0.5}, None, (LOGITS,), "only apply with detect"),
+        ({"softmax": "a", "output": "logits", "top_k": 1}, None, (LOGITS,), "softmax names 'a'"),
+    ],
+)
+def test_config_errors(
+    post: dict[str, Any], labels: list[str] | None, outputs: tuple[TensorSpec, ...], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Postprocess.of(model(post, labels), io(*outputs))
