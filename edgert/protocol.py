@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,7 @@ __all__ = [
     "parse_json_request",
     "parse_npy",
     "parse_raw",
+    "preprocessed",
     "sanitize_node_id",
     "tensor_request",
 ]
@@ -272,6 +273,13 @@ def parse_raw(
     with _answerable():
         array = decode_raw(payload, spec, io.dims, max_elements)
     return array
+
+
+def preprocessed(payload: bytes, decode: Callable[[bytes], tuple[np.ndarray, Any]]) -> Any:
+    """``decode(payload)`` (a model.toml pre-processing pipeline), its payload errors answered
+    as structured errors."""
+    with _answerable():
+        return decode(payload)
 
 
 def tensor_request(

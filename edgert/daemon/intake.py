@@ -8,6 +8,7 @@ import numpy as np
 
 from edgert.config import ModelConfig
 from edgert.mqtt import Message
+from edgert.pipeline import Preprocess, Transform
 from edgert.protocol import (
     ErrorCode,
     ProtocolError,
@@ -16,6 +17,7 @@ from edgert.protocol import (
     parse_json_request,
     parse_npy,
     parse_raw,
+    preprocessed,
     tensor_request,
 )
 from edgert.spec import ModelIO, TensorSpec
@@ -43,27 +45,13 @@ def decode_request(
     key: str | None,
     max_elements: int,
     declared: str | None = None,
-) -> Request:
-    """The request in ``message``; ProtocolError (with its code) for anything wrong."""
+    pre: Preprocess | None = None,
+) -> tuple[Request, Transform | None]:
+    """The request in ``message`` and, for an image, the transform that maps boxes back to it;
+    ProtocolError (with its code) for anything wrong."""
     fmt = detect_format(message.payload, message.content_type, declared)
-    if fmt in ("npy", "raw"):
-        array = (
-            parse_npy(message.payload, max_elements)
-            if fmt == "npy"
-            else parse_raw(message.payload, specs[0], io, max_elements)
-        )
-        return tensor_request(
-            array,
-            io,
-            model=model,
-            id=message.user.get("id") or key,
-            stream=message.user.get("stream"),
-            reply_to=message.response_topic,
-            correlation=message.correlation,
-            request_specs=specs,
-        )
     if fmt == "json":
-        return parse_json_request(
+        request = parse_json_request(
             message.payload,
             io,
             model=model,
@@ -72,8 +60,28 @@ def decode_request(
             request_specs=specs,
             max_elements=max_elements,
         )
-    raise ProtocolError(
-        ErrorCode.BAD_REQUEST,
-        f"{model} takes JSON or .npy; {fmt} payloads need a pre-processing pipeline in its "
-        "model.toml",
+        return request, None
+    transform = None
+    if pre is not None and fmt in ("jpeg", "png", "wav", "raw"):
+        array, transform = preprocessed(message.payload, pre.decode)
+    elif fmt == "npy":
+        array = parse_npy(message.payload, max_elements)
+    elif fmt == "raw":
+        array = parse_raw(message.payload, specs[0], io, max_elements)
+    else:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"{model} takes JSON or .npy; {fmt} payloads need a [preprocess] section in its "
+            "model.toml",
+        )
+    request = tensor_request(
+        array,
+        io,
+        model=model,
+        id=message.user.get("id") or key,
+        stream=message.user.get("stream"),
+        reply_to=message.response_topic,
+        correlation=message.correlation,
+        request_specs=specs,
     )
+    return request, transform

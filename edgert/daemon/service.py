@@ -31,6 +31,7 @@ from edgert.daemon.streams import StreamPlan, StreamStates
 from edgert.daemon.worker import Job, ModelWorker
 from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
 from edgert.mqtt import Message, MqttConnection
+from edgert.pipeline import Postprocess, Preprocess
 from edgert.protocol import (
     ErrorCode,
     ProtocolError,
@@ -55,6 +56,7 @@ class _Served:
     worker: ModelWorker
     specs: Sequence[TensorSpec]
     declared: str | None  # the payload format model.toml declares (raw, npy...), if any
+    pre: Preprocess | None  # model.toml [preprocess]: image or audio payloads to the tensor
 
 
 class Service:
@@ -199,12 +201,14 @@ class Service:
             extra_instances=extra,
             events=self._event_publisher(loaded.config.name) if self.config.events else None,
             streams=StreamStates(streams, loaded.io) if streams.stateful else None,
+            post=Postprocess.of(loaded.config, loaded.io),
         )
         worker.start()
         with self._lock:
             specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
+            pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
             self._served[loaded.config.name] = _Served(
-                model, worker, specs, declared_format(loaded.config, specs)
+                model, worker, specs, declared_format(loaded.config, specs), pre
             )
             self._failed.pop(loaded.config.name, None)
         self.connection.subscribe(self.topics.pooled_infer(loaded.config.name), self.config.qos)
@@ -380,7 +384,7 @@ class Service:
                     f"model '{model_name}' is not served here"
                     + (f" ({why})" if why else f"; served: {known}"),
                 )
-            request = decode_request(
+            request, transform = decode_request(
                 message,
                 served.worker.loaded.runner.io,
                 model_name,
@@ -388,6 +392,7 @@ class Service:
                 key,
                 self.config.max_elements,
                 served.declared,
+                served.pre,
             )
         except ProtocolError as exc:
             request_id = exc.request_id or message.user.get("id") or key
@@ -424,6 +429,7 @@ class Service:
             request.compact,
             request.stream,
             request.reset,
+            transform,
         )
         if not served.worker.offer(job):
             reply = error_reply(

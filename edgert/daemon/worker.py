@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from edgert.daemon.ledger import LedgerKey, RequestLedger, Waiter
 from edgert.daemon.stats import ModelStats
 from edgert.daemon.streams import StreamStates
 from edgert.errors import EdgertError
+from edgert.pipeline import Postprocess
 from edgert.protocol import ErrorCode, error_reply, ok_reply
 from edgert.runtime import LoadedModel
 
@@ -44,6 +46,7 @@ class Job:
     compact: bool
     stream: str | None = None
     reset: bool = False
+    transform: Any = None  # how a pre-processed image maps back (for detection boxes)
 
 
 class ModelWorker:
@@ -63,6 +66,7 @@ class ModelWorker:
         extra_instances: Sequence[LoadedModel] = (),
         events: Callable[[bytes], None] | None = None,
         streams: StreamStates | None = None,
+        post: Postprocess | None = None,
     ) -> None:
         self.loaded = loaded
         self.instances = (loaded, *extra_instances)
@@ -74,6 +78,7 @@ class ModelWorker:
         self._publish = publish
         self._events = events  # every result, also to the events topic (Home Assistant)
         self.streams = streams  # state per stream id, for stateful models
+        self.post = post  # model.toml [postprocess]: outputs to a small result
         self.stats = stats
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
         self._stopping = threading.Event()
@@ -223,8 +228,14 @@ class ModelWorker:
                 "infer": round((done - start) * 1000, 3),
                 "total": round((done - job.received) * 1000, 3),
             }
+            try:
+                summary = self.post.apply(result, job.transform) if self.post else None
+            except EdgertError as exc:
+                failed = error_reply(job.id, ErrorCode.INTERNAL, f"post-processing: {exc.message}")
+                self._answer(job, failed, code=ErrorCode.INTERNAL.value)
+                continue
             reply = ok_reply(
-                job.id, self.name, self.version, result, None, latency, compact=job.compact
+                job.id, self.name, self.version, result, summary, latency, compact=job.compact
             )
             self.stats.record_ok(done - job.received, done - start)
             self._answer(job, reply, code=None)
