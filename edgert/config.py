@@ -333,6 +333,7 @@ class DaemonConfig:
     models: tuple[str, ...] = ()  # () = every model in the repository
     backend: str = "auto"
     rebuild_stale: bool = False  # rebuild artifacts for another machine or an older source
+    homeassistant: bool = True  # publish Home Assistant device discovery
     qos: int = 1
     max_payload: int = 1 << 20  # bytes, checked before decoding
     max_elements: int = 1 << 22  # tensor elements in one request, all inputs together

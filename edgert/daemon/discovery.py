@@ -183,7 +183,12 @@ def _platform_of(component_id: str) -> str:
 
 # Templates read the daemon's reply JSON (value_json). A template that renders nothing makes
 # Home Assistant ignore the message, so a reply without the expected key changes no state.
-_RESULT = "{% set r = value_json.result if value_json.ok else none %}"
+# A top-k result is a list, best first: its first entry is the one entities show.
+_RESULT = (
+    "{% set r = value_json.result if value_json.ok else none %}"
+    "{% if r is not mapping and r is iterable and r is not string %}"
+    "{% set r = (r | first) if r else none %}{% endif %}"
+)
 
 
 def _event_template(model: ModelEntity) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 from edgert.config import DaemonConfig
 from edgert.daemon.batcher import BatchPlan, BatchSettings
+from edgert.daemon.discovery import ModelEntity, component_platforms, device_discovery
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.stats import ModelStats
@@ -48,6 +49,7 @@ from edgert.spec import TensorSpec
 __all__ = ["Service"]
 
 log = logging.getLogger("edgert.daemon")
+HA_STATUS = "homeassistant/status"  # Home Assistant's birth/last-will topic
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Service:
         self._served: dict[str, _Served] = {}
         self._failed: dict[str, str] = {}
         self._builds: set[subprocess.Popen[str]] = set()  # compile children running now
+        self._ha_components: set[str] = set()  # discovery components published last
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._stats_thread: threading.Thread | None = None
@@ -114,6 +117,11 @@ class Service:
         # Pinned requests for any model (so an unknown one is answered no_model); pooled ones
         # per served model, so daemons sharing a broker never answer for each other's models.
         self.connection.subscribe(self.topics.node_infer(), self.config.qos)
+        if self.config.homeassistant:
+            self.connection.subscribe(HA_STATUS, 1)  # re-send when Home Assistant (re)starts
+            # Our own retained config, as an earlier run left it: its models no longer served
+            # are removed from Home Assistant.
+            self.connection.subscribe(self.topics.discovery, 1)
         self.connection.publish_retained(self.topics.status, b"online")
         self._publish_catalogue()
         for model in pending:
@@ -296,6 +304,49 @@ class Service:
                 )
             failed = dict(self._failed)
         self.connection.publish_retained(self.topics.models, catalogue(self.node, entries, failed))
+        self._publish_discovery()
+
+    def _remember_discovery(self, payload: bytes) -> None:
+        """Components of the retained discovery config (ours, maybe from an earlier run): any
+        not served now is removed."""
+        try:
+            components = json.loads(payload).get("cmps", {})
+        except (ValueError, AttributeError):
+            return
+        published = {c for c, body in components.items() if set(body) != {"p"}}
+        with self._lock:
+            self._ha_components |= published
+        if published - self._current_components():
+            self._publish_discovery()
+
+    def _current_components(self) -> set[str]:
+        with self._lock:
+            configs = [entry.worker.loaded.config for entry in self._served.values()]
+        try:
+            return set(component_platforms(ModelEntity.of(config) for config in configs))
+        except EdgertError:
+            return set()
+
+    def _publish_discovery(self) -> None:
+        """Home Assistant device discovery (retained): one device, entities per model; models
+        that went away are removed by publishing their components as ``{"p": ...}`` once."""
+        if not self.config.homeassistant:
+            return
+        with self._lock:
+            configs = [entry.worker.loaded.config for entry in self._served.values()]
+        try:
+            entities = [ModelEntity.of(config) for config in configs]
+            current = component_platforms(entities)
+            removed = [c for c in self._ha_components if c not in current]
+            if removed:
+                topic, payload = device_discovery(self.node, self.topics, entities, removed)
+                self.connection.publish(topic, payload, qos=1, retain=True)
+            topic, payload = device_discovery(self.node, self.topics, entities)
+        except EdgertError as exc:
+            log.error("Home Assistant discovery not published: %s", exc.message)
+            return
+        self._ha_components = set(current)
+        self.connection.publish_retained(topic, payload)
 
     def _stats_loop(self) -> None:
         while not self._stopping.wait(self.config.stats_interval):
@@ -356,6 +407,13 @@ class Service:
 
     def _on_message(self, message: Message) -> bool:
         """Take a request, or answer it with an error. False leaves it unacknowledged."""
+        if message.topic == HA_STATUS:
+            if message.payload == b"online":
+                self._publish_discovery()
+            return True
+        if message.topic == self.topics.discovery:
+            self._remember_discovery(message.payload)
+            return True
         if self._stopping.is_set():
             return False  # not taken: the broker redelivers it to our next session
         route = self.topics.parse_request_topic(message.topic)

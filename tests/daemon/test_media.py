@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +63,11 @@ def _image(colour: tuple[int, int, int], fmt: str) -> bytes:
 
 
 @pytest.fixture
-def media_daemon(broker: Mosquitto, tmp_path: Path) -> Daemon:
+def media_daemon(broker: Mosquitto, tmp_path: Path) -> Iterator[Daemon]:
     colours_model(tmp_path / "engines")
-    return Daemon(broker, tmp_path / "engines", tmp_path / "daemon", node="cam").start()
+    daemon = Daemon(broker, tmp_path / "engines", tmp_path / "daemon", node="cam").start()
+    yield daemon
+    daemon.stop()
 
 
 def test_png_and_jpeg_give_the_labelled_result(media_daemon: Daemon, broker: Mosquitto) -> None:
@@ -97,3 +100,54 @@ def test_png_and_jpeg_give_the_labelled_result(media_daemon: Daemon, broker: Mos
         assert error["ok"] is False and error["error"]["code"] == "bad_input"
     finally:
         watch.close()
+
+
+def _discovery(watch: Observer) -> list[dict[str, object]]:
+    return [m.json() for m in watch.on("homeassistant/device/ha/config")]
+
+
+def test_home_assistant_discovery_resend_and_removal(
+    broker: Mosquitto, compiled_repository: Path, tmp_path: Path
+) -> None:
+    watch = Observer(broker, "homeassistant/device/ha/config")
+    daemon = Daemon(broker, compiled_repository, tmp_path / "one", node="ha")
+    try:
+        daemon.start()
+        watch.wait(lambda: _discovery(watch), 10, "discovery")
+        first = _discovery(watch)[-1]
+        components = first["cmps"]
+        assert isinstance(components, dict)
+        assert {"occupancy_event", "silero_vad_event", "node_requests"} <= set(components)
+        assert first["avty"] == [
+            {"t": "edgert/node/ha/status", "pl_avail": "online", "pl_not_avail": "offline"}
+        ]
+        # Home Assistant restarts: its birth message makes the daemon send discovery again.
+        count = len(_discovery(watch))
+        watch.send("homeassistant/status", b"online")
+        watch.wait(lambda: len(_discovery(watch)) > count, 10, "discovery re-sent")
+    finally:
+        daemon.stop()
+    # The next run serves occupancy only: silero_vad's entities are removed, then left out.
+    daemon = Daemon(broker, compiled_repository, tmp_path / "two", node="ha", models=["occupancy"])
+    try:
+        before = len(_discovery(watch))
+        daemon.start()
+        removal = watch.wait(
+            lambda: [
+                d
+                for d in _discovery(watch)[before:]
+                if isinstance(d["cmps"], dict)
+                and d["cmps"].get("silero_vad_event") == {"p": "event"}
+            ],
+            10,
+            "silero_vad's removal",
+        )
+        assert removal
+        watch.wait(
+            lambda: "silero_vad_event" not in _discovery(watch)[-1]["cmps"],  # type: ignore[operator]
+            10,
+            "the config without silero_vad",
+        )
+    finally:
+        watch.close()
+        daemon.stop()
