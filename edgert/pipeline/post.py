@@ -158,6 +158,15 @@ class Postprocess:
             )
             return cls(output, "detect", labels=labels, detect=detect)
         classes = _class_dim(spec, where)
+        if kind == "threshold" and classes == 1 and len(labels) == 2:
+            # One score, two labels: [below, above] the threshold (silero: silence, speech).
+            on_label = section.get("on_label", labels[1])
+            if on_label != labels[1]:
+                raise ConfigError(
+                    f"{where}: one score with labels {list(labels)}: on_label is {labels[1]!r}"
+                )
+            at = number(section, "threshold", 0.5, where)
+            return cls(output, "threshold", at=at, on_index=None, labels=labels)
         _check_labels(labels, classes, where)
         if kind == "top_k":
             if "on_label" in section:

@@ -125,3 +125,16 @@ def test_config_errors(
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         Postprocess.of(model(post, labels), io(*outputs))
+
+
+def test_one_score_with_two_labels_thresholds_to_the_second() -> None:
+    """silero VAD: one P(speech) output, labels [silence, speech]."""
+    spec = io(TensorSpec("p", DType.FLOAT32, ("batch", 1)))
+    post = Postprocess.of(model({"threshold": 0.5}, ["silence", "speech"]), spec)
+    assert post is not None
+    assert post.apply({"p": np.array([[0.7]], np.float32)}) == {"state": True, "score": 0.7}
+    assert post.apply({"p": np.array([[0.2]], np.float32)})["state"] is False
+    with pytest.raises(ConfigError, match="on_label is 'speech'"):
+        Postprocess.of(
+            model({"threshold": 0.5, "on_label": "silence"}, ["silence", "speech"]), spec
+        )
