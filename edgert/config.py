@@ -27,6 +27,7 @@ the model's name. Example::
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -54,9 +55,11 @@ __all__ = [
     "InputKind",
     "ModelConfig",
     "Precision",
+    "SourceConfig",
     "Tolerance",
     "load_toml",
     "parse_broker_url",
+    "redact_url",
 ]
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -341,6 +344,7 @@ class DaemonConfig:
     reply_cache: int = 4096
     stats_interval: float = 60.0
     events: bool = True
+    sources: tuple[SourceConfig, ...] = ()  # [[sources]]: cameras the daemon pulls from
 
     @classmethod
     def load(cls, path: Path | None) -> DaemonConfig:
@@ -352,9 +356,10 @@ class DaemonConfig:
     def from_dict(
         cls, data: Mapping[str, Any], *, where: str = "config", base_dir: Path = Path(".")
     ) -> DaemonConfig:
-        unknown = set(data) - {"broker", "node", "serve"}
+        unknown = set(data) - {"broker", "node", "serve", "sources"}
         if unknown:
             raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
+        sources = _sources_from_list(data.get("sources", []), where)
         broker_raw = dict(_table(data, "broker", where))
         node_raw = dict(_table(data, "node", where))
         serve_raw = dict(_table(data, "serve", where))
@@ -374,7 +379,7 @@ class DaemonConfig:
                 serve_raw["repository"] = base_dir / str(serve_raw["repository"])
             if "models" in serve_raw:
                 serve_raw["models"] = tuple(str(m) for m in serve_raw["models"])
-            return cls(broker=broker, **fields, **serve_raw)
+            return cls(broker=broker, sources=sources, **fields, **serve_raw)
         except TypeError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
 
@@ -412,3 +417,119 @@ def _broker_from_dict(raw: Mapping[str, Any], where: str, base_dir: Path) -> Bro
     if isinstance(raw.get("protocol"), str):
         raw["protocol"] = {"5": 5, "3.1.1": 4, "311": 4}.get(raw["protocol"], 0)
     return replace(broker, **raw)
+
+
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One ``[[sources]]`` table: a camera the daemon pulls a snapshot from (on an interval, or
+    when a message arrives on ``trigger``) and feeds to ``model``; results that pass ``labels``
+    and ``min_score`` become events on the source's own events topic."""
+
+    name: str  # a topic level: [a-zA-Z0-9_-]
+    model: str
+    url: str  # http:// or https://, answering with a JPEG or PNG
+    interval: float = 0.0  # seconds between pulls; 0 = only on trigger
+    trigger: str | None = None  # MQTT topic filter: any message on it pulls once now
+    labels: tuple[str, ...] | None = None  # None = every label counts
+    min_score: float = 0.5
+    debounce: float = 0.0  # seconds the same label is not announced again
+    timeout: float = 5.0  # HTTP, seconds
+
+    def __post_init__(self) -> None:
+        where = f"source {self.name!r}"
+        if not _SOURCE_NAME.fullmatch(self.name):
+            raise ConfigError(f"{where}: name must be letters, digits, '_' or '-'")
+        if not self.model:
+            raise ConfigError(f"{where}: model must name a served model")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{where}: url {redact_url(self.url)!r} must be http:// or https://")
+        if self.trigger is not None and not _topic_filter_ok(self.trigger):
+            raise ConfigError(f"{where}: trigger {self.trigger!r} is not an MQTT topic filter")
+        if self.interval <= 0 and self.trigger is None:
+            raise ConfigError(f"{where}: give an interval (seconds) or a trigger topic, or both")
+        if self.interval < 0 or self.debounce < 0 or self.timeout <= 0:
+            raise ConfigError(f"{where}: interval and debounce must be >= 0, timeout > 0")
+        if not 0 <= self.min_score <= 1:
+            raise ConfigError(f"{where}: min_score must be within [0, 1]")
+        if self.labels is not None and not self.labels:
+            raise ConfigError(f"{where}: labels is empty; leave it out to take every label")
+
+
+_SOURCE_KEYS = {f.name for f in dataclass_fields(SourceConfig)}
+_SOURCE_NUMBERS = ("interval", "min_score", "debounce", "timeout")
+
+
+def _sources_from_list(raw: Any, where: str) -> tuple[SourceConfig, ...]:
+    """``[[sources]]``: each table validated; names unique."""
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"{where}: sources must be [[sources]] tables")
+    sources = []
+    for index, table in enumerate(raw):
+        at = f"{where}: sources[{index}]"
+        unknown = set(table) - _SOURCE_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{at}: unknown key(s) {', '.join(sorted(unknown))}; known: "
+                f"{', '.join(sorted(_SOURCE_KEYS))}"
+            )
+        missing = [k for k in ("name", "model", "url") if k not in table]
+        if missing:
+            raise ConfigError(f"{at}: missing {', '.join(missing)}")
+        for key in ("name", "model", "url", "trigger"):
+            if key in table and not isinstance(table[key], str):
+                raise ConfigError(f"{at}: {key} must be a string")
+        for key in _SOURCE_NUMBERS:
+            value = table.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise ConfigError(f"{at}: {key} must be a number, got {value!r}")
+        labels = table.get("labels")
+        if labels is not None:
+            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+                raise ConfigError(f"{at}: labels must be a list of strings")
+            labels = tuple(labels)
+        numbers = {k: float(table[k]) for k in _SOURCE_NUMBERS if k in table}
+        try:
+            source = SourceConfig(
+                name=table["name"],
+                model=table["model"],
+                url=table["url"],
+                trigger=table.get("trigger"),
+                labels=labels,
+                **numbers,
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        sources.append(source)
+    names = [s.name for s in sources]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{where}: source name(s) {', '.join(twice)} used more than once")
+    return tuple(sources)
+
+
+def _topic_filter_ok(text: str) -> bool:
+    """An MQTT subscription filter: '+' alone in a level, '#' alone and last."""
+    if not text or "\0" in text:
+        return False
+    levels = text.split("/")
+    for i, level in enumerate(levels):
+        if ("+" in level and level != "+") or (
+            "#" in level and (level != "#" or i < len(levels) - 1)
+        ):
+            return False
+    return True
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (camera URLs often carry credentials)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()

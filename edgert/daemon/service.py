@@ -19,14 +19,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from edgert.config import DaemonConfig
 from edgert.daemon.batcher import BatchPlan, BatchSettings
 from edgert.daemon.discovery import ModelEntity, component_platforms, device_discovery
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger, Waiter
+from edgert.daemon.sources import Sources
 from edgert.daemon.stats import ModelStats
 from edgert.daemon.streams import StreamPlan, StreamStates
 from edgert.daemon.worker import Job, ModelWorker
@@ -61,6 +63,13 @@ class _Served:
     pre: Preprocess | None  # model.toml [preprocess]: image or audio payloads to the tensor
 
 
+@dataclass(frozen=True)
+class _LocalWaiter(Waiter):
+    """A reply for the daemon itself (a source's pull), not for an MQTT topic."""
+
+    deliver: Callable[[bytes], None] = field(compare=False)
+
+
 class Service:
     """start → serve → drain → stop, with cleanup in ``stop``."""
 
@@ -81,6 +90,9 @@ class Service:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._stats_thread: threading.Thread | None = None
+        self._sources = Sources(
+            config.sources, self.topics.events, self.infer_local, self._event, config.max_payload
+        )
         broker = config.broker
         if not broker.client_id:
             from dataclasses import replace
@@ -122,8 +134,11 @@ class Service:
             # Our own retained config, as an earlier run left it: its models no longer served
             # are removed from Home Assistant.
             self.connection.subscribe(self.topics.discovery, 1)
+        for trigger in self._sources.triggers:
+            self.connection.subscribe(trigger, 0)
         self.connection.publish_retained(self.topics.status, b"online")
         self._publish_catalogue()
+        self._sources.start(list(self._served), [_name(m) for m in pending])
         for model in pending:
             threading.Thread(
                 target=self._build_then_serve, args=(model,), name="build", daemon=True
@@ -152,6 +167,7 @@ class Service:
         """Stop taking requests, answer what was taken, publish offline, disconnect."""
         self._stopping.set()
         _notify_systemd("STOPPING=1")
+        self._sources.stop()  # no new pulls; then what was taken is answered
         self._end_builds()
         with self._lock:
             served = list(self._served.values())
@@ -275,6 +291,9 @@ class Service:
         else:
             try:
                 self._serve_model(model, open_model(ModelDir(model.path), self.config.backend))
+                with self._lock:
+                    served = list(self._served)
+                self._sources.model_served(_name(model), served)
             except EdgertError as exc:
                 self._fail(model, f"built but not loaded: {exc.message}")
         self._publish_catalogue()
@@ -364,11 +383,16 @@ class Service:
                 "replayed": self.ledger.replayed,
                 "in_flight": self.ledger.in_flight(),
             }
+            if self._sources.configs:
+                payload["sources"] = self._sources.snapshot()
             self.connection.publish(self.topics.stats, json.dumps(payload).encode(), qos=0)
 
     # -- requests (network thread) ----------------------------------------------------------
 
     def _publish_reply(self, waiter: Waiter, reply: bytes) -> None:
+        if isinstance(waiter, _LocalWaiter):
+            waiter.deliver(reply)
+            return
         reply = self._fitting(waiter, reply)
         self.connection.publish(
             waiter.topic,
@@ -418,6 +442,7 @@ class Service:
             return False  # not taken: the broker redelivers it to our next session
         route = self.topics.parse_request_topic(message.topic)
         if route is None:
+            self._sources.on_message(message.topic)  # a source's trigger, maybe
             return True
         model_name, key, _pinned = route
         received = time.monotonic()
@@ -497,6 +522,60 @@ class Service:
             for w in self.ledger.finish(ledger_key, waiter, reply, cache=False):
                 self._publish_reply(w, reply)
         return True
+
+    # -- sources (their own threads) --------------------------------------------------------
+
+    def infer_local(
+        self, model: str, payload: bytes, content_type: str, timeout: float
+    ) -> Mapping[str, Any]:
+        """The reply ``model`` gives ``payload`` (a source's snapshot), taken the way a device's
+        request is: its pre-processing, its worker's queue, its post-processing. An error reply
+        when it cannot run, ``expired`` when no result comes within ``timeout`` seconds."""
+        with self._lock:
+            served = self._served.get(model)
+        try:
+            if served is None or self._stopping.is_set():
+                raise ProtocolError(ErrorCode.NO_MODEL, f"model '{model}' is not served now")
+            if len(payload) > self.config.max_payload:
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"{len(payload)} bytes; the limit is {self.config.max_payload}",
+                )
+            message = Message("", payload, 0, False, 0, content_type=content_type)
+            request, transform = decode_request(
+                message,
+                served.worker.loaded.runner.io,
+                model,
+                served.specs,
+                None,
+                self.config.max_elements,
+                served.declared,
+                served.pre,
+            )
+        except ProtocolError as exc:
+            return dict(json.loads(error_reply(None, exc.code, exc.message)))
+        replies: list[bytes] = []
+        answered = threading.Event()
+
+        def deliver(reply: bytes) -> None:
+            replies.append(reply)
+            answered.set()
+
+        received = time.monotonic()
+        waiter = _LocalWaiter("", None, 0, deliver)
+        deadline = received + timeout
+        job = Job(None, None, waiter, request.inputs, received, deadline, True, transform=transform)
+        served.worker.stats.record_request()
+        if not served.worker.offer(job):
+            served.worker.stats.record_error(ErrorCode.BUSY.value)
+            return dict(json.loads(error_reply(None, ErrorCode.BUSY, f"{model}'s queue is full")))
+        if not answered.wait(timeout):
+            message_text = f"no result from {model} within {timeout:g} s"
+            return dict(json.loads(error_reply(None, ErrorCode.EXPIRED, message_text)))
+        return dict(json.loads(replies[0]))
+
+    def _event(self, topic: str, payload: bytes) -> None:
+        self.connection.publish(topic, payload, qos=0)
 
     def _reply_error(
         self,

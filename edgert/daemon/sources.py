@@ -1,0 +1,326 @@
+"""Sources: cameras named in the daemon config (``[[sources]]``) that the daemon pulls a snapshot
+from, on an interval or when a trigger topic fires, and feeds to a served model. Results that
+pass the source's label filter, minimum score and debounce become events on
+``<prefix>/node/<node>/events/<source>``.
+
+One thread per source. The HTTP pull and the wait for the model's result happen on it, never on
+the network thread: a trigger only wakes the source's thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from edgert.config import SourceConfig, redact_url
+
+__all__ = ["Infer", "Publish", "Source", "Sources", "announcements", "topic_matches"]
+
+log = logging.getLogger("edgert.daemon.sources")
+
+# (model, image bytes, content type, timeout s) -> the model's reply, as a device would get it.
+Infer = Callable[[str, bytes, str, float], Mapping[str, Any]]
+Publish = Callable[[str, bytes], None]  # (topic, payload): QoS 0, not retained
+LOG_EVERY_S = 60.0  # a failing source logs its first failure, then one summary this often
+_IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"))
+
+
+class SourceError(Exception):
+    """A pull or an inference that failed; logged (rate-limited) and counted, never raised on."""
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches an MQTT subscription filter (``+`` one level, ``#`` the rest)."""
+    levels = topic.split("/")
+    parts = topic_filter.split("/")
+    for i, part in enumerate(parts):
+        if part == "#":
+            return True
+        if i >= len(levels) or (part != "+" and part != levels[i]):
+            return False
+    return len(parts) == len(levels)
+
+
+def announcements(
+    result: Any, labels: Sequence[str] | None, min_score: float, model: str
+) -> list[tuple[str, float]]:
+    """The ``(event_type, score)`` pairs a post-processed result announces: for top-k its best
+    entry, for a threshold its state when true (named by its label, else the model), for
+    detections the best of each label; each within ``labels`` (if given) and at ``min_score``."""
+    if isinstance(result, dict):  # threshold: {"state", "score"}
+        found = [(str(result.get("label") or model), result)] if result.get("state") else []
+    elif isinstance(result, list) and result and isinstance(result[0], dict):
+        entries = [e for e in result if isinstance(e, dict) and "label" in e]
+        if "box" not in result[0]:  # top-k: the best entry only
+            entries = sorted(entries, key=lambda e: -float(e.get("score", 0)))[:1]
+        found = [(str(e["label"]), e) for e in entries]
+    else:
+        return []
+    best: dict[str, float] = {}
+    for label, entry in found:
+        score = float(entry.get("score", 0.0))
+        if (labels is None or label in labels) and score >= min_score:
+            best[label] = max(score, best.get(label, score))
+    return sorted(best.items(), key=lambda item: -item[1])
+
+
+class Source:
+    """One source's thread: pull, infer, announce; until :meth:`stop`."""
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        topic: str,
+        infer: Infer,
+        publish: Publish,
+        max_bytes: int = 1 << 20,
+    ) -> None:
+        self.config = config
+        self.max_bytes = max_bytes
+        self.topic = topic
+        self._infer = infer
+        self._publish = publish
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._announced: dict[str, float] = {}  # label -> monotonic time of its last event
+        self._failing_since_log = 0  # failures not yet logged
+        self._last_log = float("-inf")
+        self.pulls = 0
+        self.failures = 0
+        self.events = 0
+        self._thread = threading.Thread(target=self._run, name=f"source-{config.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def trigger(self) -> None:
+        """Pull once, now (called on the network thread: only wakes the source's thread)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """No pulls after this; a pull in progress ends at its HTTP timeout at worst."""
+        self._stopping.set()
+        self._wake.set()
+
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"pulls": self.pulls, "failures": self.failures, "events": self.events}
+
+    def _run(self) -> None:
+        interval = self.config.interval
+        next_at: float | None = time.monotonic() if interval > 0 else None
+        while True:
+            wait = None if next_at is None else max(0.0, next_at - time.monotonic())
+            self._wake.wait(wait)
+            if self._stopping.is_set():
+                return
+            self._wake.clear()
+            try:
+                self.pull_once()
+            except Exception:  # a bug must not end the source silently
+                log.exception("source %s: pull failed", self.config.name)
+            if interval > 0:
+                next_at = time.monotonic() + interval
+
+    def pull_once(self) -> None:
+        """Fetch the snapshot, run the model on it, announce what passes."""
+        self.pulls += 1
+        try:
+            image, content_type = self._fetch()
+            if self._stopping.is_set():
+                return
+            reply = self._infer(self.config.model, image, content_type, self.config.timeout)
+            if not reply.get("ok"):
+                error = reply.get("error") or {}
+                raise SourceError(
+                    f"{self.config.model}: {error.get('code')}: {error.get('message')}"
+                )
+        except SourceError as exc:
+            self._failed(str(exc))
+            return
+        self._recovered()
+        self._announce(reply.get("result"))
+
+    def _fetch(self) -> tuple[bytes, str]:
+        config = self.config
+        request = urllib.request.Request(_without_userinfo(config.url))
+        parts = urlsplit(config.url)
+        if parts.username is not None:  # cameras take basic auth in the URL
+            user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            request.add_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=config.timeout) as response:
+                body: bytes = response.read(self.max_bytes + 1)
+        except urllib.error.HTTPError as exc:
+            raise SourceError(f"{redact_url(config.url)} answered HTTP {exc.code}") from exc
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise SourceError(f"{redact_url(config.url)}: {reason}") from exc
+        if len(body) > self.max_bytes:  # e.g. an MJPEG stream's URL, not a snapshot's
+            raise SourceError(f"{redact_url(config.url)} sent over {self.max_bytes} bytes")
+        for magic, content_type in _IMAGE_TYPES:
+            if body.startswith(magic):
+                return body, content_type
+        raise SourceError(f"{redact_url(config.url)} sent {len(body)} bytes that are not JPEG/PNG")
+
+    def _announce(self, result: Any) -> None:
+        config = self.config
+        now = time.monotonic()
+        for label, score in announcements(result, config.labels, config.min_score, config.model):
+            last = self._announced.get(label)
+            if last is not None and now - last < config.debounce:
+                continue
+            self._announced[label] = now
+            event = {
+                "source": config.name,
+                "model": config.model,
+                "event_type": label,
+                "score": score,
+                "result": result,
+                "at": round(time.time(), 3),
+            }
+            if self._stopping.is_set():
+                return
+            self._publish(self.topic, json.dumps(event, separators=(",", ":")).encode())
+            self.events += 1
+
+    def _failed(self, reason: str) -> None:
+        self.failures += 1
+        self._failing_since_log += 1
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY_S:
+            more = self._failing_since_log - 1
+            log.warning(
+                "source %s: %s%s",
+                self.config.name,
+                reason,
+                f" ({more} more failure(s) since the last report)" if more else "",
+            )
+            self._failing_since_log = 0
+            self._last_log = now
+
+    def _recovered(self) -> None:
+        if self._last_log > float("-inf"):
+            log.info("source %s: pulling again", self.config.name)
+            self._failing_since_log = 0
+            self._last_log = float("-inf")
+
+
+class Sources:
+    """The daemon's sources: started once their model is served, woken by trigger topics,
+    stopped first on shutdown."""
+
+    def __init__(
+        self,
+        configs: Iterable[SourceConfig],
+        events_topic: Callable[[str], str],
+        infer: Infer,
+        publish: Publish,
+        max_bytes: int = 1 << 20,
+    ) -> None:
+        self.configs = tuple(configs)
+        self.max_bytes = max_bytes  # a snapshot's limit, as a device request's
+        self._events_topic = events_topic
+        self._infer = infer
+        self._publish = publish
+        self._lock = threading.Lock()
+        self._running: dict[str, Source] = {}
+        self._stopped = False
+
+    @property
+    def triggers(self) -> set[str]:
+        """The trigger topic filters to subscribe to."""
+        return {c.trigger for c in self.configs if c.trigger is not None}
+
+    def start(self, served: Iterable[str], pending: Iterable[str] = ()) -> None:
+        """Start the sources whose model is served; say which wait for a model being built and
+        which are not started (their model is not served here)."""
+        served, pending = set(served), set(pending)
+        for model in sorted({c.model for c in self.configs} & served):
+            self.model_served(model, served)
+        for config in self.configs:
+            if config.model in served:
+                continue
+            if config.model in pending:
+                log.info("source %s: waits for %s, being compiled", config.name, config.model)
+            else:
+                log.error(
+                    "source %s: not started: model '%s' is not served here; served: %s",
+                    config.name,
+                    config.model,
+                    ", ".join(sorted(served)) or "none",
+                )
+
+    def model_served(self, model: str, served: Iterable[str] = ()) -> None:
+        """Start the sources that feed ``model`` (now served)."""
+        served = set(served) | {model}
+        for config in self.configs:
+            if config.model != model:
+                continue
+            if config.name in served:
+                # One events topic per name: a source named like a model would mix their events.
+                log.error(
+                    "source %s: not started: a model is named %s too; rename the source",
+                    config.name,
+                    config.name,
+                )
+                continue
+            with self._lock:
+                if self._stopped or config.name in self._running:
+                    continue
+                topic = self._events_topic(config.name)
+                source = Source(config, topic, self._infer, self._publish, self.max_bytes)
+                self._running[config.name] = source
+            log.info(
+                "source %s: %s → %s%s%s",
+                config.name,
+                redact_url(config.url),
+                model,
+                f", every {config.interval:g} s" if config.interval > 0 else "",
+                f", on {config.trigger}" if config.trigger else "",
+            )
+            source.start()
+
+    def on_message(self, topic: str) -> bool:
+        """Wake the sources whose trigger matches ``topic``; whether any did."""
+        with self._lock:
+            hit = [s for s in self._running.values() if _triggered_by(s.config, topic)]
+        for source in hit:
+            source.trigger()
+        return bool(hit) or any(_triggered_by(c, topic) for c in self.configs)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """No new pulls; wait briefly for pulls in progress (threads are daemons)."""
+        with self._lock:
+            self._stopped = True
+            running = list(self._running.values())
+        for source in running:
+            source.stop()
+        end = time.monotonic() + timeout
+        for source in running:
+            source.join(max(0.0, end - time.monotonic()))
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Counters per running source, for the stats topic."""
+        with self._lock:
+            return {name: source.snapshot() for name, source in self._running.items()}
+
+
+def _triggered_by(config: SourceConfig, topic: str) -> bool:
+    return config.trigger is not None and topic_matches(config.trigger, topic)
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
