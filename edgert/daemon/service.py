@@ -204,8 +204,8 @@ class Service:
     def _serve_model(self, model: ModelDir, loaded: LoadedModel) -> None:
         settings = BatchSettings.of(loaded.config)
         streams = StreamPlan.of(loaded.config, loaded.io)
-        if streams.stateful:  # a stream's requests run one at a time, in order, on one runner
-            settings = replace(settings, max_batch=1, instances=1)
+        if streams.stateful:  # a stream's requests run in order, on one runner
+            settings = replace(settings, instances=1)
         threads = settings.threads_per_instance(os.cpu_count() or 1)
         if threads:  # reopen with its share of the cores
             loaded.close()
@@ -226,6 +226,10 @@ class Service:
             events=self._event_publisher(loaded.config.name) if self.config.events else None,
             streams=StreamStates(streams, loaded.io) if streams.stateful else None,
             post=Postprocess.of(loaded.config, loaded.io),
+            stream_rows=min(
+                streams.max_rows(loaded.io, request_specs(loaded.io, loaded.constants)),
+                settings.max_batch or 1 << 30,
+            ),
         )
         worker.start()
         with self._lock:

@@ -14,6 +14,7 @@ streams expire after ``ttl`` seconds, and at most ``cap`` are kept (the least re
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -96,6 +97,41 @@ class StreamPlan:
                     )
                 windowed.append(Windowed(name, context, chunk))
         return cls(tuple(carried), tuple(windowed))
+
+    def max_rows(self, io: ModelIO, specs: Sequence[TensorSpec]) -> int:
+        """How many rows (streams of one row, say) one run may take: the bound of the request
+        inputs' leading dim; 1 when they have none."""
+        leading = {s.shape[0] if s.shape else None for s in specs}
+        (dim,) = leading if len(leading) == 1 else (None,)
+        return io.dims[dim].max if isinstance(dim, str) and dim in io.dims else 1
+
+    def stack(self, fulls: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Several streams' full inputs as one run: carried inputs along their batch axis, the
+        others along axis 0 (as the model's batch dim)."""
+        if len(fulls) == 1:
+            return dict(fulls[0])
+        axes = {c.name: c.batch_axis for c in self.carried}
+        return {
+            name: np.concatenate([f[name] for f in fulls], axis=axes.get(name, 0))
+            for name in fulls[0]
+        }
+
+    def split(
+        self, outputs: Mapping[str, np.ndarray], rows: Sequence[int]
+    ) -> list[dict[str, np.ndarray]]:
+        """A stacked run's outputs back to each stream: carried outputs along their input's
+        batch axis, the others along axis 0."""
+        if len(rows) == 1:
+            return [dict(outputs)]
+        axes = {c.from_output: c.batch_axis for c in self.carried}
+        bounds = np.cumsum([0, *rows])
+        return [
+            {
+                name: np.take(array, range(start, end), axis=axes.get(name, 0))
+                for name, array in outputs.items()
+            }
+            for start, end in itertools.pairwise(bounds)
+        ]
 
     def request_specs(self, specs: Sequence[TensorSpec]) -> tuple[TensorSpec, ...]:
         """What a device sends: no carried inputs; windowed ones a chunk long."""

@@ -67,6 +67,7 @@ class ModelWorker:
         events: Callable[[bytes], None] | None = None,
         streams: StreamStates | None = None,
         post: Postprocess | None = None,
+        stream_rows: int = 1,
     ) -> None:
         self.loaded = loaded
         self.instances = (loaded, *extra_instances)
@@ -78,6 +79,7 @@ class ModelWorker:
         self._publish = publish
         self._events = events  # every result, also to the events topic (Home Assistant)
         self.streams = streams  # state per stream id, for stateful models
+        self.stream_rows = stream_rows  # rows one run of a stateful model may take
         self.post = post  # model.toml [postprocess]: outputs to a small result
         self.stats = stats
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
@@ -162,8 +164,11 @@ class ModelWorker:
 
     def _gather(self, batch: list[Job]) -> Job | None:
         """Add queued jobs that fit to ``batch`` (up to max_batch rows, waiting at most the queue
-        delay); the first that does not fit is returned, to start the next batch."""
+        delay); the first that does not fit is returned, to start the next batch. Stateful
+        models batch requests of different streams (one each: a stream's come in order)."""
         plan = self.plan
+        if self.streams is not None:
+            return self._gather_streams(batch)
         if not plan.batches:
             return None
         rows = plan.rows(batch[0].feeds)
@@ -185,6 +190,32 @@ class ModelWorker:
             rows += job_rows
         return None
 
+    def _gather_streams(self, batch: list[Job]) -> Job | None:
+        first = batch[0].feeds
+        rows = next(iter(first.values())).shape[0] if first else 1
+        streams = {batch[0].stream}
+        while rows < self.stream_rows:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return None
+            if job is None:
+                self._queue.put(None)
+                self._queue.task_done()
+                return None
+            job_rows = next(iter(job.feeds.values())).shape[0] if job.feeds else 1
+            fits = all(
+                job.feeds[n].shape[1:] == first[n].shape[1:]
+                and job.feeds[n].dtype == first[n].dtype
+                for n in first
+            )
+            if not fits or job.stream in streams or rows + job_rows > self.stream_rows:
+                return job  # the next batch starts with it: a stream's requests stay in order
+            batch.append(job)
+            streams.add(job.stream)
+            rows += job_rows
+        return None
+
     def _serve(self, instance: LoadedModel, batch: list[Job]) -> None:
         start = time.monotonic()
         live = []
@@ -198,13 +229,17 @@ class ModelWorker:
             return
         try:
             # Decoding validated each request against the specs: no second pass here.
-            if self.streams is not None:  # stateful: one request per run, its stream's state in
-                (job,) = live
-                full = self.streams.feeds(job.stream, job.reset, job.feeds)
-                result = instance.infer(full, check=False)
-                self.streams.update(job.stream, full, result)
-                hidden = self.streams.plan.internal_outputs
-                outputs = [{k: v for k, v in result.items() if k not in hidden}]
+            if self.streams is not None:  # each stream's state in, stacked, and back out
+                plan = self.streams.plan
+                fulls = [self.streams.feeds(j.stream, j.reset, j.feeds) for j in live]
+                rows = [next(iter(j.feeds.values())).shape[0] if j.feeds else 1 for j in live]
+                results = plan.split(instance.infer(plan.stack(fulls), check=False), rows)
+                outputs = []
+                for job, full, result in zip(live, fulls, results, strict=True):
+                    self.streams.update(job.stream, full, result)
+                    outputs.append(
+                        {k: v for k, v in result.items() if k not in plan.internal_outputs}
+                    )
             else:
                 feeds = self.plan.stack([j.feeds for j in live])
                 outputs = self.plan.split(
