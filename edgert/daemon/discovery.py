@@ -46,6 +46,7 @@ __all__ = [
     "ENTITY_KINDS",
     "EntityKind",
     "ModelEntity",
+    "SourceEntity",
     "component_platforms",
     "device_discovery",
 ]
@@ -64,6 +65,8 @@ _ROLE_PLATFORM = {
     "latency": "sensor",
     "requests": "sensor",
     "errors": "sensor",
+    "seen": "event",  # a source's events
+    "detected": "binary_sensor",  # on while a source keeps seeing something
 }
 _NODE_ID = "node"  # component-id stem of the node's own diagnostic sensors
 
@@ -145,10 +148,30 @@ class ModelEntity:
         )
 
 
-def component_platforms(models: Iterable[ModelEntity]) -> dict[str, str]:
-    """Every component id the payload for ``models`` holds, with its platform: what a caller
-    keeps to find, next time, the ids to pass as ``removed``."""
+@dataclass(frozen=True)
+class SourceEntity:
+    """A source (a camera the daemon pulls) as Home Assistant sees it: an ``event`` entity of
+    what it sees, and a ``binary_sensor`` on while it keeps seeing something."""
+
+    name: str
+    model: str
+    event_types: tuple[str, ...]
+    off_delay: int = DEFAULT_OFF_DELAY
+
+    @property
+    def component_id(self) -> str:
+        return _sanitize(self.name)
+
+
+def component_platforms(
+    models: Iterable[ModelEntity], sources: Iterable[SourceEntity] = ()
+) -> dict[str, str]:
+    """Every component id the payload for ``models`` and ``sources`` holds, with its platform:
+    what a caller keeps to find, next time, the ids to pass as ``removed``."""
     platforms = {f"{_NODE_ID}_requests": "sensor", f"{_NODE_ID}_errors": "sensor"}
+    for source in sources:
+        platforms[f"{source.component_id}_seen"] = "event"
+        platforms[f"{source.component_id}_detected"] = "binary_sensor"
     owner: dict[str, str] = {}
     for model in models:
         stem = model.component_id
@@ -287,12 +310,41 @@ def _model_components(unique: str, topics: Topics, model: ModelEntity) -> dict[s
     return cmps
 
 
+def _source_components(
+    unique: str, topics: Topics, source: SourceEntity
+) -> dict[str, dict[str, Any]]:
+    stem, events = source.component_id, topics.events(source.name)
+    return {
+        f"{stem}_seen": {
+            "p": "event",
+            "name": f"{source.name}",
+            "uniq_id": f"{unique}_{stem}_seen",
+            "stat_t": events,
+            "event_types": list(source.event_types),
+            "val_tpl": (
+                '{{ {"event_type": value_json.event_type, "score": value_json.score, '
+                '"model": value_json.model} | tojson }}'
+            ),
+        },
+        f"{stem}_detected": {
+            "p": "binary_sensor",
+            "name": f"{source.name} detection",
+            "uniq_id": f"{unique}_{stem}_detected",
+            "stat_t": events,
+            "val_tpl": "ON",  # every source event means something was seen; off_dly ends it
+            "pl_on": "ON",
+            "off_dly": source.off_delay,
+        },
+    }
+
+
 def device_discovery(
     node: str,
     topics: Topics,
     models: Sequence[ModelEntity],
     removed: Sequence[str] = (),
     *,
+    sources: Sequence[SourceEntity] = (),
     support_url: str | None = None,
 ) -> tuple[str, bytes]:
     """The discovery topic and JSON payload of ``node`` serving ``models`` (publish retained).
@@ -304,7 +356,7 @@ def device_discovery(
     if node != topics.node:
         raise ConfigError(f"node {node!r} differs from the topics' node {topics.node!r}")
     unique = f"edgert_{node}"
-    platforms = component_platforms(models)
+    platforms = component_platforms(models, sources)
     cmps: dict[str, dict[str, Any]] = {
         f"{_NODE_ID}_requests": {
             "p": "sensor",
@@ -329,6 +381,8 @@ def device_discovery(
     }
     for model in models:
         cmps.update(_model_components(unique, topics, model))
+    for source in sources:
+        cmps.update(_source_components(unique, topics, source))
     for component_id in removed:
         if component_id in platforms:
             raise ConfigError(f"component {component_id!r} is both served and removed")

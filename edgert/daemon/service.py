@@ -25,7 +25,12 @@ from typing import Any
 
 from edgert.config import DaemonConfig
 from edgert.daemon.batcher import BatchPlan, BatchSettings
-from edgert.daemon.discovery import ModelEntity, component_platforms, device_discovery
+from edgert.daemon.discovery import (
+    ModelEntity,
+    SourceEntity,
+    component_platforms,
+    device_discovery,
+)
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.sources import Sources
@@ -342,11 +347,25 @@ class Service:
         if published - self._current_components():
             self._publish_discovery()
 
-    def _current_components(self) -> set[str]:
+    def _entities(self) -> tuple[list[ModelEntity], list[SourceEntity]]:
+        """What Home Assistant is told of: the served models, and the sources feeding them."""
         with self._lock:
-            configs = [entry.worker.loaded.config for entry in self._served.values()]
+            configs = {name: entry.worker.loaded.config for name, entry in self._served.items()}
+        models = [ModelEntity.of(config) for config in configs.values()]
+        sources = [
+            SourceEntity(
+                s.name,
+                s.model,
+                tuple(s.labels or configs[s.model].labels or (s.model,)),
+            )
+            for s in self.config.sources
+            if s.model in configs
+        ]
+        return models, sources
+
+    def _current_components(self) -> set[str]:
         try:
-            return set(component_platforms(ModelEntity.of(config) for config in configs))
+            return set(component_platforms(*self._entities()))
         except EdgertError:
             return set()
 
@@ -355,16 +374,16 @@ class Service:
         that went away are removed by publishing their components as ``{"p": ...}`` once."""
         if not self.config.homeassistant:
             return
-        with self._lock:
-            configs = [entry.worker.loaded.config for entry in self._served.values()]
         try:
-            entities = [ModelEntity.of(config) for config in configs]
-            current = component_platforms(entities)
+            entities, sources = self._entities()
+            current = component_platforms(entities, sources)
             removed = [c for c in self._ha_components if c not in current]
             if removed:
-                topic, payload = device_discovery(self.node, self.topics, entities, removed)
+                topic, payload = device_discovery(
+                    self.node, self.topics, entities, removed, sources=sources
+                )
                 self.connection.publish(topic, payload, qos=1, retain=True)
-            topic, payload = device_discovery(self.node, self.topics, entities)
+            topic, payload = device_discovery(self.node, self.topics, entities, sources=sources)
         except EdgertError as exc:
             log.error("Home Assistant discovery not published: %s", exc.message)
             return

@@ -13,6 +13,7 @@ from edgert.config import ModelConfig
 from edgert.daemon.discovery import (
     DEFAULT_OFF_DELAY,
     ModelEntity,
+    SourceEntity,
     component_platforms,
     device_discovery,
 )
@@ -313,3 +314,21 @@ def test_bad_homeassistant_section_is_refused(section: dict[str, Any], message: 
     config = ModelConfig.from_dict({"homeassistant": section}, default_name="m")
     with pytest.raises(ConfigError, match=message):
         ModelEntity.of(config)
+
+
+def test_sources_get_an_event_and_a_detection_that_turns_itself_off() -> None:
+    porch = SourceEntity("porch", "person", ("person",), off_delay=20)
+    _, payload = device_discovery("kitchen", TOPICS, [OCCUPANCY], sources=[porch])
+    cmps = components(json.loads(payload))
+    seen, detected = cmps["porch_seen"], cmps["porch_detected"]
+    for cid, cfg in (("porch_seen", seen), ("porch_detected", detected)):
+        assert REQUIRED[cfg["platform"]] <= set(cfg), cid
+        assert set(cfg) <= PLATFORM_OPTIONS[cfg["platform"]], cid
+    assert seen["platform"] == "event" and seen["event_types"] == ["person"]
+    assert seen["state_topic"] == "edgert/node/kitchen/events/porch"
+    assert detected["platform"] == "binary_sensor" and detected["off_delay"] == 20
+    assert component_platforms([OCCUPANCY], [porch])["porch_detected"] == "binary_sensor"
+    # A source no longer configured is removed like a model.
+    _, removal = device_discovery("kitchen", TOPICS, [OCCUPANCY], ["porch_seen", "porch_detected"])
+    assert json.loads(removal)["cmps"]["porch_seen"] == {"p": "event"}
+    assert json.loads(removal)["cmps"]["porch_detected"] == {"p": "binary_sensor"}
