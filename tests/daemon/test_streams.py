@@ -14,6 +14,7 @@ from edgert.client import Client
 from edgert.config import ModelConfig
 from edgert.daemon.streams import StreamPlan, StreamStates
 from edgert.errors import ConfigError, InputError
+from tests.broker import Mosquitto
 from tests.daemon.conftest import Daemon
 
 CHUNK, CONTEXT, RATE = 512, 64, 16000
@@ -151,3 +152,54 @@ def test_streams_are_batched_together_and_stay_in_order(compiled_repository: Pat
         ]
         np.testing.assert_allclose(got, _silero_reference(source, audios[name]), atol=1e-4)
     worker.stop()
+
+
+def test_wav_chunks_from_a_microphone_stream_over_mqtt(
+    broker: Mosquitto, compiled_repository: Path, tmp_path: Path
+) -> None:
+    """A microphone sending each 32 ms as a WAV file (content type audio/wav, stream id in a user
+    property): [preprocess] kind = "audio" decodes it, the daemon keeps the stream's state."""
+    import io
+    import json
+    import shutil
+    import wave
+
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from tests.daemon.test_broker_features import Observer
+
+    repository = tmp_path / "engines"
+    shutil.copytree(compiled_repository / "silero_vad", repository / "silero_vad")
+    with (repository / "silero_vad" / "model.toml").open("a") as toml:
+        toml.write('\n[preprocess]\nkind = "audio"\nrate = 16000\nformat = "wav"\n')
+    audio = _audio(5, 12)
+    pcm = np.clip(np.rint(audio * 32768), -32768, 32767).astype("<i2")
+    daemon = Daemon(broker, repository, tmp_path / "daemon", node="mic").start()
+    watch = Observer(broker, "edgert/reply/#")
+    try:
+        for i in range(12):
+            body = io.BytesIO()
+            with wave.open(body, "wb") as w:
+                w.setnchannels(1), w.setsampwidth(2), w.setframerate(RATE)
+                w.writeframes(pcm[i * CHUNK : (i + 1) * CHUNK].tobytes())
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = "audio/wav"
+            props.ResponseTopic = "edgert/reply/mic1/silero_vad"
+            props.UserProperty = [("id", f"w{i}"), ("stream", "kitchen-mic")]
+            watch.client.publish(
+                "edgert/infer/silero_vad", body.getvalue(), qos=1, properties=props
+            ).wait_for_publish(5)
+            watch.wait(lambda n=i: len(watch.on("edgert/reply/mic1/")) > n, 10, f"reply {i}")
+        replies = [json.loads(m.payload) for m in watch.on("edgert/reply/mic1/")]
+        assert [r["id"] for r in replies] == [f"w{i}" for i in range(12)]
+        got = [r["outputs"]["output"][0][0] for r in replies]
+        # The reference takes the samples the WAV carried (PCM16 / 32768).
+        reference = _silero_reference(
+            compiled_repository / "silero_vad" / "model.onnx", pcm.astype(np.float32) / 32768
+        )
+        np.testing.assert_allclose(got, reference, atol=1e-4)
+        assert replies[0]["result"]["state"] in (True, False)  # [postprocess] threshold
+    finally:
+        watch.close()
+        daemon.stop()
