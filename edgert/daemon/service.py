@@ -25,12 +25,8 @@ from typing import Any
 
 from edgert.config import DaemonConfig
 from edgert.daemon.batcher import BatchPlan, BatchSettings
-from edgert.daemon.discovery import (
-    ModelEntity,
-    SourceEntity,
-    component_platforms,
-    device_discovery,
-)
+from edgert.daemon.discovery import ModelEntity, SourceEntity
+from edgert.daemon.homeassistant import HomeAssistant
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.sources import Sources
@@ -56,7 +52,6 @@ from edgert.spec import TensorSpec
 __all__ = ["Service"]
 
 log = logging.getLogger("edgert.daemon")
-HA_STATUS = "homeassistant/status"  # Home Assistant's birth/last-will topic
 
 
 @dataclass
@@ -91,7 +86,6 @@ class Service:
         self._served: dict[str, _Served] = {}
         self._failed: dict[str, str] = {}
         self._builds: set[subprocess.Popen[str]] = set()  # compile children running now
-        self._ha_components: set[str] = set()  # discovery components published last
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._stats_thread: threading.Thread | None = None
@@ -105,6 +99,11 @@ class Service:
             broker = replace(broker, client_id=f"edgert-{self.node}")
         self.connection = MqttConnection(
             broker, will=(self.topics.status, b"offline"), on_message=self._on_message
+        )
+        self.homeassistant = (
+            HomeAssistant(self.node, self.topics, self.connection, self._entities)
+            if config.homeassistant
+            else None
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -134,11 +133,8 @@ class Service:
         # Pinned requests for any model (so an unknown one is answered no_model); pooled ones
         # per served model, so daemons sharing a broker never answer for each other's models.
         self.connection.subscribe(self.topics.node_infer(), self.config.qos)
-        if self.config.homeassistant:
-            self.connection.subscribe(HA_STATUS, 1)  # re-send when Home Assistant (re)starts
-            # Our own retained config, as an earlier run left it: its models no longer served
-            # are removed from Home Assistant.
-            self.connection.subscribe(self.topics.discovery, 1)
+        if self.homeassistant is not None:
+            self.homeassistant.subscribe()
         for trigger in self._sources.triggers:
             self.connection.subscribe(trigger, 0)
         self.connection.publish_retained(self.topics.status, b"online")
@@ -332,20 +328,8 @@ class Service:
                 )
             failed = dict(self._failed)
         self.connection.publish_retained(self.topics.models, catalogue(self.node, entries, failed))
-        self._publish_discovery()
-
-    def _remember_discovery(self, payload: bytes) -> None:
-        """Components of the retained discovery config (ours, maybe from an earlier run): any
-        not served now is removed."""
-        try:
-            components = json.loads(payload).get("cmps", {})
-        except (ValueError, AttributeError):
-            return
-        published = {c for c, body in components.items() if set(body) != {"p"}}
-        with self._lock:
-            self._ha_components |= published
-        if published - self._current_components():
-            self._publish_discovery()
+        if self.homeassistant is not None:
+            self.homeassistant.publish()
 
     def _entities(self) -> tuple[list[ModelEntity], list[SourceEntity]]:
         """What Home Assistant is told of: the served models, and the sources feeding them."""
@@ -362,33 +346,6 @@ class Service:
             if s.model in configs
         ]
         return models, sources
-
-    def _current_components(self) -> set[str]:
-        try:
-            return set(component_platforms(*self._entities()))
-        except EdgertError:
-            return set()
-
-    def _publish_discovery(self) -> None:
-        """Home Assistant device discovery (retained): one device, entities per model; models
-        that went away are removed by publishing their components as ``{"p": ...}`` once."""
-        if not self.config.homeassistant:
-            return
-        try:
-            entities, sources = self._entities()
-            current = component_platforms(entities, sources)
-            removed = [c for c in self._ha_components if c not in current]
-            if removed:
-                topic, payload = device_discovery(
-                    self.node, self.topics, entities, removed, sources=sources
-                )
-                self.connection.publish(topic, payload, qos=1, retain=True)
-            topic, payload = device_discovery(self.node, self.topics, entities, sources=sources)
-        except EdgertError as exc:
-            log.error("Home Assistant discovery not published: %s", exc.message)
-            return
-        self._ha_components = set(current)
-        self.connection.publish_retained(topic, payload)
 
     def _stats_loop(self) -> None:
         while not self._stopping.wait(self.config.stats_interval):
@@ -454,12 +411,9 @@ class Service:
 
     def _on_message(self, message: Message) -> bool:
         """Take a request, or answer it with an error. False leaves it unacknowledged."""
-        if message.topic == HA_STATUS:
-            if message.payload == b"online":
-                self._publish_discovery()
-            return True
-        if message.topic == self.topics.discovery:
-            self._remember_discovery(message.payload)
+        if self.homeassistant is not None and self.homeassistant.on_message(
+            message.topic, message.payload
+        ):
             return True
         if self._stopping.is_set():
             return False  # not taken: the broker redelivers it to our next session

@@ -1,0 +1,89 @@
+"""Home Assistant device discovery as the daemon publishes it: retained, re-sent when Home
+Assistant says it is online again, and with the entities of models or sources that went away
+removed (also across restarts: the retained config of an earlier run is read back)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+
+from edgert.daemon.discovery import (
+    ModelEntity,
+    SourceEntity,
+    component_platforms,
+    device_discovery,
+)
+from edgert.errors import EdgertError
+from edgert.mqtt import MqttConnection
+from edgert.topics import Topics
+
+__all__ = ["HA_STATUS", "HomeAssistant"]
+
+log = logging.getLogger("edgert.daemon")
+HA_STATUS = "homeassistant/status"  # Home Assistant's birth and last-will topic
+
+Entities = Callable[[], tuple[list[ModelEntity], list[SourceEntity]]]
+
+
+class HomeAssistant:
+    """Publishes one node's discovery config; ``entities`` says what is served now."""
+
+    def __init__(
+        self, node: str, topics: Topics, connection: MqttConnection, entities: Entities
+    ) -> None:
+        self.node, self.topics, self.connection = node, topics, connection
+        self._entities = entities
+        self._published: set[str] = set()  # component ids Home Assistant was last told of
+        self._lock = threading.Lock()
+
+    def subscribe(self) -> None:
+        self.connection.subscribe(HA_STATUS, 1)  # re-send when Home Assistant (re)starts
+        self.connection.subscribe(self.topics.discovery, 1)  # what an earlier run left
+
+    def on_message(self, topic: str, payload: bytes) -> bool:
+        """Handle Home Assistant's status and our own retained config; False for other topics."""
+        if topic == HA_STATUS:
+            if payload == b"online":
+                self.publish()
+            return True
+        if topic == self.topics.discovery:
+            self._remember(payload)
+            return True
+        return False
+
+    def _remember(self, payload: bytes) -> None:
+        try:
+            components = json.loads(payload).get("cmps", {})
+        except (ValueError, AttributeError):
+            return
+        published = {c for c, body in components.items() if set(body) != {"p"}}
+        with self._lock:
+            self._published |= published
+        try:
+            current = set(component_platforms(*self._entities()))
+        except EdgertError:
+            return
+        if published - current:
+            self.publish()
+
+    def publish(self) -> None:
+        """The current config, after a one-off config removing what is no longer served."""
+        try:
+            models, sources = self._entities()
+            current = component_platforms(models, sources)
+            with self._lock:
+                removed = [c for c in self._published if c not in current]
+            if removed:
+                topic, payload = device_discovery(
+                    self.node, self.topics, models, removed, sources=sources
+                )
+                self.connection.publish(topic, payload, qos=1, retain=True)
+            topic, payload = device_discovery(self.node, self.topics, models, sources=sources)
+        except EdgertError as exc:
+            log.error("Home Assistant discovery not published: %s", exc.message)
+            return
+        with self._lock:
+            self._published = set(current)
+        self.connection.publish_retained(topic, payload)
