@@ -480,8 +480,8 @@ def doctor(
 ) -> None:
     """Report TensorRT, CUDA, driver, cuda-python, GPU, JetPack, DLA, ONNX Runtime and broker
     facts, and whether they fit together. Paste its output into bug reports."""
-    from edgert.config import parse_broker_url
     from edgert.doctor import run_checks
+    from edgert.settings import parse_broker_url
 
     with _errors():
         target = parse_broker_url(broker) if broker else None

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from edgert.config import BrokerConfig, parse_broker_url
 from edgert.errors import EdgertError
 from edgert.mqtt import Message, MqttConnection
+from edgert.settings import BrokerConfig, parse_broker_url
 
 __all__ = ["Client", "RemoteError", "Reply"]
 

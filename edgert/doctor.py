@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgert import __version__
-from edgert.config import BrokerConfig
+from edgert.settings import BrokerConfig
 
 __all__ = ["Finding", "jetpack_release", "run_checks"]
 

@@ -22,8 +22,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgert.config import BrokerConfig
 from edgert.errors import ConfigError
+from edgert.settings import BrokerConfig
 
 __all__ = ["Message", "MqttConnection"]
 

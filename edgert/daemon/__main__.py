@@ -18,8 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgert.config import DaemonConfig, parse_broker_url
 from edgert.errors import EdgertError, first_line
+from edgert.settings import DaemonConfig, parse_broker_url
 
 __all__ = ["SETTINGS_VARIABLE", "load_settings", "main", "settings_argument"]
 

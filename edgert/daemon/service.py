@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edgert.config import DaemonConfig
 from edgert.daemon.batcher import BatchPlan, BatchSettings
 from edgert.daemon.discovery import ModelEntity, SourceEntity
 from edgert.daemon.homeassistant import HomeAssistant
@@ -47,6 +46,7 @@ from edgert.protocol import (
 )
 from edgert.repository import ModelDir, Repository
 from edgert.runtime import LoadedModel, open_model
+from edgert.settings import DaemonConfig
 from edgert.spec import TensorSpec
 
 __all__ = ["Service"]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from edgert.config import SourceConfig, redact_url
+from edgert.settings import SourceConfig, redact_url
 
 __all__ = ["Infer", "Publish", "Source", "Sources", "announcements", "topic_matches"]
 

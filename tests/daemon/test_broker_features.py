@@ -23,8 +23,8 @@ from onnx import helper, numpy_helper
 
 from edgert import ModelDir, compile_model, open_model
 from edgert.client import Client, RemoteError
-from edgert.config import BrokerConfig, parse_broker_url
 from edgert.errors import EdgertError
+from edgert.settings import BrokerConfig, parse_broker_url
 from tests.broker import Mosquitto, TlsFiles
 from tests.corpus import make_model, tensor, write
 from tests.daemon.conftest import REPO, Daemon, wait_retained

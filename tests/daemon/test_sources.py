@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from edgert.config import DaemonConfig, SourceConfig
 from edgert.daemon.sources import announcements, topic_matches
 from edgert.errors import ConfigError
+from edgert.settings import DaemonConfig, SourceConfig
 from tests.broker import Mosquitto
 from tests.daemon.conftest import Daemon
 from tests.daemon.test_broker_features import Observer
