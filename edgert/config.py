@@ -7,7 +7,7 @@ the model's name. Example::
     version = "3"                 # the model's own version, echoed in replies
     source = "model.onnx"         # default
     precision = "fp32"            # fp32 | fp16 | int8 (default build precision)
-    labels = ["empty", "occupied"]
+    labels = ["empty", "occupied"]  # or a labels file beside it: labels = "labels.txt"
 
     [dims]                        # bounds of dynamic axes, by name (see `edgert inspect`)
     batch = { min = 1, opt = 1, max = 64 }
@@ -202,6 +202,13 @@ class ModelConfig:
         """Read ``model_dir/model.toml`` (optional) into a ModelConfig."""
         path = model_dir / "model.toml"
         data = load_toml(path) if path.exists() else {}
+        if isinstance(data.get("labels"), str):  # a labels file beside model.toml, one a line
+            labels_path = model_dir / data["labels"]
+            try:
+                text = labels_path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"{path}: labels file {labels_path}: {exc.strerror}") from exc
+            data = {**data, "labels": [line.strip() for line in text.splitlines() if line.strip()]}
         return cls.from_dict(data, default_name=model_dir.resolve().name, where=str(path))
 
     @classmethod

@@ -163,3 +163,12 @@ def test_input_format_is_checked() -> None:
             {"inputs": {"x": {"kind": "constant", "value": 1, "format": "raw"}}},
             default_name="m",
         )
+
+
+def test_labels_from_a_file_beside_model_toml(tmp_path: Path) -> None:
+    (tmp_path / "model.toml").write_text('labels = "labels.txt"\n')
+    (tmp_path / "labels.txt").write_text("background\nperson\n\ncat\n")
+    assert ModelConfig.load(tmp_path).labels == ("background", "person", "cat")
+    (tmp_path / "model.toml").write_text('labels = "missing.txt"\n')
+    with pytest.raises(ConfigError, match=r"labels file .*missing\.txt"):
+        ModelConfig.load(tmp_path)

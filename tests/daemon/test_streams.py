@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from edgert import ModelDir, open_model
@@ -21,20 +20,15 @@ CHUNK, CONTEXT, RATE = 512, 64, 16000
 
 
 def _silero_reference(model: Path, audio: np.ndarray) -> list[float]:
-    """silero-vad's OnnxWrapper at 16 kHz, restated with numpy: 512-sample chunks, the last 64
-    samples of the previous model input prepended, state carried; run on the source model."""
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    state = np.zeros((2, 1, 128), np.float32)
-    context = np.zeros((1, CONTEXT), np.float32)
-    probs = []
-    for start in range(0, len(audio) - CHUNK + 1, CHUNK):
-        window = np.concatenate([context, audio[None, start : start + CHUNK]], axis=1)
-        out, state = session.run(
-            None, {"input": window, "state": state, "sr": np.array(RATE, np.int64)}
-        )
-        context = window[:, -CONTEXT:]
-        probs.append(float(out[0, 0]))
-    return probs
+    """silero-vad's own OnnxWrapper (its authors' loop: 512-sample chunks at 16 kHz, 64 samples
+    of context, state carried) run on the stream alone: the probability of each chunk."""
+    import torch
+    from silero_vad.utils_vad import OnnxWrapper
+
+    wrapper = OnnxWrapper(str(model), force_onnx_cpu=True)
+    wrapper.reset_states()
+    chunks = range(0, len(audio) - CHUNK + 1, CHUNK)
+    return [float(wrapper(torch.from_numpy(audio[s : s + CHUNK].copy()), RATE)) for s in chunks]
 
 
 def _audio(seed: int, chunks: int) -> np.ndarray:
