@@ -165,13 +165,15 @@ _SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """One ``[[sources]]`` table: a camera the daemon pulls a snapshot from (on an interval, or
-    when a message arrives on ``trigger``) and feeds to ``model``; results that pass ``labels``
-    and ``min_score`` become events on the source's own events topic."""
+    """One ``[[sources]]`` table: a camera the daemon pulls a snapshot from (``url``, on an
+    interval or when a message arrives on ``trigger``), or a device that streams its own
+    requests (``stream``: a microphone's stream id), feeding ``model``; results that pass
+    ``labels`` and ``min_score`` become events on the source's own events topic."""
 
     name: str  # a topic level: [a-zA-Z0-9_-]
     model: str
-    url: str  # http:// or https://, answering with a JPEG or PNG
+    url: str | None = None  # http:// or https://, answering with a JPEG or PNG
+    stream: str | None = None  # or: the stream id whose results are this source's
     interval: float = 0.0  # seconds between pulls; 0 = only on trigger
     trigger: str | None = None  # MQTT topic filter: any message on it pulls once now
     labels: tuple[str, ...] | None = None  # None = every label counts
@@ -185,13 +187,23 @@ class SourceConfig:
             raise ConfigError(f"{where}: name must be letters, digits, '_' or '-'")
         if not self.model:
             raise ConfigError(f"{where}: model must name a served model")
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{where}: url {redact_url(self.url)!r} must be http:// or https://")
-        if self.trigger is not None and not _topic_filter_ok(self.trigger):
-            raise ConfigError(f"{where}: trigger {self.trigger!r} is not an MQTT topic filter")
-        if self.interval <= 0 and self.trigger is None:
-            raise ConfigError(f"{where}: give an interval (seconds) or a trigger topic, or both")
+        if (self.url is None) == (self.stream is None):
+            raise ConfigError(f"{where}: give a url (a camera) or a stream (a microphone), one")
+        if self.stream is not None:
+            if self.interval or self.trigger is not None:
+                raise ConfigError(f"{where}: a stream source has no interval or trigger")
+        else:
+            parts = urlsplit(self.url or "")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    f"{where}: url {redact_url(self.url or '')!r} must be http:// or https://"
+                )
+            if self.trigger is not None and not _topic_filter_ok(self.trigger):
+                raise ConfigError(f"{where}: trigger {self.trigger!r} is not an MQTT topic filter")
+            if self.interval <= 0 and self.trigger is None:
+                raise ConfigError(
+                    f"{where}: give an interval (seconds) or a trigger topic, or both"
+                )
         if self.interval < 0 or self.debounce < 0 or self.timeout <= 0:
             raise ConfigError(f"{where}: interval and debounce must be >= 0, timeout > 0")
         if not 0 <= self.min_score <= 1:
@@ -217,10 +229,10 @@ def _sources_from_list(raw: Any, where: str) -> tuple[SourceConfig, ...]:
                 f"{at}: unknown key(s) {', '.join(sorted(unknown))}; known: "
                 f"{', '.join(sorted(_SOURCE_KEYS))}"
             )
-        missing = [k for k in ("name", "model", "url") if k not in table]
+        missing = [k for k in ("name", "model") if k not in table]
         if missing:
             raise ConfigError(f"{at}: missing {', '.join(missing)}")
-        for key in ("name", "model", "url", "trigger"):
+        for key in ("name", "model", "url", "stream", "trigger"):
             if key in table and not isinstance(table[key], str):
                 raise ConfigError(f"{at}: {key} must be a string")
         for key in _SOURCE_NUMBERS:
@@ -239,7 +251,8 @@ def _sources_from_list(raw: Any, where: str) -> tuple[SourceConfig, ...]:
             source = SourceConfig(
                 name=table["name"],
                 model=table["model"],
-                url=table["url"],
+                url=table.get("url"),
+                stream=table.get("stream"),
                 trigger=table.get("trigger"),
                 labels=labels,
                 **numbers,

@@ -252,11 +252,12 @@ class Service:
             len(worker.instances),
         )
 
-    def _event_publisher(self, name: str) -> Callable[[bytes], None]:
+    def _event_publisher(self, name: str) -> Callable[[bytes, str | None, Any], None]:
         topic = self.topics.events(name)
 
-        def publish(result: bytes) -> None:
-            self.connection.publish(topic, result, qos=0)
+        def publish(reply: bytes, stream: str | None, result: Any) -> None:
+            self.connection.publish(topic, reply, qos=0)
+            self._sources.on_result(name, stream, result)  # microphones and the like
 
         return publish
 

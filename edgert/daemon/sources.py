@@ -154,8 +154,9 @@ class Source:
 
     def _fetch(self) -> tuple[bytes, str]:
         config = self.config
-        request = urllib.request.Request(_without_userinfo(config.url))
-        parts = urlsplit(config.url)
+        url = config.url or ""  # a pulled source has one (settings check it)
+        request = urllib.request.Request(_without_userinfo(url))
+        parts = urlsplit(url)
         if parts.username is not None:  # cameras take basic auth in the URL
             user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             request.add_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
@@ -163,16 +164,16 @@ class Source:
             with urllib.request.urlopen(request, timeout=config.timeout) as response:
                 body: bytes = response.read(self.max_bytes + 1)
         except urllib.error.HTTPError as exc:
-            raise SourceError(f"{redact_url(config.url)} answered HTTP {exc.code}") from exc
+            raise SourceError(f"{redact_url(url)} answered HTTP {exc.code}") from exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise SourceError(f"{redact_url(config.url)}: {reason}") from exc
+            raise SourceError(f"{redact_url(url)}: {reason}") from exc
         if len(body) > self.max_bytes:  # e.g. an MJPEG stream's URL, not a snapshot's
-            raise SourceError(f"{redact_url(config.url)} sent over {self.max_bytes} bytes")
+            raise SourceError(f"{redact_url(url)} sent over {self.max_bytes} bytes")
         for magic, content_type in _IMAGE_TYPES:
             if body.startswith(magic):
                 return body, content_type
-        raise SourceError(f"{redact_url(config.url)} sent {len(body)} bytes that are not JPEG/PNG")
+        raise SourceError(f"{redact_url(url)} sent {len(body)} bytes that are not JPEG/PNG")
 
     def _announce(self, result: Any) -> None:
         config = self.config
@@ -282,15 +283,32 @@ class Sources:
                 topic = self._events_topic(config.name)
                 source = Source(config, topic, self._infer, self._publish, self.max_bytes)
                 self._running[config.name] = source
+            if config.stream is not None:  # a device streams its own requests: no pulling
+                log.info("source %s: stream %s of %s", config.name, config.stream, model)
+                continue
             log.info(
                 "source %s: %s → %s%s%s",
                 config.name,
-                redact_url(config.url),
+                redact_url(config.url or ""),
                 model,
                 f", every {config.interval:g} s" if config.interval > 0 else "",
                 f", on {config.trigger}" if config.trigger else "",
             )
             source.start()
+
+    def on_result(self, model: str, stream: str | None, result: object) -> None:
+        """A result of ``model`` for a request of ``stream``: announced by the stream sources
+        (a microphone, say) that name it."""
+        if stream is None:
+            return
+        with self._lock:
+            hit = [
+                s
+                for s in self._running.values()
+                if s.config.stream == stream and s.config.model == model
+            ]
+        for source in hit:
+            source._announce(result)
 
     def on_message(self, topic: str) -> bool:
         """Wake the sources whose trigger matches ``topic``; whether any did."""

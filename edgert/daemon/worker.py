@@ -64,7 +64,7 @@ class ModelWorker:
         plan: BatchPlan | None = None,
         max_queue_delay_us: int = 0,
         extra_instances: Sequence[LoadedModel] = (),
-        events: Callable[[bytes], None] | None = None,
+        events: Callable[[bytes, str | None, Any], None] | None = None,
         streams: StreamStates | None = None,
         post: Postprocess | None = None,
         stream_rows: int = 1,
@@ -275,7 +275,7 @@ class ModelWorker:
             self.stats.record_ok(done - job.received, done - start)
             self._answer(job, reply, code=None)
             if self._events is not None:
-                self._events(reply)
+                self._events(reply, job.stream, summary)
         self.stats.record_batch(len(live))
 
     def _answer(self, job: Job, reply: bytes, *, code: str | None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -53,8 +54,9 @@ def test_sources_config_keys_and_defaults() -> None:
         {"name": "garden-2", "model": "person", "url": "http://cam2/snap", "trigger": "a/+/#"},
     )
     assert full == SourceConfig(
-        "front_door", "person", "https://cam.local/snap.jpg", 2.0, "zigbee2mqtt/hall_motion",
-        ("person",), 0.7, 30.0, 3.0,
+        "front_door", "person", url="https://cam.local/snap.jpg", interval=2.0,
+        trigger="zigbee2mqtt/hall_motion", labels=("person",), min_score=0.7, debounce=30.0,
+        timeout=3.0,
     )  # fmt: skip
     assert (bare.interval, bare.labels, bare.min_score, bare.debounce, bare.timeout) == (
         0.0,
@@ -92,7 +94,7 @@ def test_sources_config_refuses(table: dict[str, Any], message: str) -> None:
 
 
 def test_sources_config_refuses_missing_keys_and_twice_the_name() -> None:
-    with pytest.raises(ConfigError, match="missing model, url"):
+    with pytest.raises(ConfigError, match="missing model"):
         _sources({"name": "cam"})
     twice = {"name": "cam", "model": "m", "url": "http://cam/x", "interval": 1}
     with pytest.raises(ConfigError, match="cam used more than once"):
@@ -383,3 +385,50 @@ def test_a_failing_camera_is_logged_and_serving_goes_on(
     finally:
         watch.close()
         daemon.stop()
+
+
+def test_a_stream_source_announces_what_its_device_streams(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A microphone-like source: a device sends its own requests with a stream id; the results
+    of that stream (and no other) become the source's events."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from tests.daemon.test_media import _image
+
+    daemon = _daemon(
+        broker, tmp_path, [{"name": "hall_mic", "model": "colours", "stream": "hall-1"}]
+    )
+    watch = Observer(broker, EVENTS + "#", "edgert/reply/#")
+    try:
+        daemon.start()
+        for n, (stream, colour) in enumerate((("other", (250, 10, 10)), ("hall-1", (10, 10, 250)))):
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = "image/png"
+            props.ResponseTopic = f"edgert/reply/dev{n}/colours"
+            props.UserProperty = [("id", f"s{n}"), ("stream", stream)]
+            watch.client.publish(
+                "edgert/infer/colours", _image(colour, "PNG"), qos=1, properties=props
+            ).wait_for_publish(5)
+        watch.wait(lambda: len(watch.on("edgert/reply/")) == 2, 10, "both replies")
+        (event,) = watch.wait(lambda: _events(watch, "hall_mic"), 10, "the stream's event")
+        assert event["event_type"] == "blue" and event["source"] == "hall_mic"
+        time.sleep(0.3)
+        assert len(_events(watch, "hall_mic")) == 1  # the other stream's red is not its
+    finally:
+        watch.close()
+        daemon.stop()
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"url": "http://cam/x", "stream": "s", "interval": 1}, "a url (a camera) or a stream"),
+        ({"stream": "s", "interval": 1}, "a stream source has no interval or trigger"),
+        ({}, "a url (a camera) or a stream"),
+    ],
+)
+def test_stream_sources_are_checked(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _sources({"name": "mic", "model": "m", **table})
