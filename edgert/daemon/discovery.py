@@ -64,6 +64,7 @@ _ROLE_PLATFORM = {
     "state": "binary_sensor",
     "latency": "sensor",
     "requests": "sensor",
+    "rate": "sensor",
     "errors": "sensor",
     "seen": "event",  # a source's events
     "detected": "binary_sensor",  # on while a source keeps seeing something
@@ -168,7 +169,11 @@ def component_platforms(
 ) -> dict[str, str]:
     """Every component id the payload for ``models`` and ``sources`` holds, with its platform:
     what a caller keeps to find, next time, the ids to pass as ``removed``."""
-    platforms = {f"{_NODE_ID}_requests": "sensor", f"{_NODE_ID}_errors": "sensor"}
+    platforms = {
+        f"{_NODE_ID}_requests": "sensor",
+        f"{_NODE_ID}_rate": "sensor",
+        f"{_NODE_ID}_errors": "sensor",
+    }
     for source in sources:
         platforms[f"{source.component_id}_seen"] = "event"
         platforms[f"{source.component_id}_detected"] = "binary_sensor"
@@ -236,6 +241,9 @@ _STATE_TEMPLATE = (
     _RESULT + "{% if r is mapping and 'state' in r %}{{ 'ON' if r.state else 'OFF' }}{% endif %}"
 )
 _REQUESTS_TEMPLATE = "{{ value_json.models.values() | map(attribute='requests') | sum }}"
+_RATE_TEMPLATE = (
+    "{{ (value_json.models.values() | map(attribute='rate', default=0) | sum) | round(3) }}"
+)
 _ERRORS_TEMPLATE = (
     "{% set n = namespace(errors=0) %}{% for m in value_json.models.values() %}"
     "{% set n.errors = n.errors + (m.errors.values() | sum) %}{% endfor %}{{ n.errors }}"
@@ -367,6 +375,17 @@ def device_discovery(
             "stat_cla": "total_increasing",
             "ent_cat": "diagnostic",
             "ic": "mdi:counter",
+        },
+        f"{_NODE_ID}_rate": {
+            "p": "sensor",
+            "name": "Request rate",
+            "uniq_id": f"{unique}_{_NODE_ID}_rate",
+            "stat_t": topics.stats,
+            "val_tpl": _RATE_TEMPLATE,
+            "unit_of_meas": "req/s",
+            "stat_cla": "measurement",
+            "ent_cat": "diagnostic",
+            "ic": "mdi:speedometer",
         },
         f"{_NODE_ID}_errors": {
             "p": "sensor",

@@ -349,12 +349,20 @@ class Service:
         return models, sources
 
     def _stats_loop(self) -> None:
+        last: dict[str, tuple[float, int]] = {}  # model -> (when, requests) at the last stats
         while not self._stopping.wait(self.config.stats_interval):
             with self._lock:
                 models = {
                     name: entry.worker.stats.snapshot(entry.worker.depth)
                     for name, entry in self._served.items()
                 }
+            now = time.monotonic()
+            for name, snapshot in models.items():
+                when, before = last.get(name, (now, snapshot["requests"]))
+                elapsed = now - when
+                rate = (snapshot["requests"] - before) / elapsed if elapsed > 0 else 0.0
+                snapshot["rate"] = round(rate, 3)  # requests per second since the last stats
+                last[name] = (now, snapshot["requests"])
             payload = {
                 "v": 1,
                 "node": self.node,

@@ -164,6 +164,7 @@ def test_every_component_has_its_platform_required_keys_and_only_known_options()
     platforms = {cid: cfg["platform"] for cid, cfg in cmps.items()}
     assert platforms == {
         "node_requests": "sensor",
+        "node_rate": "sensor",
         "node_errors": "sensor",
         "occupancy_event": "event",
         "occupancy_state": "binary_sensor",
@@ -216,6 +217,9 @@ def test_diagnostics_read_the_stats_topic() -> None:
         assert cmps[cid]["entity_category"] == "diagnostic"
     assert cmps["node_requests"]["state_class"] == "total_increasing"
     assert cmps["node_errors"]["state_class"] == "total_increasing"
+    rate = cmps["node_rate"]
+    assert (rate["state_class"], rate["unit_of_measurement"]) == ("measurement", "req/s")
+    assert "attribute='rate'" in rate["value_template"]
     latency = cmps["pets_v2_latency"]
     assert (latency["unit_of_measurement"], latency["device_class"]) == ("ms", "duration")
     assert 'value_json.models.get("pets.v2")' in latency["value_template"]
