@@ -17,13 +17,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgert.config import ModelConfig, Precision
-from edgert.errors import BackendError, InputError
+from edgert.errors import BackendError, BuildError, InputError
 from edgert.spec import ModelIO, check_shared_dims
 
 if TYPE_CHECKING:  # the onnx package loads only where a build needs it
     from edgert.onnx import OnnxSource
 
-__all__ = ["Backend", "BackendKind", "BuildRequest", "BuildResult", "ProgressFn", "validate_feeds"]
+__all__ = [
+    "Backend",
+    "BackendKind",
+    "BuildRequest",
+    "BuildResult",
+    "ProgressFn",
+    "require_quantized",
+    "validate_feeds",
+]
+
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 ProgressFn = Callable[[str, float], None]
 """Called with a stage description and the fraction (0..1) of the build done."""
@@ -78,6 +88,16 @@ class BackendKind(ABC):
     def load(self, artifact: Path, io: ModelIO, *, threads: int = 0) -> Backend:
         """A runner for an artifact file (not yet activated). ``threads``: CPU threads one
         inference may use (0: the runtime's default); GPU backends ignore it."""
+
+
+def require_quantized(source: OnnxSource, how: str) -> None:
+    """BuildError unless ``source`` is quantized (Q/DQ nodes): INT8 is built from those only;
+    ``how`` says how to quantize for this backend."""
+    if not set(source.ops_used()) & _QDQ_OPS:
+        raise BuildError(
+            "int8 needs a quantized ONNX (QuantizeLinear/DequantizeLinear nodes); this model has "
+            f"none. Quantize it first ({how}) or build fp32/fp16"
+        )
 
 
 def validate_feeds(io: ModelIO, feeds: Mapping[str, np.ndarray]) -> None:

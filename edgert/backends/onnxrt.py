@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
-from edgert.backends.base import Backend, BackendKind, BuildRequest, BuildResult
+from edgert.backends.base import (
+    Backend,
+    BackendKind,
+    BuildRequest,
+    BuildResult,
+    require_quantized,
+)
 from edgert.config import ModelConfig, Precision
 from edgert.errors import BuildError, InferenceError, ModelCheckError, mapped
 from edgert.spec import ModelIO
@@ -25,7 +31,6 @@ ARTIFACT = "model.ort"
 _PROVIDERS = ["CPUExecutionProvider"]
 # EXTENDED, not ALL: ALL adds layout transforms tied to this CPU's instruction set.
 _OPT_LEVEL = "extended"
-_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
 def _session_options(threads: int = 0) -> ort.SessionOptions:
@@ -63,9 +68,7 @@ class OnnxRuntimeKind(BackendKind):
         return {"optimization": _OPT_LEVEL, "format": "ort"}
 
     def build(self, request: BuildRequest) -> BuildResult:
-        import onnx  # builds only: serving never loads the onnx package
-
-        from edgert.onnx import to_fp16
+        from edgert.onnx import to_fp16, write_prepared  # builds only: serving skips onnx
 
         model = request.source.model
         notes: list[str] = []
@@ -74,13 +77,9 @@ class OnnxRuntimeKind(BackendKind):
             model = to_fp16(model)
             notes.append("converted to FP16 (overflow-prone ops kept in FP32)")
         elif request.precision == "int8":
-            ops = set(request.source.ops_used())
-            if not ops & _QDQ_OPS:
-                raise BuildError(
-                    "int8 needs a quantized ONNX (QuantizeLinear/DequantizeLinear nodes); this "
-                    "model has none. Quantize it first (e.g. onnxruntime.quantization."
-                    "quantize_static with QDQ format) or build fp32/fp16"
-                )
+            require_quantized(
+                request.source, "e.g. onnxruntime.quantization.quantize_static, QDQ format"
+            )
         request.progress("optimizing with ONNX Runtime", 0.3)
         out = request.out_dir / ARTIFACT
         options = _session_options()
@@ -90,13 +89,7 @@ class OnnxRuntimeKind(BackendKind):
         with tempfile.TemporaryDirectory(dir=request.out_dir) as scratch:
             # Weights may live in external files: write the (possibly converted) graph beside its
             # data so ONNX Runtime resolves them, then let it serialise the optimised model.
-            prepared = Path(scratch) / "prepared.onnx"
-            onnx.save_model(
-                model,
-                str(prepared),
-                save_as_external_data=model.ByteSize() > 1 << 30,
-                location="prepared.onnx.data",
-            )
+            prepared = write_prepared(model, Path(scratch))
             with mapped(BuildError, f"ONNX Runtime {ort.__version__} could not build"):
                 ort.InferenceSession(str(prepared), options, providers=_PROVIDERS)
         if not out.is_file():

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from edgert.backends import cuda
-from edgert.backends.base import Backend, BackendKind, BuildRequest, BuildResult
+from edgert.backends.base import (
+    Backend,
+    BackendKind,
+    BuildRequest,
+    BuildResult,
+    require_quantized,
+)
 from edgert.config import ModelConfig, Precision
 from edgert.errors import BackendUnavailable, BuildError, InferenceError, InputError, ModelLoadError
 from edgert.spec import ModelIO, concrete_shape
@@ -35,7 +41,6 @@ if cuda.device_count() == 0:
 __all__ = ["ARTIFACT", "KIND", "TensorRTBackend", "TensorRTKind"]
 
 ARTIFACT = "engine.plan"
-_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 _INT32 = np.iinfo(np.int32)
 # model.toml [tensorrt] keys → what they change in the engine (so, part of the artifact key).
 _OPTIONS = {
@@ -83,20 +88,16 @@ class TensorRTKind(BackendKind):
         return options
 
     def build(self, request: BuildRequest) -> BuildResult:
-        import onnx  # builds only: serving never loads the onnx package
-
-        from edgert.onnx import to_fp16
+        from edgert.onnx import to_fp16, write_prepared  # builds only: serving skips onnx
 
         model = request.source.model
         notes: list[str] = []
         options = self.build_options(request.precision, request.config)
         if options.get("dla_core") is not None and request.precision == "fp32":
             raise BuildError('DLA runs FP16 or INT8 only; set precision = "fp16" or "int8"')
-        if request.precision == "int8" and not set(request.source.ops_used()) & _QDQ_OPS:
-            raise BuildError(
-                "int8 needs a quantized ONNX (QuantizeLinear/DequantizeLinear nodes); TensorRT "
-                "in edgert has no calibrator path. Quantize the model first (e.g. NVIDIA Model "
-                "Optimizer or onnxruntime.quantization with QDQ format) or build fp32/fp16"
+        if request.precision == "int8":  # no calibrator path: Q/DQ nodes only
+            require_quantized(
+                request.source, "e.g. NVIDIA Model Optimizer, or onnxruntime.quantization in QDQ"
             )
         if request.precision == "fp16" and not self.api.fp16_by_flag:
             request.progress("converting the ONNX to FP16 (TensorRT 11 is strongly typed)", 0.02)
@@ -112,13 +113,7 @@ class TensorRTKind(BackendKind):
             cache_dir / f"timing-trt{compat.VERSION}-{self.device()}.cache" if cache_dir else None
         )
         with tempfile.TemporaryDirectory(dir=request.out_dir) as scratch:
-            prepared = Path(scratch) / "prepared.onnx"
-            onnx.save_model(
-                model,
-                str(prepared),
-                save_as_external_data=model.ByteSize() > 1 << 30,
-                location="prepared.onnx.data",
-            )
+            prepared = write_prepared(model, Path(scratch))
             job = {
                 "onnx": str(prepared),
                 "plan": str(request.out_dir / ARTIFACT),

@@ -34,10 +34,11 @@ from edgert.daemon.streams import StreamPlan, StreamStates
 from edgert.daemon.worker import Job, ModelWorker
 from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
 from edgert.mqtt import Message, MqttConnection
-from edgert.pipeline import Postprocess, Preprocess
+from edgert.pipeline import Postprocess, Preprocess, Transform
 from edgert.protocol import (
     ErrorCode,
     ProtocolError,
+    Request,
     Topics,
     catalogue,
     default_node_id,
@@ -61,6 +62,15 @@ class _Served:
     specs: Sequence[TensorSpec]
     declared: str | None  # the payload format model.toml declares (raw, npy...), if any
     pre: Preprocess | None  # model.toml [preprocess]: image or audio payloads to the tensor
+
+    def decode(
+        self, message: Message, name: str, key: str | None, max_elements: int
+    ) -> tuple[Request, Transform | None]:
+        """The request in ``message`` for this model; ProtocolError for anything wrong."""
+        io = self.worker.loaded.runner.io
+        return decode_request(
+            message, io, name, self.specs, key, max_elements, self.declared, self.pre
+        )
 
 
 @dataclass(frozen=True)
@@ -395,7 +405,11 @@ class Service:
         """``reply``, or a too_large error in its place when it exceeds the payload limit or the
         broker's Maximum Packet Size (the broker would drop the client that sends it)."""
         limit = self.connection.max_packet_size
+        cap = min(limit or self.config.max_payload, self.config.max_payload)
         size = len(reply)
+        overhead = len(waiter.topic.encode()) + len(waiter.correlation or b"") + 64  # headers
+        if size + overhead <= cap:
+            return reply  # far inside both limits: no need to measure the packet exactly
         if limit is not None:
             size = self.connection.packet_size(
                 waiter.topic,
@@ -404,7 +418,6 @@ class Service:
                 correlation=waiter.correlation,
                 content_type="application/json",
             )
-        cap = min(limit or self.config.max_payload, self.config.max_payload)
         if size <= cap:
             return reply
         try:
@@ -453,16 +466,7 @@ class Service:
                     f"model '{model_name}' is not served here"
                     + (f" ({why})" if why else f"; served: {known}"),
                 )
-            request, transform = decode_request(
-                message,
-                served.worker.loaded.runner.io,
-                model_name,
-                served.specs,
-                key,
-                self.config.max_elements,
-                served.declared,
-                served.pre,
-            )
+            request, transform = served.decode(message, model_name, key, self.config.max_elements)
         except ProtocolError as exc:
             request_id = exc.request_id or message.user.get("id") or key
             self._reply_error([exc.reply_to, fallback], message, request_id, exc, waiter_qos)
@@ -528,16 +532,7 @@ class Service:
                     f"{len(payload)} bytes; the limit is {self.config.max_payload}",
                 )
             message = Message("", payload, 0, False, 0, content_type=content_type)
-            request, transform = decode_request(
-                message,
-                served.worker.loaded.runner.io,
-                model,
-                served.specs,
-                None,
-                self.config.max_elements,
-                served.declared,
-                served.pre,
-            )
+            request, transform = served.decode(message, model, None, self.config.max_elements)
         except ProtocolError as exc:
             return dict(json.loads(error_reply(None, exc.code, exc.message)))
         replies: list[bytes] = []

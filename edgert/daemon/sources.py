@@ -150,7 +150,7 @@ class Source:
             self._failed(str(exc))
             return
         self._recovered()
-        self._announce(reply.get("result"))
+        self.announce(reply.get("result"))
 
     def _fetch(self) -> tuple[bytes, str]:
         config = self.config
@@ -175,7 +175,8 @@ class Source:
                 return body, content_type
         raise SourceError(f"{redact_url(url)} sent {len(body)} bytes that are not JPEG/PNG")
 
-    def _announce(self, result: Any) -> None:
+    def announce(self, result: Any) -> None:
+        """Publish what ``result`` holds that passes this source's filters and debounce."""
         config = self.config
         now = time.monotonic()
         for label, score in announcements(result, config.labels, config.min_score, config.model):
@@ -308,7 +309,7 @@ class Sources:
                 if s.config.stream == stream and s.config.model == model
             ]
         for source in hit:
-            source._announce(result)
+            source.announce(result)
 
     def on_message(self, topic: str) -> bool:
         """Wake the sources whose trigger matches ``topic``; whether any did."""

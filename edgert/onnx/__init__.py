@@ -9,6 +9,7 @@ from edgert.onnx.model import (
     load_source,
     source_sha256,
     with_io_dims,
+    write_prepared,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "source_sha256",
     "to_fp16",
     "with_io_dims",
+    "write_prepared",
 ]

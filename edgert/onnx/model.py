@@ -28,6 +28,7 @@ __all__ = [
     "load_source",
     "source_sha256",
     "with_io_dims",
+    "write_prepared",
 ]
 
 _ONNX_DTYPES: dict[int, DType] = {
@@ -268,3 +269,16 @@ def _apply_override(name: str, shape: Shape | None, override: Shape) -> Shape:
                 f"it at {have}"
             )
     return override
+
+
+def write_prepared(model: onnx.ModelProto, directory: Path) -> Path:
+    """Save the graph a backend builds from (converted, IO dims named) as ``prepared.onnx`` in
+    ``directory``, weights beside it when over protobuf's 2 GiB, so a runtime resolves them."""
+    prepared = directory / "prepared.onnx"
+    onnx.save_model(
+        model,
+        str(prepared),
+        save_as_external_data=model.ByteSize() > 1 << 30,
+        location="prepared.onnx.data",
+    )
+    return prepared

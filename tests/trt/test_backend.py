@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,6 @@ import pytest
 from onnx import helper
 
 from edgert import ModelDir, compile_model, open_model
-from edgert.backends import registry
 from edgert.compile import CompileOptions
 from edgert.errors import (
     BuildError,
@@ -34,43 +33,7 @@ from edgert.errors import (
 )
 from edgert.onnx import io_specs, load_source, with_io_dims
 from tests.corpus import make_model, tensor, write
-from tests.trt.bindings import VERSIONS
-
-REPO = Path(__file__).resolve().parents[2]
-SITE = Path(__file__).resolve().parent / "site"
-_EMULATED = ("tensorrt", "cuda")
-
-
-def _purge() -> None:
-    for name in list(sys.modules):
-        if name.split(".")[0] in _EMULATED or name in (
-            "edgert.backends.tensorrt",
-            "edgert.backends.trt_compat",
-        ):
-            del sys.modules[name]
-    import edgert.backends
-    from edgert.backends import cuda
-
-    for name in ("tensorrt", "trt_compat"):  # `from package import x` would reuse these
-        if hasattr(edgert.backends, name):
-            delattr(edgert.backends, name)
-    cuda._rt.cache_clear()
-    registry._cache.clear()
-
-
-@pytest.fixture(params=VERSIONS)
-def emulated(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The emulated TensorRT of one version, here and in every child process."""
-    version: str = request.param
-    monkeypatch.setenv("EMULATED_TRT", version)
-    monkeypatch.setenv("EMULATOR_SM", "sm_87")
-    path = [str(SITE), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
-    monkeypatch.syspath_prepend(str(SITE))
-    _purge()
-    yield version
-    monkeypatch.undo()
-    _purge()
+from tests.trt.emulation import REPO, purge
 
 
 def _model(tmp_path: Path, name: str = "occupancy") -> ModelDir:
@@ -226,7 +189,7 @@ def test_engine_for_another_gpu_is_refused_with_both_keys(
     model = _model(tmp_path)
     compile_model(model, CompileOptions(backend="tensorrt"))
     monkeypatch.setenv("EMULATOR_SM", "sm_86")
-    _purge()
+    purge()
     with pytest.raises(IncompatibleArtifact) as info:
         open_model(model, backend="tensorrt")
     message = info.value.message
@@ -255,7 +218,7 @@ def test_engine_that_does_not_fit_in_gpu_memory_is_refused(
     model = _model(tmp_path)
     compile_model(model, CompileOptions(backend="tensorrt"))
     monkeypatch.setenv("EMULATOR_GPU_MEMORY", str(1024))
-    _purge()
+    purge()
     with pytest.raises(ModelLoadError, match=r"needs \d+ MiB of GPU memory, 0 MiB of 0 MiB"):
         open_model(model, backend="tensorrt")
 

@@ -10,11 +10,10 @@ compared with ONNX Runtime running the source models directly.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,27 +30,10 @@ from edgert.onnx import io_specs, load_source, with_io_dims
 from edgert.repository import Manifest
 from tests.broker import Mosquitto
 from tests.daemon.conftest import Daemon, wait_retained
-from tests.trt.bindings import VERSIONS
-from tests.trt.test_backend import REPO, SITE, _purge
+from tests.trt.emulation import REPO, emulate
 
 NODE = "trtnode"
 Catalogue = dict[str, Any]
-
-
-@pytest.fixture(params=VERSIONS)
-def emulated(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The emulated TensorRT of one version, here and in every child process (the daemon's
-    environment is a copy of ``os.environ``)."""
-    version: str = request.param
-    monkeypatch.setenv("EMULATED_TRT", version)
-    monkeypatch.setenv("EMULATOR_SM", "sm_87")
-    path = [str(SITE), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
-    monkeypatch.syspath_prepend(str(SITE))
-    _purge()
-    yield version
-    monkeypatch.undo()
-    _purge()
 
 
 class Watcher:
@@ -224,10 +206,8 @@ def test_sigterm_during_a_build_ends_the_build_too(
 ) -> None:
     """A build still running when the daemon stops must not outlive it (holding the GPU,
     writing into build/ after the daemon is gone)."""
-    monkeypatch.setenv("EMULATED_TRT", "10.3.0")
+    emulate(monkeypatch, "10.3.0")
     monkeypatch.setenv("EMULATOR_BUILD_DELAY", "60")
-    path = [str(SITE), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
     repository = tmp_path / "engines"
     shutil.copytree(
         REPO / "engines" / "occupancy",
