@@ -260,10 +260,10 @@ class MqttConnection:
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         """Subscribe now (if connected) and again on every reconnect."""
-        with self._lock:
+        with self._lock:  # the connect handler holds it too: neither misses the other
             self._subscriptions[topic] = qos
-        if self.connected.is_set():
-            self._client.subscribe(topic, qos)
+            if self.connected.is_set():
+                self._client.subscribe(topic, qos)
 
     def publish_retained(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish retained now and again on every reconnect (an empty payload clears it)."""
@@ -272,6 +272,10 @@ class MqttConnection:
                 self._retained[topic] = (payload, qos)
             else:
                 self._retained.pop(topic, None)
+            # Not connected yet: the connect handler publishes it, after subscribing, so
+            # nothing announced (``online``) comes before the subscriptions are in place.
+            if not self.connected.is_set():
+                return
         self.publish(topic, payload, qos=qos, retain=True)
 
     def _properties(
@@ -363,14 +367,12 @@ class MqttConnection:
         self.refused.clear()
         self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props else None
         with self._lock:
-            subscriptions = list(self._subscriptions.items())
-            retained = list(self._retained.items())
-        for topic, qos in subscriptions:
-            client.subscribe(topic, qos)
-        for topic, (payload, qos) in retained:
-            if self._fits(topic, payload, qos, None):
-                client.publish(topic, payload, qos=qos, retain=True)
-        self.connected.set()
+            for topic, qos in self._subscriptions.items():
+                client.subscribe(topic, qos)
+            for topic, (payload, qos) in self._retained.items():
+                if self._fits(topic, payload, qos, None):
+                    client.publish(topic, payload, qos=qos, retain=True)
+            self.connected.set()
         log.info("connected to %s (connect #%d)", self.address, self.connects)
         if self._on_connect_cb is not None:
             self._on_connect_cb()

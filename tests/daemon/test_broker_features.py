@@ -565,7 +565,7 @@ def test_every_result_goes_to_the_events_topic_unless_off(
         daemon.start()
         for n in range(3):
             watch.send("edgert/infer/occupancy/dev", {"id": f"e{n}", "inputs": READING})
-        watch.wait(lambda: len(watch.on("edgert/reply/dev/")) == 3, 10, "three replies")
+        watch.wait(lambda: len(watch.on("edgert/reply/dev/")) >= 3, 10, "three replies")
         if events:
             watch.wait(lambda: len(watch.on("edgert/node/ev/events/occupancy")) == 3, 10, "events")
             seen = watch.on("edgert/node/ev/events/occupancy")
