@@ -212,14 +212,42 @@ def test_expired_deadline(daemon: Daemon, device: Device) -> None:
     assert device.reply()[1]["error"]["code"] == "expired"
 
 
+def _slow_model(root: Path) -> None:
+    """[1, 512] → 120 chained 512x512 MatMuls: several ms a run, so it is never run on the
+    network thread, and a burst of requests fills a queue of one."""
+    from onnx import helper, numpy_helper
+
+    from edgert import compile_model
+    from tests.corpus import make_model, tensor, write
+
+    weight = numpy_helper.from_array(
+        (np.random.default_rng(0).standard_normal((512, 512)) / 23).astype(np.float32), "w"
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", "w"], [f"h{i + 1}"])
+        for i in range(120)
+    ]
+    nodes.append(helper.make_node("Identity", ["h120"], ["y"]))
+    model = make_model(
+        nodes, [tensor("x", np.float32, [1, 512])], [tensor("y", np.float32, [1, 512])], [weight]
+    )
+    write(root / "slow", model)
+    compile_model(ModelDir(root / "slow"))
+
+
 def test_full_queue_answers_busy(
     broker: Mosquitto, compiled_repository: Path, tmp_path: Path, device: Device
 ) -> None:
-    server = Daemon(broker, compiled_repository, tmp_path, queue_size=1).start()
+    import shutil
+
+    repository = tmp_path / "engines"
+    shutil.copytree(compiled_repository / "occupancy", repository / "occupancy")
+    _slow_model(repository)
+    server = Daemon(broker, repository, tmp_path, queue_size=1).start()
     try:
-        chunk = {"input": np.zeros((16, 512)).tolist()}  # the daemon keeps state and context
+        x = {"x": np.zeros((1, 512)).tolist()}
         for i in range(40):
-            device.send("edgert/infer/silero_vad/flood", {"id": f"f{i}", "inputs": chunk})
+            device.send("edgert/infer/slow/flood", {"id": f"f{i}", "inputs": x})
         codes = [device.reply()[1].get("error", {}).get("code", "ok") for _ in range(40)]
         assert "busy" in codes and "ok" in codes
         device.send("edgert/infer/occupancy/flood", {"id": "after", "inputs": READING})
