@@ -66,14 +66,18 @@ class Client:
         *,
         prefix: str = "edgert",
         node: str | None = None,
+        key: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
+        """``key``: the reply topic level that is this client's own (``<prefix>/reply/<key>/…``);
+        under device/mosquitto's ACL it must be the broker user name. Default: a random one."""
         config = parse_broker_url(broker) if isinstance(broker, str) else broker
-        self._key = uuid.uuid4().hex[:16]
+        self._key = key or uuid.uuid4().hex[:16]
         if not config.client_id:
             from dataclasses import replace
 
-            config = replace(config, client_id=f"edgert-client-{self._key}", session_expiry=0)
+            client_id = f"edgert-client-{uuid.uuid4().hex[:16]}"
+            config = replace(config, client_id=client_id, session_expiry=0)
         self.prefix = prefix
         self.node = node
         self._pending: dict[bytes, tuple[threading.Event, list[bytes]]] = {}
@@ -145,7 +149,7 @@ class Client:
             body["reset"] = True
         payload = json.dumps(body, separators=(",", ":")).encode()
         base = f"{self.prefix}/node/{self.node}" if self.node else self.prefix
-        topic = f"{base}/infer/{model}"
+        topic = f"{base}/infer/{model}/{self._key}"  # keyed: what the device ACL allows
         reply_topic = f"{self.prefix}/reply/{self._key}/{model}"
         correlation = request_id.encode()
         event: threading.Event = threading.Event()

@@ -265,6 +265,12 @@ class MqttConnection:
             if self.connected.is_set():
                 self._client.subscribe(topic, qos)
 
+    def unsubscribe(self, topic: str) -> None:
+        """Unsubscribe now (if connected), and not again on reconnects."""
+        with self._lock:
+            if self._subscriptions.pop(topic, None) is not None and self.connected.is_set():
+                self._client.unsubscribe(topic)
+
     def publish_retained(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish retained now and again on every reconnect (an empty payload clears it)."""
         with self._lock:

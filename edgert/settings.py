@@ -83,9 +83,22 @@ class DaemonConfig:
     max_elements: int = 1 << 22  # tensor elements in one request, all inputs together
     queue_size: int = 256
     reply_cache: int = 4096
+    rate_limit: float = 0.0  # requests per second per device (reply key); 0 = no limit
+    rate_burst: float = 0.0  # requests a device may send at once; 0 = twice rate_limit
     stats_interval: float = 60.0
     events: bool = True
     sources: tuple[SourceConfig, ...] = ()  # [[sources]]: cameras the daemon pulls from
+
+    def __post_init__(self) -> None:
+        if self.rate_limit < 0 or self.rate_burst < 0:
+            raise ConfigError("[serve] rate_limit and rate_burst must be >= 0")
+        if self.rate_limit and 0 < self.rate_burst < 1:
+            raise ConfigError("[serve] rate_burst must be at least 1 request")
+
+    @property
+    def burst(self) -> float:
+        """The burst a device may send: ``rate_burst``, else twice the rate (at least 1)."""
+        return self.rate_burst or max(1.0, 2 * self.rate_limit)
 
     @classmethod
     def load(cls, path: Path | None) -> DaemonConfig:

@@ -177,6 +177,11 @@ class Topics:
         rest = topic[len(self.reply_root) :]
         return bool(rest) and all(_level_ok(x) for x in rest.split("/"))
 
+    def reply_device(self, topic: str) -> str:
+        """The device an allowed reply topic belongs to: its first level under the reply
+        prefix (``kitchen`` in ``edgert/reply/kitchen/occupancy``)."""
+        return topic[len(self.reply_root) :].split("/", 1)[0]
+
 
 def _level(name: str, what: str) -> str:
     if not _level_ok(name):

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         service = Service(settings)
         signal.signal(signal.SIGTERM, lambda *_: service.request_stop())
         signal.signal(signal.SIGINT, lambda *_: service.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: service.request_reload())
         service.start()
     except EdgertError as exc:
         sys.stderr.write(f"error: {first_line(exc)}\n")

@@ -28,6 +28,7 @@ from edgert.daemon.discovery import ModelEntity, SourceEntity
 from edgert.daemon.homeassistant import HomeAssistant
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger, Waiter
+from edgert.daemon.limits import RateLimiter
 from edgert.daemon.sources import Sources
 from edgert.daemon.stats import ModelStats
 from edgert.daemon.streams import StreamPlan, StreamStates
@@ -45,7 +46,7 @@ from edgert.protocol import (
     error_reply,
     sanitize_node_id,
 )
-from edgert.repository import ModelDir, Repository
+from edgert.repository import MANIFEST, ModelDir, Repository
 from edgert.runtime import LoadedModel, open_model
 from edgert.settings import DaemonConfig
 from edgert.spec import TensorSpec
@@ -62,6 +63,7 @@ class _Served:
     specs: Sequence[TensorSpec]
     declared: str | None  # the payload format model.toml declares (raw, npy...), if any
     pre: Preprocess | None  # model.toml [preprocess]: image or audio payloads to the tensor
+    fingerprint: tuple[object, ...]  # the model dir as loaded: see _fingerprint
 
     def decode(
         self, message: Message, name: str, key: str | None, max_elements: int
@@ -93,11 +95,16 @@ class Service:
             share_group=config.share_group or None,
         )
         self.ledger = RequestLedger(config.reply_cache)
+        self._limiter = RateLimiter(config.rate_limit, config.burst) if config.rate_limit else None
         self._served: dict[str, _Served] = {}
         self._failed: dict[str, str] = {}
-        self._builds: set[subprocess.Popen[str]] = set()  # compile children running now
+        self._builds: dict[str, subprocess.Popen[str]] = {}  # compile children running now
         self._lock = threading.Lock()
+        # Held while a request is handed to a model's worker and while a reload swaps a model:
+        # no request goes to a worker after it was swapped out (reentrant: see _on_message).
+        self._swap = threading.RLock()
         self._stopping = threading.Event()
+        self._reload = threading.Event()
         self._stats_thread: threading.Thread | None = None
         self._sources = Sources(
             config.sources, self.topics.events, self.infer_local, self._event, config.max_payload
@@ -121,11 +128,8 @@ class Service:
     def start(self) -> None:
         """Load what is compiled, connect, announce; start builds for the rest in children."""
         repository = Repository(self.config.repository)
-        models = repository.models()
-        if self.config.models:
-            models = [repository.model(name) for name in self.config.models]
         pending: list[ModelDir] = []
-        for model in models:
+        for model in self._configured(repository):
             try:
                 self._serve_model(model, open_model(model, self.config.backend))
             except IncompatibleArtifact as exc:
@@ -151,9 +155,7 @@ class Service:
         self._publish_catalogue()
         self._sources.start(list(self._served), [_name(m) for m in pending])
         for model in pending:
-            threading.Thread(
-                target=self._build_then_serve, args=(model,), name="build", daemon=True
-            ).start()
+            self._start_build(model)
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
         _release_freed_memory()
@@ -167,12 +169,69 @@ class Service:
         )
 
     def wait(self) -> None:
-        """Block until :meth:`request_stop` (SIGTERM/SIGINT)."""
-        while not self._stopping.wait(0.5):
-            pass
+        """Block until :meth:`request_stop` (SIGTERM/SIGINT); reload on :meth:`request_reload`."""
+        while not self._stopping.wait(0.1):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
 
     def request_stop(self) -> None:
         self._stopping.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP (``systemctl reload edgert``): :meth:`reload` soon, from :meth:`wait`."""
+        self._reload.set()
+
+    def reload(self) -> None:
+        """Serve what the repository holds now, without dropping a request.
+
+        A model whose directory changed (a new compile, a new model.toml) is loaded beside the
+        one serving and swapped in between two requests; the old one answers what it took, then
+        closes. A model that fails to load keeps serving its old version, and says why in the
+        log. New models are served (or compiled, in a child); removed ones stop being served.
+        """
+        log.info("reloading the repository %s", self.config.repository)
+        try:
+            models = self._configured(Repository(self.config.repository))
+        except EdgertError as exc:
+            log.error("reload: %s; serving on as before", exc.message)
+            return
+        names = {_name(model) for model in models}
+        for model in models:
+            name = _name(model)
+            with self._lock:
+                current = self._served.get(name)
+                building = name in self._builds
+            if building or (current is not None and current.fingerprint == _fingerprint(model)):
+                continue
+            try:
+                self._serve_model(model, open_model(model, self.config.backend))
+            except ArtifactError as exc:
+                if current is not None:
+                    log.error("%s: kept version %s: %s", name, _version(current), exc.message)
+                elif isinstance(exc, IncompatibleArtifact) and not self.config.rebuild_stale:
+                    self._fail(model, f"{exc.message} (or serve with --rebuild-stale)")
+                else:
+                    self._start_build(model)
+            except EdgertError as exc:
+                if current is not None:
+                    log.error("%s: kept version %s: %s", name, _version(current), exc.message)
+                else:
+                    self._fail(model, exc.message)
+        with self._lock:
+            gone = [name for name in self._served if name not in names]
+            for name in [n for n in self._failed if n not in names]:
+                del self._failed[name]
+        for name in gone:
+            self._retire(name)
+        self._publish_catalogue()
+        _release_freed_memory()
+
+    def _configured(self, repository: Repository) -> list[ModelDir]:
+        """The repository's models, or those the config names."""
+        if self.config.models:
+            return [repository.model(name) for name in self.config.models]
+        return repository.models()
 
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop taking requests, answer what was taken, publish offline, disconnect."""
@@ -195,7 +254,7 @@ class Service:
     def _end_builds(self) -> None:
         """Builds in progress die with the daemon, so none writes or holds the GPU after it."""
         with self._lock:
-            builds = list(self._builds)
+            builds = list(self._builds.values())
         for child in builds:
             _signal_group(child, signal.SIGTERM)
         for child in builds:
@@ -243,14 +302,21 @@ class Service:
             ),
         )
         worker.start()
-        with self._lock:
-            specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
-            pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
-            self._served[loaded.config.name] = _Served(
-                model, worker, specs, declared_format(loaded.config, specs), pre
-            )
+        specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
+        pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
+        entry = _Served(
+            model, worker, specs, declared_format(loaded.config, specs), pre, _fingerprint(model)
+        )
+        with self._swap, self._lock:
+            old = self._served.get(loaded.config.name)
+            self._served[loaded.config.name] = entry
             self._failed.pop(loaded.config.name, None)
         self.connection.subscribe(self.topics.pooled_infer(loaded.config.name), self.config.qos)
+        if old is not None:
+            log.info(
+                "%s: version %s swapped in for %s", _name(model), _version(entry), _version(old)
+            )
+            self._retire_worker(old)
         key = loaded.artifact.manifest.key
         log.info(
             "%s %s: loaded (%s, %s, max batch %d, %d instance(s))",
@@ -270,6 +336,27 @@ class Service:
             self._sources.on_result(name, stream, result)  # microphones and the like
 
         return publish
+
+    def _retire(self, name: str) -> None:
+        """Stop serving ``name`` (its directory is gone): what it took is still answered."""
+        self.connection.unsubscribe(self.topics.pooled_infer(name))
+        with self._swap, self._lock:
+            entry = self._served.pop(name, None)
+        if entry is not None:
+            log.info("%s: no longer in the repository; not served", name)
+            self._retire_worker(entry)
+
+    def _retire_worker(self, entry: _Served) -> None:
+        if entry.worker.streams is not None and len(entry.worker.streams):
+            log.warning("%s: open streams start again from their initial state", entry.worker.name)
+        if not entry.worker.drain(30.0):
+            log.warning("%s: the old version's drain timed out", entry.worker.name)
+        entry.worker.stop()
+
+    def _start_build(self, model: ModelDir) -> None:
+        threading.Thread(
+            target=self._build_then_serve, args=(model,), name="build", daemon=True
+        ).start()
 
     def _build_then_serve(self, model: ModelDir) -> None:
         # A crash or out-of-memory abort in the build must not take the daemon down.
@@ -293,12 +380,12 @@ class Service:
             start_new_session=True,
         ) as child:
             with self._lock:
-                self._builds.add(child)
+                self._builds[_name(model)] = child
             try:
                 _, stderr = child.communicate()
             finally:
                 with self._lock:
-                    self._builds.discard(child)
+                    self._builds.pop(_name(model), None)
         if self._stopping.is_set():
             return  # stopped (and the build ended by stop()): neither fail nor serve
         if child.returncode != 0:
@@ -478,11 +565,48 @@ class Service:
         if not self.topics.reply_allowed(destination):
             error = ProtocolError(
                 ErrorCode.BAD_REQUEST,
-                f"reply topic {destination!r} is outside {self.topics.reply_prefix}",
+                f"reply topic {destination!r} is outside {self.topics.reply_root}",
             )
             self._reply_error([fallback], message, request.id, error, waiter_qos)
             return True
+        if key is not None and self.topics.reply_device(destination) != key:
+            # A keyed request is a device's (the ACL lets each user publish under its own key
+            # only): its reply goes under that key, never to another device's replies.
+            error = ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"reply topic {destination!r} is not under this request's key {key!r}",
+            )
+            self._reply_error([fallback], message, request.id, error, waiter_qos)
+            return True
+        with self._swap:
+            if self._served.get(model_name) is not served:  # swapped in while this was decoded
+                return self._on_message(message)
+            return self._take(message, served, request, transform, destination, received)
+
+    def _take(
+        self,
+        message: Message,
+        served: _Served,
+        request: Request,
+        transform: Transform | None,
+        destination: str,
+        received: float,
+    ) -> bool:
+        """Hand a decoded request to its model's worker (under the swap lock)."""
+        waiter_qos = min(message.qos, self.config.qos)
         served.worker.stats.record_request()
+        if self._limiter is not None:
+            device = self.topics.reply_device(destination)
+            wait = self._limiter.take(device)
+            if wait:
+                served.worker.stats.record_error(ErrorCode.RATE_LIMITED.value)
+                error = ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"device '{device}' is over its {self.config.rate_limit:g} requests/s "
+                    f"(bursts of {self.config.burst:g}); retry in {wait:.2f} s",
+                )
+                self._reply_error([destination], message, request.id, error, waiter_qos)
+                return True
         waiter = Waiter(destination, message.correlation, waiter_qos)
         ledger_key = (destination, request.id) if request.id is not None else None
         begin = self.ledger.begin(ledger_key, waiter)
@@ -506,7 +630,7 @@ class Service:
         )
         if not served.worker.offer(job):
             reply = error_reply(
-                request.id, ErrorCode.BUSY, f"{model_name}'s queue is full; retry later"
+                request.id, ErrorCode.BUSY, f"{served.worker.name}'s queue is full; retry later"
             )
             served.worker.stats.record_error(ErrorCode.BUSY.value)
             for w in self.ledger.finish(ledger_key, waiter, reply, cache=False):
@@ -547,7 +671,11 @@ class Service:
         deadline = received + timeout
         job = Job(None, None, waiter, request.inputs, received, deadline, True, transform=transform)
         served.worker.stats.record_request()
-        if not served.worker.offer(job):
+        with self._swap:
+            # swapped since: the new version runs it (same inputs; a reload keeps the IO)
+            served = self._served.get(model, served)
+            taken = served.worker.offer(job)
+        if not taken:
             served.worker.stats.record_error(ErrorCode.BUSY.value)
             return dict(json.loads(error_reply(None, ErrorCode.BUSY, f"{model}'s queue is full")))
         if not answered.wait(timeout):
@@ -590,6 +718,22 @@ def _release_freed_memory() -> None:
 def _signal_group(child: subprocess.Popen[str], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(child.pid, sig)
+
+
+def _fingerprint(model: ModelDir) -> tuple[object, ...]:
+    """What a reload compares: model.toml's and every artifact manifest's identity on disk (a
+    compile renames a new artifact directory into place, so its manifest is a new file)."""
+    manifests = sorted(model.build_dir.glob(f"[!.]*/{MANIFEST}"))
+    found: list[object] = [model.path.name]
+    for path in [model.path / "model.toml", *manifests]:
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            found.append((str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return tuple(found)
+
+
+def _version(entry: _Served) -> str:
+    return entry.worker.loaded.config.version
 
 
 def _name(model: ModelDir) -> str:
