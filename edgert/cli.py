@@ -264,6 +264,7 @@ def list_models(repository: RepositoryOpt = DEFAULT_REPOSITORY) -> None:
             "parity",
         ):
             table.add_column(column)
+        fallbacks: list[tuple[str, Artifact]] = []  # artifacts auto built for a fallback backend
         for model in Repository(repository).models():
             try:
                 config = model.config
@@ -281,6 +282,8 @@ def list_models(repository: RepositoryOpt = DEFAULT_REPOSITORY) -> None:
                     )
                     continue
                 key = found.manifest.key
+                if found.manifest.fallback:
+                    fallbacks.append((config.name, found))
                 table.add_row(
                     config.name,
                     found.manifest.version,
@@ -292,6 +295,12 @@ def list_models(repository: RepositoryOpt = DEFAULT_REPOSITORY) -> None:
                     "passed" if found.manifest.parity.get("passed") else "FAILED",
                 )
         out.print(table)
+        for name, artifact in fallbacks:
+            out.print(
+                f"{name} {artifact.path.name}: built for {artifact.manifest.key.backend} "
+                f"because {artifact.manifest.fallback}",
+                highlight=False,
+            )
         for entry in backend_status():
             state = "available" if entry.available else f"unavailable: {entry.reason}"
             out.print(f"backend {entry.name}: {state}", highlight=False)
@@ -449,6 +458,7 @@ def serve(
     Loads every compiled model (compiling the others in a child process), connects, publishes
     `online`, the model catalogue and stats, and answers requests on `edgert/infer/<model>`.
     On SIGTERM it stops taking requests, answers what it took, publishes `offline`, exits 0.
+    On SIGHUP it reloads: models recompiled since are swapped in without dropping a request.
     """
     from edgert.daemon.__main__ import SETTINGS_VARIABLE, load_settings, settings_argument
 

@@ -17,10 +17,12 @@ import numpy as np
 
 from edgert import __version__
 from edgert.backends import BackendKind, BuildRequest, ProgressFn, choose, status, validate_feeds
+from edgert.backends.onnxrt import KIND as ONNXRUNTIME
 from edgert.backends.onnxrt import reference_session
 from edgert.config import ModelConfig, Precision
-from edgert.errors import ConfigError, InputError
+from edgert.errors import ConfigError, InputError, ModelCheckError
 from edgert.onnx import ModelIO, OnnxSource, io_specs, load_source, with_io_dims
+from edgert.onnx.capability import fit_opset, unsupported
 from edgert.parity import ParityReport, compare, sample_inputs
 from edgert.repository import (
     Artifact,
@@ -78,14 +80,66 @@ def _no_progress(stage: str, fraction: float) -> None:
     return None
 
 
-def _auto_notes(asked: str, kind: BackendKind) -> tuple[str, ...]:
-    """Why ``auto`` chose ``kind``: the backends before it in preference order and their
-    reasons for being unavailable here."""
+@dataclass(frozen=True)
+class _Choice:
+    """The backend a build goes to, the graph it builds from, and why."""
+
+    kind: BackendKind
+    source: OnnxSource  # opset-converted where the backend needed it
+    notes: tuple[str, ...]
+    fallback: str  # why auto did not take a preferred backend that is available; "" if none
+
+
+def _fit(kind: BackendKind, checked: OnnxSource, prepared: OnnxSource) -> tuple[OnnxSource, str]:
+    """``prepared`` fitted to what ``kind`` takes (its opset converted if needed) and a note
+    on that; ModelCheckError naming what it cannot take. ``checked`` is the shape-inferred
+    source, whose value_info shows the types of values inside the graph."""
+    capability = kind.capability()
+    if capability is None:
+        return prepared, ""
+    missing = unsupported(checked.model, capability)
+    if missing:
+        raise ModelCheckError(f"{capability.name} cannot take {checked.path}: {missing.describe()}")
+    model, note = fit_opset(prepared.model, capability)
+    return replace(prepared, model=model), note
+
+
+def _choose(asked: str, checked: OnnxSource, prepared: OnnxSource) -> _Choice:
+    """The named backend, refusing what it cannot take; or for ``auto`` the first available
+    one in preference order that takes the model, with notes on those passed over and why."""
     if asked != "auto":
-        return ()
-    skipped = [f"{s.name} unavailable: {s.reason}" for s in status() if s.name != kind.name]
-    skipped = skipped[: [s.name for s in status()].index(kind.name)]
-    return (f"backend auto chose {kind.name}" + (f" ({'; '.join(skipped)})" if skipped else ""),)
+        kind = choose(asked)
+        try:
+            fitted, note = _fit(kind, checked, prepared)
+        except ModelCheckError as exc:
+            hint = "; --backend onnxruntime (or auto, which falls back to it) builds it"
+            raise ModelCheckError(
+                exc.message + (hint if kind.name != "onnxruntime" else "")
+            ) from exc
+        return _Choice(kind, fitted, (note,) if note else (), "")
+    passed: list[str] = []  # backends auto did not take, with why
+    refused: list[str] = []
+    for entry in status():
+        if entry.kind is None:
+            passed.append(f"{entry.name} unavailable: {entry.reason}")
+            continue
+        try:
+            fitted, note = _fit(entry.kind, checked, prepared)
+        except ModelCheckError as exc:
+            passed.append(exc.message)
+            refused.append(exc.message)
+            continue
+        chose = f"backend auto chose {entry.name}" + (f" ({'; '.join(passed)})" if passed else "")
+        return _Choice(entry.kind, fitted, (chose, note) if note else (chose,), "; ".join(refused))
+    choose("auto")  # BackendUnavailable when none is available at all
+    raise ModelCheckError(f"no available backend takes {checked.path}: {'; '.join(refused)}")
+
+
+def _reference_source(source: OnnxSource) -> OnnxSource:
+    """The parity reference: the source as it is, or converted to an opset ONNX Runtime runs
+    where it is older than that (ModelCheckError with the range if it cannot be)."""
+    model, _ = fit_opset(source.model, ONNXRUNTIME.capability())
+    return source if model is source.model else replace(source, model=model)
 
 
 def compile_model(
@@ -96,10 +150,11 @@ def compile_model(
     config = model.config
     precision = options.precision or config.precision
     progress("loading and checking the ONNX", 0.0)
-    source = load_source(model.source_path)
-    io = io_specs(source, config)
-    source = replace(source, model=with_io_dims(source.model, io))
-    kind = choose(options.backend)
+    checked = load_source(model.source_path)
+    io = io_specs(checked, config)
+    source = replace(checked, model=with_io_dims(checked.model, io))
+    choice = _choose(options.backend, checked, source)
+    kind = choice.kind
     key = machine_key(kind, source, io, precision, config)
     existing = model.find(key)
     if existing is not None and not options.force and existing.manifest.parity.get("passed"):
@@ -112,7 +167,7 @@ def compile_model(
             validate_feeds(io, feeds)
         except InputError as exc:
             raise ConfigError(f"{model.path}: a sample does not fit the model: {exc}") from exc
-    reference = reference_session(source)
+    reference = reference_session(_reference_source(source))
     output_names = [o.name for o in io.outputs]
 
     def run_reference(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -125,7 +180,13 @@ def compile_model(
         build_start = time.perf_counter()
         progress(f"building with {kind.name} {kind.version()} ({precision})", 0.05)
         request = BuildRequest(
-            source, io, config, precision, stage, stage_progress, model.path.parent / ".cache"
+            choice.source,
+            io,
+            config,
+            precision,
+            stage,
+            stage_progress,
+            model.path.parent / ".cache",
         )
         built = kind.build(request)
         build_seconds = time.perf_counter() - build_start
@@ -149,7 +210,8 @@ def compile_model(
             built_at=utc_now(),
             build_seconds=round(build_seconds, 3),
             parity=report.to_dict(),
-            notes=(*_auto_notes(options.backend, kind), *built.notes),
+            notes=(*choice.notes, *built.notes),
+            fallback=choice.fallback,
             edgert_version=__version__,
             source_files=_source_files(model, source),
         )

@@ -199,6 +199,9 @@ class Manifest:
     # The source's files (model.onnx, then its external data), relative to the model dir: serving
     # re-hashes them to tell a stale artifact without parsing the ONNX.
     source_files: tuple[str, ...] = ()
+    # Why `--backend auto` built for this backend and not a preferred one that is available here
+    # (TensorRT cannot parse ONNX-ML ops, strings...); "" when it took the first available.
+    fallback: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -214,6 +217,7 @@ class Manifest:
             "notes": list(self.notes),
             "edgert_version": self.edgert_version,
             "source_files": list(self.source_files),
+            "fallback": self.fallback,
         }
 
     @classmethod
@@ -232,6 +236,7 @@ class Manifest:
                 notes=tuple(data.get("notes", ())),
                 edgert_version=str(data.get("edgert_version", "")),
                 source_files=tuple(str(f) for f in data.get("source_files", ())),
+                fallback=str(data.get("fallback") or ""),
             )
         except ArtifactError:
             raise

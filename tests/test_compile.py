@@ -20,6 +20,7 @@ from edgert import (
     BuildError,
     CompileOptions,
     IncompatibleArtifact,
+    ModelCheckError,
     ModelDir,
     ModelLoadError,
     ParityError,
@@ -30,6 +31,7 @@ from edgert import (
 from edgert.onnx import io_specs, load_source, with_io_dims
 from edgert.parity import random_samples
 from tests.corpus import CASES
+from tests.onnx.mlmodels import old_mlp, tree_classifier, write_model
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = ("occupancy", "silero_vad")
@@ -283,4 +285,66 @@ def test_manifests_from_before_source_files_still_load(corpus: Callable[[str], P
     manifest_path.write_text(json.dumps(data))
     loaded = open_model(ModelDir(model.path))
     assert loaded.artifact.manifest.source_files == ()
+    loaded.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Capability and opsets on ONNX Runtime (the TensorRT side: tests/trt/test_capability.py)
+
+
+def test_onnx_ml_pipelines_compile_for_onnxruntime(tmp_path: Path) -> None:
+    """An ONNX-ML tree classifier, and one with a string label inside the graph, build and run
+    on ONNX Runtime like the source; where TensorRT is unavailable that is no fallback."""
+    for name, variant in (("forest", {}), ("named", {"string_labels": True})):
+        model = ModelDir(write_model(tmp_path / name, tree_classifier(**variant)))
+        result = compile_model(model)
+        manifest = result.artifact.manifest
+        assert manifest.key.backend == "onnxruntime" and result.parity["passed"]
+        assert manifest.fallback == ""
+        assert manifest.notes[0].startswith("backend auto chose onnxruntime (tensorrt unavailable")
+        loaded = open_model(model)
+        try:
+            x = np.random.default_rng(3).standard_normal((6, 3)).astype(np.float32)
+            assert_close(loaded.infer({"x": x}), reference(model.source_path, {"x": x}), 1e-6)
+        finally:
+            loaded.close()
+
+
+def test_zipmap_outputs_are_refused_as_not_tensors(tmp_path: Path) -> None:
+    """ZipMap gives a sequence of maps: export scikit-learn models with zipmap=False."""
+    model = ModelDir(write_model(tmp_path / "zipped", tree_classifier(zipmap=True)))
+    with pytest.raises(ModelCheckError, match="output 'probabilities' is not a tensor"):
+        compile_model(model)
+    assert build_dirs(model) == []
+
+
+def test_an_opset_below_onnxruntimes_is_converted_or_refused_with_the_range(
+    tmp_path: Path,
+) -> None:
+    model = ModelDir(write_model(tmp_path / "static", old_mlp(6, batch=2)))
+    result = compile_model(model, CompileOptions(backend="onnxruntime"))
+    assert result.parity["passed"]
+    assert result.artifact.manifest.notes == (
+        f"converted from opset 6 to 7 for ONNX Runtime {ort.__version__} (onnx version converter)",
+    )
+    # A dynamic batch: onnx's converter cannot drop Gemm 6's `broadcast`, so nothing builds.
+    model = ModelDir(write_model(tmp_path / "dynamic", old_mlp(6)))
+    with pytest.raises(ModelCheckError) as info:
+        compile_model(model)
+    assert info.value.message.startswith(
+        f"no available backend takes {model.source_path}: ONNX Runtime {ort.__version__} takes "
+        "ai.onnx opsets 7 to "
+    )
+    assert build_dirs(model) == []
+
+
+def test_manifests_from_before_fallback_still_load(corpus: Callable[[str], Path]) -> None:
+    model = ModelDir(corpus("fixed_mlp").parent)
+    artifact = compile_model(model).artifact
+    manifest_path = artifact.path / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    del data["fallback"]  # as edgert wrote them before it recorded fallbacks
+    manifest_path.write_text(json.dumps(data))
+    loaded = open_model(ModelDir(model.path))
+    assert loaded.artifact.manifest.fallback == ""
     loaded.close()

@@ -22,6 +22,7 @@ from edgert.spec import ModelIO, check_shared_dims
 
 if TYPE_CHECKING:  # the onnx package loads only where a build needs it
     from edgert.onnx import OnnxSource
+    from edgert.onnx.capability import Capability
 
 __all__ = [
     "Backend",
@@ -79,6 +80,11 @@ class BackendKind(ABC):
     ) -> dict[str, Any]:
         """Options that change the artifact's content (part of its key)."""
         return {}
+
+    def capability(self) -> Capability | None:
+        """What this runtime's ONNX importer takes (ops, domains, strings, opsets); None: no
+        check before building. Loads the onnx package: call it from builds only."""
+        return None
 
     @abstractmethod
     def build(self, request: BuildRequest) -> BuildResult:

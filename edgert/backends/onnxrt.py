@@ -24,6 +24,7 @@ from edgert.spec import ModelIO
 
 if TYPE_CHECKING:
     from edgert.onnx import OnnxSource
+    from edgert.onnx.capability import Capability
 
 __all__ = ["KIND", "OnnxRuntimeBackend", "OnnxRuntimeKind", "reference_session"]
 
@@ -31,6 +32,9 @@ ARTIFACT = "model.ort"
 _PROVIDERS = ["CPUExecutionProvider"]
 # EXTENDED, not ALL: ALL adds layout transforms tied to this CPU's instruction set.
 _OPT_LEVEL = "extended"
+# ONNX Runtime runs ai.onnx opsets from 7 up (docs/Versioning.md: "All versions of ONNX Runtime
+# will support ONNX opsets all the way back to (and including) opset version 7").
+_OLDEST_OPSET = 7
 
 
 def _session_options(threads: int = 0) -> ort.SessionOptions:
@@ -67,6 +71,16 @@ class OnnxRuntimeKind(BackendKind):
     ) -> dict[str, Any]:
         return {"optimization": _OPT_LEVEL, "format": "ort"}
 
+    def capability(self) -> Capability:
+        from edgert.onnx.capability import Capability
+
+        newest = _newest_opsets()
+        opsets = {"ai.onnx": (_OLDEST_OPSET, newest.get("ai.onnx", _OLDEST_OPSET))}
+        if "ai.onnx.ml" in newest:
+            opsets["ai.onnx.ml"] = (1, newest["ai.onnx.ml"])
+        # Other domains (com.microsoft contrib ops...) are ONNX Runtime's own: building tells.
+        return Capability(f"ONNX Runtime {ort.__version__}", opsets)
+
     def build(self, request: BuildRequest) -> BuildResult:
         from edgert.onnx import to_fp16, write_prepared  # builds only: serving skips onnx
 
@@ -99,6 +113,27 @@ class OnnxRuntimeKind(BackendKind):
 
     def load(self, artifact: Path, io: ModelIO, *, threads: int = 0) -> Backend:
         return OnnxRuntimeBackend(artifact, io, threads)
+
+
+def _newest_opsets() -> dict[str, int]:
+    """The newest opset of each standard domain this ONNX Runtime knows: the highest
+    ``since_version`` among its operator schemas (opset N defines at least one op anew). Falls
+    back to the onnx package's newest default-domain opset if ONNX Runtime cannot say."""
+    newest: dict[str, int] = {}
+    try:
+        from onnxruntime.capi import _pybind_state
+
+        for schema in _pybind_state.get_all_operator_schema():
+            domain = str(schema.domain) or "ai.onnx"
+            if domain in ("ai.onnx", "ai.onnx.ml"):
+                newest[domain] = max(newest.get(domain, 0), int(schema.since_version))
+    except (ImportError, AttributeError, RuntimeError):
+        newest = {}
+    if "ai.onnx" not in newest:
+        import onnx.defs
+
+        newest["ai.onnx"] = int(onnx.defs.onnx_opset_version())
+    return newest
 
 
 class OnnxRuntimeBackend(Backend):

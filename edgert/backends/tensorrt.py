@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from edgert.backends.base import (
 from edgert.config import ModelConfig, Precision
 from edgert.errors import BackendUnavailable, BuildError, InferenceError, InputError, ModelLoadError
 from edgert.spec import ModelIO, concrete_shape
+
+if TYPE_CHECKING:
+    from edgert.onnx.capability import Capability
 
 try:
     from edgert.backends import trt_compat as compat
@@ -70,6 +73,11 @@ class TensorRTKind(BackendKind):
     def device(self) -> str:
         # Jetson's integrated GPUs never share engines with desktop cards of the same sm.
         return f"{self.info.sm}-igpu" if self.info.integrated else self.info.sm
+
+    def capability(self) -> Capability:
+        from edgert.onnx.capability import tensorrt_parser
+
+        return tensorrt_parser(compat.VERSION)
 
     def build_options(
         self, precision: Precision, config: ModelConfig | None = None

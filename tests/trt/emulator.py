@@ -33,6 +33,12 @@ ignored). 11.4 is strongly typed only: no FP16/INT8 flags, no ``platform_has_fas
 
 Emulated behaviour worth knowing:
 
+- The parser refuses, as the real one reports it, any node outside the default domain (ONNX-ML,
+  com.microsoft: "No importer registered for op: ..." then "Plugin not found"), string and
+  non-tensor values, the ops onnx-tensorrt marks unsupported, and (a stand-in for the real
+  importers' failures on later op versions) any op defined after the version's newest opset:
+  17 on 8.6, 20 on 10.3, 25 on 11.x (``emulator_onnx.PARSER_MAX_OPSET``).
+
 - The GPU is ``$EMULATOR_SM`` (default ``sm_87``, a Jetson Orin), read at each build and load,
   or ``make_tensorrt(..., sm=)`` / ``module._emulator.sm``; DLA cores: ``$EMULATOR_DLA_CORES``
   (default 0) or ``dla_cores=``. A plan loads on the version and GPU that built it, on a later

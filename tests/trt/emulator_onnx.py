@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, shape_inference
 
 __all__ = [
     "DATA_DEPENDENT_OPS",
+    "PARSER_MAX_OPSET",
     "UNSUPPORTED_OPS",
     "IoTensor",
     "ParseProblem",
@@ -59,6 +60,11 @@ UNSUPPORTED_OPS = frozenset(
         "Unique",
     }
 )
+
+# The newest ai.onnx opset each emulated parser knows (the emulator's own table, kept apart from
+# edgert's): 8.6 up to 17, 10.3 up to 20, 11.x up to 25 (onnx-tensorrt docs/operators.md of
+# 8.5/8.6 and 10.0-10.8; NVIDIA's ONNX Opset Guide for 11.x).
+PARSER_MAX_OPSET = {8: 17, 10: 20, 11: 25}
 
 _PLUGIN_NOT_FOUND = (
     'Assertion failed: creator && "Plugin not found, are the plugin name, version, and namespace '
@@ -193,8 +199,25 @@ def find_problem(model: onnx.ModelProto, major: int) -> ParseProblem | None:
         v.name: v.type
         for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
     }
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    newest = PARSER_MAX_OPSET[major]
     for index, node in enumerate(model.graph.node):
         where = f'While parsing node number {index} [{node.op_type} -> "{",".join(node.output)}"]:'
+        since = _since_version(node, opset)
+        if since > newest:
+            # The real parser has no opset gate (it warns below 7 only): its importer reads an op
+            # as the newest version it knows and then fails on what changed (Split-18's
+            # num_outputs, ReduceMean-18's axes input...). The emulator refuses such a node.
+            return ParseProblem(
+                "UNSUPPORTED_NODE",
+                index,
+                node.name,
+                node.op_type,
+                "parseNode",
+                f"{node.op_type} of opset {since} (the model imports opset {opset}) is newer "
+                f"than this parser supports (opsets up to {newest})",
+                (where,),
+            )
         if node.domain not in ("", "ai.onnx") or node.op_type in UNSUPPORTED_OPS:
             return ParseProblem(
                 "UNSUPPORTED_NODE",
@@ -229,6 +252,17 @@ def find_problem(model: onnx.ModelProto, major: int) -> ParseProblem | None:
                     (where,),
                 )
     return None
+
+
+def _since_version(node: onnx.NodeProto, opset: int) -> int:
+    """The opset that defined the version of ``node``'s op a model of ``opset`` uses; 0 for
+    ops outside the default domain or unknown to onnx."""
+    if node.domain not in ("", "ai.onnx"):
+        return 0
+    try:
+        return int(onnx.defs.get_schema(node.op_type, opset, "").since_version)
+    except onnx.defs.SchemaError:
+        return 0
 
 
 def _shape(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:
