@@ -73,4 +73,5 @@ install.sh: done. Next:
   copy models to /var/lib/edgert/engines/<model>/ (model.onnx + model.toml), then
   sudo -u edgert /opt/edgert/.venv/bin/edgert compile /var/lib/edgert/engines/<model> --backend auto
   sudo systemctl enable --now edgert
+  a broker with TLS, users and the edgert ACL: device/mosquitto/README.md (not installed here)
 MSG

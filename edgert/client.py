@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -69,10 +70,12 @@ class Client:
         key: str | None = None,
         connect_timeout: float = 10.0,
     ) -> None:
-        """``key``: the reply topic level that is this client's own (``<prefix>/reply/<key>/…``);
-        under device/mosquitto's ACL it must be the broker user name. Default: a random one."""
+        """``key``: the topic level that is this client's own (its requests go to
+        ``<prefix>/infer/<model>/<key>``, its replies come on ``<prefix>/reply/<key>/<model>``);
+        device/mosquitto's ACL wants the broker user name there, the default when there is one
+        (else a random key)."""
         config = parse_broker_url(broker) if isinstance(broker, str) else broker
-        self._key = key or uuid.uuid4().hex[:16]
+        self._key = key or config.username or uuid.uuid4().hex[:16]
         if not config.client_id:
             from dataclasses import replace
 
@@ -80,9 +83,14 @@ class Client:
             config = replace(config, client_id=client_id, session_expiry=0)
         self.prefix = prefix
         self.node = node
-        self._pending: dict[bytes, tuple[threading.Event, list[bytes]]] = {}
+        self._pending: dict[bytes, list[bytes]] = {}
         self._lock = threading.Lock()
-        self._connection = MqttConnection(config, on_message=self._on_reply)
+        # Notified on every reply and every connect: a waiting request re-sends on a reconnect.
+        self._changed = threading.Condition(self._lock)
+        self._connects = 0
+        self._connection = MqttConnection(
+            config, on_message=self._on_reply, on_connect=self._on_connect
+        )
         self._connection.subscribe(f"{prefix}/reply/{self._key}/#", qos=1)
         self._connection.start()
         self._wait_connected(connect_timeout)
@@ -152,14 +160,15 @@ class Client:
         topic = f"{base}/infer/{model}/{self._key}"  # keyed: what the device ACL allows
         reply_topic = f"{self.prefix}/reply/{self._key}/{model}"
         correlation = request_id.encode()
-        event: threading.Event = threading.Event()
         box: list[bytes] = []
         with self._lock:
-            self._pending[correlation] = (event, box)
+            self._pending[correlation] = box
         interval = resend_after or max(timeout / 3, 0.1)
         end = time.monotonic() + timeout
         try:
             while True:
+                with self._lock:
+                    connects = self._connects
                 self._connection.publish(
                     topic,
                     payload,
@@ -169,8 +178,10 @@ class Client:
                     content_type="application/json",
                 )
                 wait = min(interval, end - time.monotonic())
-                if wait > 0 and event.wait(wait):
-                    break
+                with self._changed:  # a reply, or a reconnect (re-send at once), or the interval
+                    self._changed.wait_for(partial(self._woken, box, connects), wait)
+                    if box:
+                        break
                 if time.monotonic() >= end:
                     raise EdgertError(f"no reply from {model} within {timeout:g} s")
         finally:
@@ -180,12 +191,22 @@ class Client:
 
     def _on_reply(self, message: Message) -> bool:
         correlation = message.correlation
-        with self._lock:
-            waiting = self._pending.get(correlation) if correlation is not None else None
-        if waiting is not None and not waiting[0].is_set():
-            waiting[1].append(message.payload)
-            waiting[0].set()
+        with self._changed:
+            box = self._pending.get(correlation) if correlation is not None else None
+            if box is not None and not box:
+                box.append(message.payload)
+                self._changed.notify_all()
         return True
+
+    def _woken(self, box: list[bytes], connects: int) -> bool:
+        """Whether a request waiting since connect number ``connects`` has its reply, or must
+        be sent again since the client reconnected."""
+        return bool(box) or self._connects != connects
+
+    def _on_connect(self) -> None:
+        with self._changed:
+            self._connects += 1
+            self._changed.notify_all()
 
 
 def _parse_reply(payload: bytes) -> Reply:

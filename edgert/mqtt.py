@@ -217,6 +217,9 @@ class MqttConnection:
             min_delay=max(1, int(config.reconnect_min)), max_delay=int(config.reconnect_max)
         )
         client.max_queued_messages_set(config.max_queued)
+        # Replies leave as fast as requests come in (below): paho's default of 20 unacknowledged
+        # QoS 1 publishes would queue a reconnect's backlog of replies past max_queued.
+        client.max_inflight_messages_set(config.receive_maximum)
         client.on_socket_open = _no_delay
         client.on_connect = self._handle_connect
         client.on_connect_fail = self._handle_connect_fail
@@ -238,6 +241,9 @@ class MqttConnection:
         if self.is_v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.config.session_expiry
+            # The broker sends at most this many unacknowledged QoS 1 requests, so a backlog
+            # queued while we were away comes in at the pace we answer it, not all at once.
+            props.ReceiveMaximum = self.config.receive_maximum
             kwargs["clean_start"] = False
         try:
             self._client.connect_async(

@@ -36,13 +36,19 @@ class BrokerConfig:
     session_expiry: int = 300  # seconds the broker keeps the session (and its QoS 1 queue)
     reconnect_min: float = 1.0
     reconnect_max: float = 30.0
-    max_queued: int = 1000  # bounded offline publish queue
+    # Publishes (replies) not yet acknowledged by the broker. A reconnect's backlog of requests
+    # is answered faster than the broker acknowledges the replies, and a reply refused here is
+    # lost, so this is high: it holds only replies to requests already taken.
+    max_queued: int = 65536
+    receive_maximum: int = 64  # QoS 1 messages in flight each way (MQTT 5 Receive Maximum)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"broker port {self.port} is not a TCP port")
         if self.protocol not in (4, 5):
             raise ConfigError(f"broker protocol {self.protocol}: use 5 or 4 (MQTT 3.1.1)")
+        if not 1 <= self.receive_maximum <= 65535 or self.max_queued < self.receive_maximum:
+            raise ConfigError("broker receive_maximum must be 1..65535 and at most max_queued")
 
 
 def parse_broker_url(url: str, base: BrokerConfig | None = None) -> BrokerConfig:

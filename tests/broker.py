@@ -1,13 +1,16 @@
 """A real mosquitto on a free loopback port, with a config of the test's own.
 
 Optional: a TLS listener (``tls``), users in a password file made with ``mosquitto_passwd``
-(``users``; anonymous clients are then refused), and ``extra`` config lines (limits, persistence).
+(``users``; anonymous clients are then refused), ``persistence`` (its state saved in its directory
+every that many seconds and on ``save()``, and loaded again on restart), and ``extra`` config
+lines (limits).
 """
 
 from __future__ import annotations
 
 import getpass
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -61,32 +64,41 @@ class Mosquitto:
         *,
         tls: TlsFiles | None = None,
         users: Mapping[str, str] | None = None,
+        persistence: int | None = None,
     ) -> None:
         self.port = free_port()
         self.directory = directory
         self.tls = tls
         self.users = dict(users or {})
         self.config = directory / "mosquitto.conf"
+        self.password_file = directory / "mosquitto.passwd"
         # Run as whoever runs the tests: mosquitto started as root otherwise drops to the
         # `mosquitto` user, which cannot read certificates or password files in tmp_path.
         lines = [f"listener {self.port} 127.0.0.1", f"user {getpass.getuser()}"]
         if tls is not None:
             lines += [f"cafile {tls.ca}", f"certfile {tls.cert}", f"keyfile {tls.key}"]
         if self.users:
-            password_file = directory / "mosquitto.passwd"
             for i, (name, password) in enumerate(self.users.items()):
                 create = ["-c"] if i == 0 else []
                 subprocess.run(
-                    [MOSQUITTO_PASSWD, "-b", *create, str(password_file), name, password],
+                    [MOSQUITTO_PASSWD, "-b", *create, str(self.password_file), name, password],
                     check=True,
                     capture_output=True,
                     timeout=10,
                 )
-            lines += ["allow_anonymous false", f"password_file {password_file}"]
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
         else:
             lines += ["allow_anonymous true"]
+        if persistence is None:
+            lines += ["persistence false"]
+        else:  # saved only every `persistence` seconds: a kill -9 loses what came since
+            lines += [
+                "persistence true",
+                f"persistence_location {directory}/",
+                f"autosave_interval {persistence}",
+            ]
         # set_tcp_nodelay: without it each reply waits ~40 ms for a delayed ACK (Nagle).
-        lines += ["persistence false", "log_dest stderr", "set_tcp_nodelay true", extra]
+        lines += ["log_dest stderr", "set_tcp_nodelay true", extra]
         self.config.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -100,15 +112,29 @@ class Mosquitto:
     def log(self) -> Path:
         return self.directory / "mosquitto.log"
 
-    def client(self, protocol: MQTTProtocolVersion = paho.MQTTv5) -> paho.Client:
-        """A paho client set up for this broker (TLS, the first user's credentials); the caller
-        connects it to ``127.0.0.1:port``."""
-        client = paho.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+    def use_config(self, text: str, port: int) -> Mosquitto:
+        """Run from ``text``, a whole config of the caller's, instead of the one built here;
+        ``port`` is its listener that :attr:`url` and :meth:`client` use. ``tls`` and ``users``
+        still say what clients use (the password file is still made, at ``password_file``)."""
+        self.port = port
+        self.config.write_text(text)
+        return self
+
+    def client(
+        self,
+        protocol: MQTTProtocolVersion = paho.MQTTv5,
+        *,
+        user: str | None = None,
+        client_id: str = "",
+    ) -> paho.Client:
+        """A paho client set up for this broker (TLS, the credentials of ``user``, by default
+        the first user's); the caller connects it to ``127.0.0.1:port``."""
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
         if self.tls is not None:
             client.tls_set(ca_certs=str(self.tls.ca), cert_reqs=ssl.CERT_REQUIRED)
         if self.users:
-            name, password = next(iter(self.users.items()))
-            client.username_pw_set(name, password)
+            name = user if user is not None else next(iter(self.users))
+            client.username_pw_set(name, self.users[name])
         return client
 
     def start(self) -> Mosquitto:
@@ -118,6 +144,25 @@ class Mosquitto:
             )
         wait_for_port(self.port)
         return self
+
+    def stop(self) -> None:
+        """Stop it cleanly (SIGTERM): with persistence on, mosquitto saves its database."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def save(self, timeout: float = 10.0) -> None:
+        """Have it write its persistence database now (SIGUSR1), as an autosave would."""
+        database = self.directory / "mosquitto.db"
+        before = database.stat().st_mtime_ns if database.exists() else None
+        assert self.process is not None
+        self.process.send_signal(signal.SIGUSR1)
+        end = time.monotonic() + timeout
+        while not database.exists() or database.stat().st_mtime_ns == before:
+            if time.monotonic() > end:
+                raise TimeoutError(f"mosquitto wrote no {database} within {timeout} s")
+            time.sleep(0.02)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -424,6 +424,8 @@ class Service:
                         "parity": manifest.parity,
                     }
                 )
+                if manifest.fallback:  # why not the preferred backend (e.g. ONNX-ML ops)
+                    entries[-1]["fallback"] = manifest.fallback
             failed = dict(self._failed)
         self.connection.publish_retained(self.topics.models, catalogue(self.node, entries, failed))
         if self.homeassistant is not None:
@@ -532,9 +534,8 @@ class Service:
             return True
         model_name, key, _pinned = route
         received = time.monotonic()
-        fallback = message.response_topic or (
-            self.topics.default_reply_topic(key, model_name) if key else None
-        )
+        keyed = self.topics.default_reply_topic(key, model_name) if key else None
+        fallback = message.response_topic or keyed
         waiter_qos = min(message.qos, self.config.qos)
         with self._lock:
             served = self._served.get(model_name)
@@ -556,7 +557,10 @@ class Service:
             request, transform = served.decode(message, model_name, key, self.config.max_elements)
         except ProtocolError as exc:
             request_id = exc.request_id or message.user.get("id") or key
-            self._reply_error([exc.reply_to, fallback], message, request_id, exc, waiter_qos)
+            candidates = [exc.reply_to, fallback, keyed]
+            if key is not None:  # a device's: never answered under another device's key
+                candidates = [t for t in candidates if t and self._under(t, key)]
+            self._reply_error(candidates, message, request_id, exc, waiter_qos)
             return True
         destination = request.reply_to or fallback
         if destination is None:
@@ -567,16 +571,16 @@ class Service:
                 ErrorCode.BAD_REQUEST,
                 f"reply topic {destination!r} is outside {self.topics.reply_root}",
             )
-            self._reply_error([fallback], message, request.id, error, waiter_qos)
+            self._reply_error([keyed], message, request.id, error, waiter_qos)
             return True
-        if key is not None and self.topics.reply_device(destination) != key:
+        if key is not None and not self._under(destination, key):
             # A keyed request is a device's (the ACL lets each user publish under its own key
             # only): its reply goes under that key, never to another device's replies.
             error = ProtocolError(
                 ErrorCode.BAD_REQUEST,
                 f"reply topic {destination!r} is not under this request's key {key!r}",
             )
-            self._reply_error([fallback], message, request.id, error, waiter_qos)
+            self._reply_error([keyed], message, request.id, error, waiter_qos)
             return True
         with self._swap:
             if self._served.get(model_name) is not served:  # swapped in while this was decoded
@@ -685,6 +689,9 @@ class Service:
 
     def _event(self, topic: str, payload: bytes) -> None:
         self.connection.publish(topic, payload, qos=0)
+
+    def _under(self, topic: str, key: str) -> bool:
+        return self.topics.reply_allowed(topic) and self.topics.reply_device(topic) == key
 
     def _reply_error(
         self,
