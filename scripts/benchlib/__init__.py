@@ -6,4 +6,6 @@
 - ``probe``: the bench's own client: readiness requests, edgert's stats messages.
 - ``runner``: one run: every workload x server x concurrency, and the idle RSS of each server.
 - ``report``: results.json, results.md (values, ratios, targets) and plot.png.
+- ``soak``: --soak: edgert serve alone under a steady load, its RSS and latency per window.
+- ``soakreport``: the soak's verdict (RSS growth and slope, latency drift), results.md, plot.png.
 """

@@ -8,7 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["evaluate", "evaluate_targets", "idle_readings", "markdown", "plot", "write_json"]
+__all__ = [
+    "evaluate",
+    "evaluate_targets",
+    "idle_readings",
+    "markdown",
+    "plot",
+    "table",
+    "write_json",
+]
 
 # (key, column title, digits); ratios of these are edgert's over the other server's.
 METRICS = [
@@ -211,7 +219,8 @@ def _events_statement(results: dict[str, Any]) -> str:
     )
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -258,7 +267,7 @@ def _workload_section(results: dict[str, Any], key: str, info: dict[str, Any]) -
                     str(p["errors"] + p["timeouts"]),
                 ]
             )
-    lines += _table(header, rows)
+    lines += table(header, rows)
     lines += [
         "",
         "Ratios (edgert over the other server; for req/s higher is better, else lower):",
@@ -274,7 +283,7 @@ def _workload_section(results: dict[str, Any], key: str, info: dict[str, Any]) -
                 [str(c), f"{_short(results, server)} / {_short(results, other)}"]
                 + [_fmt(_ratio(mine, key, c, m, other, server)) + "x" for m, _, _ in METRICS]
             )
-    lines += _table(["c", "ratio", *(t for _, t, _ in METRICS)], rows)
+    lines += table(["c", "ratio", *(t for _, t, _ in METRICS)], rows)
     headroom = []
     for c in concurrencies:
         floor = _find(mine, key, "floor", c)
@@ -315,11 +324,11 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     rows = [[t["target"], t["measured"], t["result"]] for t in results["targets"]]
-    lines += [*_table(["target", "measured (edgert / baseline)", "result"], rows), ""]
+    lines += [*table(["target", "measured (edgert / baseline)", "result"], rows), ""]
     lines += [_events_line(results.get("targets_events_on", [])), ""]
     lines += ["Other idle RSS readings (information, not targets):", ""]
     rows = [[r["reading"], _fmt(r["ratio"]) + "x"] for r in results.get("idle_rss_readings", [])]
-    lines += [*_table(["reading", "ratio"], rows), ""]
+    lines += [*table(["reading", "ratio"], rows), ""]
     for key, info in results["workloads"].items():
         lines += _workload_section(results, key, info)
     lines += [
@@ -331,7 +340,7 @@ def markdown(results: dict[str, Any]) -> str:
         [servers[r["server"]]["name"], " + ".join(r["models"]), _fmt(r["rss_mib"], 1)]
         for r in results["idle_rss"]
     ]
-    lines += [*_table(["server", "models", "RSS MiB"], rows), ""]
+    lines += [*table(["server", "models", "RSS MiB"], rows), ""]
     lines += [
         "Columns: req/s counts successful replies that arrived in the measured window; latency "
         "is measured in the generator, publish to reply; CPU is the server process's user + "

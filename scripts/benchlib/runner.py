@@ -27,7 +27,16 @@ from benchlib.workloads import (
     prepare_repository,
 )
 
-__all__ = ["EDGERT_EVENTS", "SERVERS", "TARGET_SERVER", "Options", "run"]
+__all__ = [
+    "EDGERT_EVENTS",
+    "SERVERS",
+    "TARGET_SERVER",
+    "Bench",
+    "Options",
+    "machine_busy",
+    "run",
+    "summarise_load",
+]
 
 # Every server measured at every point, in this order: key -> the name the report gives it.
 SERVERS = {
@@ -56,7 +65,7 @@ class Options:
     quick: bool
 
 
-def _machine_busy() -> tuple[int, int]:
+def machine_busy() -> tuple[int, int]:
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
     with open("/proc/stat") as fh:
         values = [int(v) for v in fh.readline().split()[1:]]
@@ -131,40 +140,45 @@ class Bench:
             self.nodes[server.pid] = node
         return server
 
-    def measure_point(
-        self, workload: Workload, kind: str, server: Server, concurrency: int
-    ) -> dict[str, Any]:
-        assert self.gen is not None and self.probe is not None
-        opts = self.options
+    def point_spec(self, workload: Workload, start: float, measure: float, end: float) -> PointSpec:
+        """The next point's spec for ``workload`` (times are time.monotonic()); the load
+        generator fills in the clients per process."""
         self.point_no += 1
-        start = time.monotonic() + 0.2
-        measure = start + opts.warmup
-        end = measure + opts.duration
-        spec = PointSpec(
+        return PointSpec(
             point=self.point_no,
             topic=f"edgert/infer/{workload.model}",
             content_type=workload.content_type,
             json_head=workload.json_head,
             json_tail=workload.json_tail,
             npy=b"" if workload.is_json else workload.npy,
-            qos=opts.qos,
+            qos=self.options.qos,
             clients=0,
             start=start,
             measure=measure,
             end=end,
-            timeout=opts.timeout,
+            timeout=self.options.timeout,
         )
+
+    def measure_point(
+        self, workload: Workload, kind: str, server: Server, concurrency: int
+    ) -> dict[str, Any]:
+        assert self.gen is not None and self.probe is not None
+        opts = self.options
+        start = time.monotonic() + 0.2
+        measure = start + opts.warmup
+        end = measure + opts.duration
+        spec = self.point_spec(workload, start, measure, end)
         node = self.nodes.get(server.pid)
         reset_peak_rss(server.pid)
         self.gen.start(spec, concurrency)
         pids = {"server": [server.pid], "broker": [self.broker.pid], "gen": self.gen.pids}
         _sleep_until(measure)
         cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
-        busy0 = _machine_busy()
+        busy0 = machine_busy()
         stats0 = self.probe.stats(node) if node else None
         _sleep_until(end)
         cpu1 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
-        busy1 = _machine_busy()
+        busy1 = machine_busy()
         peak = peak_rss_mib(server.pid)
         results = self.gen.collect(opts.warmup + opts.duration + 2 * opts.timeout + 30)
         stats1 = self.probe.stats(node, after=end, timeout=2 * STATS_INTERVAL) if node else None
@@ -310,12 +324,11 @@ class Bench:
         }
 
 
-def _summarise(
-    results: list[WorkerResult], duration: float, cpu0: dict[str, float], cpu1: dict[str, float]
-) -> dict[str, Any]:
+def summarise_load(results: list[WorkerResult], duration: float) -> dict[str, Any]:
+    """What the generator processes saw in one window of ``duration`` s: replies, errors,
+    timeouts, throughput and latency percentiles (ms; NaN without a reply)."""
     latencies = np.array([x for r in results for x in r.latencies]) * 1000
     ok = sum(r.ok for r in results)
-    per_1k = 1000 / ok if ok else float("nan")
 
     def pct(q: float) -> float:
         return round(float(np.percentile(latencies, q)), 3) if ok else float("nan")
@@ -331,6 +344,17 @@ def _summarise(
         "p90_ms": pct(90),
         "p99_ms": pct(99),
         "mean_ms": round(float(latencies.mean()), 3) if ok else float("nan"),
+    }
+
+
+def _summarise(
+    results: list[WorkerResult], duration: float, cpu0: dict[str, float], cpu1: dict[str, float]
+) -> dict[str, Any]:
+    load = summarise_load(results, duration)
+    ok = load["ok"]
+    per_1k = 1000 / ok if ok else float("nan")
+    return {
+        **load,
         "cpu_s_per_1k": round((cpu1["server"] - cpu0["server"]) * per_1k, 4),
         "server_cores_used": round((cpu1["server"] - cpu0["server"]) / duration, 3),
         "generator_cpu_s_per_1k": round((cpu1["gen"] - cpu0["gen"]) * per_1k, 4),
