@@ -83,6 +83,19 @@ def _too_large(what: str, count: int, max_elements: int) -> PayloadError:
     return PayloadError("too_large", f"{what} has {count} elements; the limit is {max_elements}")
 
 
+def _element_count(shape: Sequence[int], what: str, max_elements: int) -> int:
+    """The elements of a declared ``shape``, refused (too_large) beyond ``max_elements``. A
+    zero-size shape's other dims are bounded too: numpy cannot even make ``[0, 2**64]``."""
+    count = math.prod(shape)
+    if count > max_elements:
+        raise _too_large(what, count, max_elements)
+    if math.prod(d or 1 for d in shape) > max_elements:
+        raise PayloadError(
+            "too_large", f"{what} has shape {list(shape)}, beyond the limit of {max_elements}"
+        )
+    return count
+
+
 def _check_dtype(dtype: np.dtype[Any], what: str) -> None:
     """A bad_input PayloadError unless edgert carries ``dtype`` (any byte order)."""
     if dtype.hasobject:
@@ -137,9 +150,7 @@ def decode_b64(
             "bad_input",
             f"{what}: shape must be a list of at most {MAX_RANK} sizes >= 0, got {shape!r}",
         )
-    count = math.prod(shape)
-    if count > max_elements:
-        raise _too_large(what, count, max_elements)
+    count = _element_count(shape, what, max_elements)
     if not isinstance(text, str):
         raise PayloadError("bad_input", f"{what}: b64 must be a string")
     wire = np.dtype(dtype_name).newbyteorder("<")
@@ -339,9 +350,7 @@ def decode_npy(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.n
     wire: np.dtype[Any] = dtype  # read in the file's byte order; _from_bytes makes it native
     if any(d < 0 for d in shape) or len(shape) > MAX_RANK:
         raise PayloadError("bad_request", f".npy shape {list(shape)} is invalid")
-    count = math.prod(shape)
-    if count > max_elements:
-        raise _too_large(".npy payload", count, max_elements)
+    count = _element_count(shape, ".npy payload", max_elements)
     data = payload[fp.tell() :]
     expected = count * wire.itemsize
     if len(data) != expected:

@@ -18,7 +18,13 @@ from edgert.errors import BackendUnavailable, ConfigError
 from edgert.pipeline._check import check_keys, choice, number, numbers
 from edgert.spec import DType, TensorSpec
 
-__all__ = ["IMAGE_KEYS", "ImagePre", "Transform", "decode_image"]
+__all__ = ["IMAGE_KEYS", "MAX_PIXELS", "ImagePre", "Transform", "decode_image"]
+
+# The most pixels an image may have: an 8K frame. Checked against the header before decoding,
+# since a small PNG can say 9000x9000 (~240 MB as RGB and seconds of CPU to decode).
+MAX_PIXELS = 1 << 25
+_FORMATS = ("JPEG", "PNG")  # no other Pillow plugin ever parses a payload
+_OTHER_MAGIC = {b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
 IMAGE_KEYS = (
     "kind",
@@ -173,19 +179,28 @@ def _open_rgb(payload: bytes) -> Any:
     if not payload:
         raise PayloadError("bad_input", "image payload is empty")
     try:
-        with Image.open(io.BytesIO(payload)) as img:
-            if img.format not in ("JPEG", "PNG"):
+        with Image.open(io.BytesIO(payload), formats=_FORMATS) as img:
+            if img.format not in _FORMATS:  # a JPEG with MPO extensions, say
                 raise PayloadError(
                     "bad_input",
                     f"image is {img.format or 'of an unknown format'}; send JPEG or PNG",
                 )
+            if img.width * img.height > MAX_PIXELS:
+                raise PayloadError(
+                    "too_large",
+                    f"image is {img.width}x{img.height}; the limit is {MAX_PIXELS} pixels",
+                )
             # Decoding happens here: a truncated file fails now, not later.
             return img.convert("RGB")
     except UnidentifiedImageError as exc:
+        other = next((f for m, f in _OTHER_MAGIC.items() if payload.startswith(m)), None)
+        if other is not None:
+            raise PayloadError("bad_input", f"image is {other}; send JPEG or PNG") from exc
         raise PayloadError("bad_input", "payload is not a JPEG or PNG image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise PayloadError("bad_input", f"image cannot be decoded: {exc}") from exc
-    except Image.DecompressionBombError as exc:
+    # Pillow warns above 89M pixels, before MAX_PIXELS is checked; an error where warnings are.
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadError("too_large", f"image is too large: {exc}") from exc
 
 
