@@ -163,6 +163,95 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+_SEND_BYTES = 1 << 16  # coalesced writes stop growing here (paho copies what a send left over)
+
+
+class _Infos:
+    """The QoS 0 publishes inside one coalesced write: paho marks a written QoS 0 publish as
+    published through its packet's ``info``; this passes the mark on to each."""
+
+    def __init__(self, infos: list[Any]) -> None:
+        self.infos = infos
+
+    def _set_as_published(self) -> None:
+        for info in self.infos:
+            info._set_as_published()
+
+
+class _Client(paho.Client):
+    """paho's client, with its socket writes made fit for many small packets.
+
+    paho sends each queued packet with a send() of its own, and announces each one queued by
+    writing a byte to its wake-up socket. Serving a request on the network thread queues two
+    (its PUBACK and its reply; three with events on), so here:
+    - what is queued on the network thread is not announced: its loop writes before it waits;
+    - the packets waiting go out in one send(): a request's PUBACK with its reply, or all the
+      replies of a burst (on loopback each send costs the sender the broker's receive path);
+    - ``after_read`` runs after each burst of packets read, for requests kept to run together,
+      and what the burst queued is written at once (paho would select() again first).
+    Only paho's private ``_packet_queue``/``_packet_write`` are overridden; the packets and
+    their order are paho's own (tests/daemon runs them against mosquitto).
+    """
+
+    after_read: Callable[[], None] | None = None
+
+    def _packet_queue(
+        self, command: int, packet: bytes | bytearray, mid: int, qos: int, info: Any = None
+    ) -> MQTTErrorCode:
+        if self._thread is None or threading.current_thread() is not self._thread:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        self._out_packet.append(
+            {
+                "command": command,
+                "mid": mid,
+                "qos": qos,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": info,
+            }
+        )
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _packet_write(self) -> MQTTErrorCode:
+        out = self._out_packet
+        count = size = 0  # the head packets for one send: up to 64 KiB, and no DISCONNECT
+        for packet in out:
+            if packet["command"] & 0xF0 == paho.DISCONNECT or (count and size > _SEND_BYTES):
+                break
+            count += 1
+            size += packet["to_process"]
+        if count > 1:
+            merged = bytearray()
+            infos = []
+            for _ in range(count):
+                packet = out.popleft()
+                merged += packet["packet"][packet["pos"] :]
+                if packet["command"] & 0xF0 == paho.PUBLISH and packet["qos"] == 0:
+                    infos.append(packet["info"])
+            out.appendleft(
+                {  # a QoS 0 PUBLISH to paho: once written, it marks each one inside published
+                    "command": paho.PUBLISH,
+                    "mid": 0,
+                    "qos": 0,
+                    "pos": 0,
+                    "to_process": len(merged),
+                    "packet": merged,
+                    "info": _Infos(infos),  # type: ignore[typeddict-item]
+                }
+            )
+        return super()._packet_write()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        if self.after_read is not None:
+            self.after_read()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._out_packet:
+            # What the reads queued (PUBACKs, replies) goes now, not after another select().
+            rc = self.loop_write()
+        return rc
+
+
 class MqttConnection:
     """One paho client with its network loop in one thread; every publish goes through it.
 
@@ -177,7 +266,9 @@ class MqttConnection:
         will: tuple[str, bytes] | None = None,
         on_message: Callable[[Message], bool],
         on_connect: Callable[[], None] | None = None,
+        after_read: Callable[[], None] | None = None,
     ) -> None:
+        """``after_read`` runs on the network thread after each burst of messages read."""
         self.config = config
         self._on_message = on_message
         self._on_connect_cb = on_connect
@@ -197,7 +288,7 @@ class MqttConnection:
         kwargs: dict[str, Any] = {}
         if protocol == paho.MQTTv311:
             kwargs["clean_session"] = False
-        self._client = paho.Client(
+        self._client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=protocol,
@@ -205,6 +296,7 @@ class MqttConnection:
             **kwargs,
         )
         client = self._client
+        client.after_read = after_read
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
         elif config.password is not None:

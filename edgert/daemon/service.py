@@ -115,7 +115,10 @@ class Service:
 
             broker = replace(broker, client_id=f"edgert-{self.node}")
         self.connection = MqttConnection(
-            broker, will=(self.topics.status, b"offline"), on_message=self._on_message
+            broker,
+            will=(self.topics.status, b"offline"),
+            on_message=self._on_message,
+            after_read=self._flush,
         )
         self.homeassistant = (
             HomeAssistant(self.node, self.topics, self.connection, self._entities)
@@ -307,10 +310,13 @@ class Service:
         entry = _Served(
             model, worker, specs, declared_format(loaded.config, specs), pre, _fingerprint(model)
         )
-        with self._swap, self._lock:
-            old = self._served.get(loaded.config.name)
-            self._served[loaded.config.name] = entry
-            self._failed.pop(loaded.config.name, None)
+        with self._swap:
+            with self._lock:
+                old = self._served.get(loaded.config.name)
+                self._served[loaded.config.name] = entry
+                self._failed.pop(loaded.config.name, None)
+            if old is not None:
+                old.worker.flush()  # what it kept back from the last read runs on the old one
         self.connection.subscribe(self.topics.pooled_infer(loaded.config.name), self.config.qos)
         if old is not None:
             log.info(
@@ -340,8 +346,11 @@ class Service:
     def _retire(self, name: str) -> None:
         """Stop serving ``name`` (its directory is gone): what it took is still answered."""
         self.connection.unsubscribe(self.topics.pooled_infer(name))
-        with self._swap, self._lock:
-            entry = self._served.pop(name, None)
+        with self._swap:
+            with self._lock:
+                entry = self._served.pop(name, None)
+            if entry is not None:
+                entry.worker.flush()
         if entry is not None:
             log.info("%s: no longer in the repository; not served", name)
             self._retire_worker(entry)
@@ -632,7 +641,7 @@ class Service:
             request.reset,
             transform,
         )
-        if not served.worker.offer(job):
+        if not served.worker.offer(job, defer=True):
             reply = error_reply(
                 request.id, ErrorCode.BUSY, f"{served.worker.name}'s queue is full; retry later"
             )
@@ -640,6 +649,12 @@ class Service:
             for w in self.ledger.finish(ledger_key, waiter, reply, cache=False):
                 self._publish_reply(w, reply)
         return True
+
+    def _flush(self) -> None:
+        """After each burst of reads: run what the fast models kept back, a batch each."""
+        with self._swap:
+            for entry in self._served.values():
+                entry.worker.flush()
 
     # -- sources (their own threads) --------------------------------------------------------
 
@@ -678,7 +693,7 @@ class Service:
         with self._swap:
             # swapped since: the new version runs it (same inputs; a reload keeps the IO)
             served = self._served.get(model, served)
-            taken = served.worker.offer(job)
+            taken = served.worker.offer(job)  # not deferred: this is not the network thread
         if not taken:
             served.worker.stats.record_error(ErrorCode.BUSY.value)
             return dict(json.loads(error_reply(None, ErrorCode.BUSY, f"{model}'s queue is full")))

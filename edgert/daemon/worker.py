@@ -86,6 +86,11 @@ class ModelWorker:
         self._stopping = threading.Event()
         self._locks = [threading.Lock() for _ in self.instances]  # one inference per instance
         self._infer_ewma: float | None = None  # seconds per backend run, recent
+        # Requests of a fast model that came in one burst of reads, kept to run as one batch
+        # (see offer); only the network thread touches them.
+        self._pending: list[Job] = []
+        self._pending_rows = 0
+        self._defers = self.streams is None and self.plan.batches
         self._threads = [
             threading.Thread(
                 target=self._run, args=(i,), name=f"model-{self.name}-{i}", daemon=True
@@ -97,11 +102,26 @@ class ModelWorker:
         for thread in self._threads:
             thread.start()
 
-    def offer(self, job: Job) -> bool:
+    def offer(self, job: Job, *, defer: bool = False) -> bool:
         """Run ``job`` on the caller's (network) thread when a hand-off would cost more than the
         inference: a fast model (recent runs under ``INLINE_S``), nothing queued or running, the
-        first instance idle. Else queue it; False when the queue is full (answer ``busy``)."""
+        first instance idle. Else queue it; False when the queue is full (answer ``busy``).
+
+        ``defer`` (the network thread, reading a burst of messages): a fast model's request is
+        kept, to run with the others of the burst as one batch at :meth:`flush`.
+        """
         fast = self._infer_ewma is not None and self._infer_ewma < INLINE_S
+        if defer and fast and self._defers and self._queue.unfinished_tasks == 0:
+            rows = self.plan.rows(job.feeds)
+            pending = self._pending
+            if pending and (
+                not self.plan.fits(pending[0].feeds, job.feeds)
+                or self._pending_rows + rows > self.plan.max_batch
+            ):
+                self.flush()
+            self._pending.append(job)
+            self._pending_rows += rows
+            return True
         if fast and self._queue.unfinished_tasks == 0 and self._locks[0].acquire(blocking=False):
             try:
                 self._serve(self.instances[0], [job])
@@ -124,14 +144,25 @@ class ModelWorker:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    def flush(self) -> None:
+        """Run the requests :meth:`offer` kept back, as one batch."""
+        if not self._pending:
+            return
+        batch, self._pending, self._pending_rows = self._pending, [], 0
+        with self._locks[0]:
+            try:
+                self._serve(self.instances[0], batch)
+            except Exception:  # a bug must not reach the network thread
+                log.exception("%s: serving a batch failed", self.name)
+
     def drain(self, timeout: float) -> bool:
-        """Wait until everything queued has been answered; False on timeout."""
+        """Wait until everything queued (or kept back) has been answered; False on timeout."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            if self._queue.unfinished_tasks == 0:
+            if self._queue.unfinished_tasks == 0 and not self._pending:
                 return True
             time.sleep(0.01)
-        return self._queue.unfinished_tasks == 0
+        return self._queue.unfinished_tasks == 0 and not self._pending
 
     def stop(self) -> None:
         self._stopping.set()
