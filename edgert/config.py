@@ -52,6 +52,7 @@ __all__ = [
     "Precision",
     "Tolerance",
     "load_toml",
+    "parse_shape",
     "table",
 ]
 
@@ -128,7 +129,7 @@ class InputConfig:
             raise ConfigError(f"{where}: inputs.{name}.kind is {kind!r}; one of {INPUT_KINDS}")
         shape = data.pop("shape", None)
         if shape is not None:
-            shape = _parse_shape(shape, f"{where}: inputs.{name}.shape")
+            shape = parse_shape(shape, f"{where}: inputs.{name}.shape")
         value = data.pop("value", None)
         if kind == "constant" and value is None:
             raise ConfigError(f"{where}: inputs.{name} is constant but has no value")
@@ -151,7 +152,7 @@ class InputConfig:
         return cls(name, cast(InputKind, kind), shape, value, rng, fmt, MappingProxyType(data))
 
 
-def _parse_shape(raw: Any, where: str) -> Shape:
+def parse_shape(raw: Any, where: str) -> Shape:
     if not isinstance(raw, list) or not all(
         (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d)
         for d in raw

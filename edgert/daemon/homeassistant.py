@@ -56,9 +56,16 @@ class HomeAssistant:
     def _remember(self, payload: bytes) -> None:
         try:
             components = json.loads(payload).get("cmps", {})
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
+            return  # not a config of ours: anyone allowed to write the topic may send anything
+        if not isinstance(components, dict):
             return
-        published = {c for c, body in components.items() if set(body) != {"p"}}
+        # A component we published has a platform ("p") and more; {"p": ...} alone removes one.
+        published = {
+            c
+            for c, body in components.items()
+            if isinstance(body, dict) and "p" in body and set(body) != {"p"}
+        }
         with self._lock:
             self._published |= published
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from edgert.config import ModelConfig
+from edgert.config import ModelConfig, parse_shape
 from edgert.digest import source_digest
 from edgert.errors import (
     ConfigError,
@@ -222,9 +222,22 @@ def io_specs(source: OnnxSource, config: ModelConfig, *, require_bounds: bool = 
                 )
             dims[dim] = config.dims[dim]
     # Dims named by overrides may also be fixed sizes in model.toml (min == max).
+    out_names = {v.name for v in graph.output}
+    unknown = set(config.outputs) - out_names
+    if unknown:
+        raise ConfigError(
+            f"model.toml names output(s) {', '.join(sorted(unknown))} that the model does not "
+            f"have; it has: {', '.join(sorted(out_names))}"
+        )
     outputs = []
     for value in graph.output:
         shape = _raw_dims(value)
+        # Converters name output dims apart from the input's (skl2onnx, tf2onnx: 'unk__7'), so
+        # model.toml may say axis 0 is the batch: [outputs.label] shape = ["batch"].
+        raw = config.outputs.get(value.name, {}).get("shape")
+        if raw is not None:
+            override = parse_shape(raw, f"model.toml: outputs.{value.name}.shape")
+            shape = _apply_override(value.name, shape, override, "output")
         outputs.append(TensorSpec(value.name, _dtype(value, "output"), shape or ()))
     return ModelIO(tuple(inputs), tuple(outputs), dims)
 
@@ -254,18 +267,18 @@ def with_io_dims(model: onnx.ModelProto, io: ModelIO) -> onnx.ModelProto:
     return fixed
 
 
-def _apply_override(name: str, shape: Shape | None, override: Shape) -> Shape:
+def _apply_override(name: str, shape: Shape | None, override: Shape, kind: str = "input") -> Shape:
     if shape is None:
         return override
     if len(shape) != len(override):
         raise ConfigError(
-            f"model.toml gives input '{name}' shape {list(override)} of rank {len(override)}; "
+            f"model.toml gives {kind} '{name}' shape {list(override)} of rank {len(override)}; "
             f"the model's is {list(shape)}, rank {len(shape)}"
         )
     for axis, (have, want) in enumerate(zip(shape, override, strict=True)):
         if isinstance(have, int) and have != want:
             raise ConfigError(
-                f"model.toml gives input '{name}' axis {axis} as {want!r}, but the model fixes "
+                f"model.toml gives {kind} '{name}' axis {axis} as {want!r}, but the model fixes "
                 f"it at {have}"
             )
     return override

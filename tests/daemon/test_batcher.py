@@ -116,6 +116,35 @@ def test_requests_with_several_rows_are_split_back_in_order(occupancy: LoadedMod
     worker.stop()
 
 
+def test_a_burst_read_on_the_network_thread_runs_as_batches_of_max_batch(
+    occupancy: LoadedModel,
+) -> None:
+    """A fast model's requests that arrive in one read burst are kept (offer with defer) and run
+    at flush, max_batch rows a run, each caller getting its own rows."""
+    rng = np.random.default_rng(2)
+    sizes = [1] * 10 + [3, 2]  # 15 rows: max batch 8 makes runs of 8 and 7 rows
+    feeds = [{"readings": rng.uniform(0, 1000, (k, 4)).astype(np.float32)} for k in sizes]
+    alone = [occupancy.infer(f)["probabilities"] for f in feeds]
+    replies = Replies()
+    worker = _worker(occupancy, replies, max_batch=8)
+    worker.start()
+    assert worker.offer(_job(99, feeds[0]))  # a first run: the worker learns the model is fast
+    replies.wait_for(1)
+    assert worker.drain(1)
+    calls = occupancy.runner.infer_count
+    for n, f in enumerate(feeds):
+        assert worker.offer(_job(n, f), defer=True)
+    assert occupancy.runner.infer_count - calls == 1  # the first 8 rows, when the 9th came
+    assert not worker.drain(0.05)  # the rest is kept back until flush
+    worker.flush()
+    assert worker.drain(1)
+    assert occupancy.runner.infer_count - calls == 2
+    replies.wait_for(len(feeds) + 1)
+    for n, expected in enumerate(alone):
+        np.testing.assert_allclose(_outputs(replies.by_topic[f"r/{n}"]), expected, rtol=1e-6)
+    worker.stop()
+
+
 def test_a_partial_batch_flushes_on_the_delay(occupancy: LoadedModel) -> None:
     replies = Replies()
     worker = _worker(occupancy, replies, max_batch=8, delay_us=20_000)

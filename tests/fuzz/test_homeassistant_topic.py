@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,11 +34,6 @@ discovery_payloads = st.one_of(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HomeAssistant._remember: {'cmps': []} raises AttributeError, {'cmps': {'a': 5}} "
-    "TypeError, deep nesting RecursionError (edgert/daemon/homeassistant.py, not fixed here)",
-)
 @given(discovery_payloads)
 @fuzz(300)
 def test_discovery_topic_payloads_never_raise(payload: bytes) -> None:

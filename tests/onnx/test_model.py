@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgert.config import ModelConfig, Tolerance
+from edgert.daemon.batcher import BatchPlan
 from edgert.errors import (
     ConfigError,
     EdgertError,
@@ -331,6 +332,52 @@ def test_shape_override_names_or_fixes_an_unnamed_dim(
     (path.parent / "model.toml").write_text(toml + "\n")
     _, _, io = _load(path)
     assert io.input("x").shape == shape and set(io.dims) == dims
+
+
+def _converter_style(tmp_path: Path) -> Path:
+    """A softmax whose output names its batch axis apart from the input's, as skl2onnx and
+    tf2onnx export them ('unk__7')."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["unk__7", 4])
+    graph = helper.make_graph([helper.make_node("Softmax", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("toml", "shape", "max_batch"),
+    [
+        ("", ("unk__7", 4), 1),  # unrelated names: not batched
+        ('[outputs.y]\nshape = ["batch", 4]', ("batch", 4), 8),
+    ],
+)
+def test_output_shape_override_names_the_batch_axis(
+    tmp_path: Path, toml: str, shape: tuple[object, ...], max_batch: int
+) -> None:
+    path = _converter_style(tmp_path)
+    (tmp_path / "model.toml").write_text("[dims]\nbatch = [1, 2, 8]\n" + toml + "\n")
+    _, _, io = _load(path)
+    assert io.outputs[0].shape == shape
+    assert BatchPlan.for_model(io, {}).max_batch == max_batch
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ('[outputs.z]\nshape = ["batch", 4]', "output(s) z that the model does not have"),
+        ('[outputs.y]\nshape = ["batch"]', "output 'y' shape ['batch'] of rank 1"),
+        ('[outputs.y]\nshape = ["batch", 5]', "output 'y' axis 1 as 5, but the model fixes it"),
+        ("[outputs.y]\nshape = [true]", "outputs.y.shape must be a list of sizes"),
+    ],
+)
+def test_bad_output_shape_override(tmp_path: Path, toml: str, fragment: str) -> None:
+    path = _converter_style(tmp_path)
+    (tmp_path / "model.toml").write_text("[dims]\nbatch = [1, 2, 8]\n" + toml + "\n")
+    with pytest.raises(ConfigError) as exc:
+        _load(path)
+    assert fragment in str(exc.value)
 
 
 # --- what a source is made of ---------------------------------------------------------------------
