@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import tempfile
 from collections.abc import Mapping
@@ -30,8 +31,12 @@ __all__ = ["KIND", "OnnxRuntimeBackend", "OnnxRuntimeKind", "reference_session"]
 
 ARTIFACT = "model.ort"
 _PROVIDERS = ["CPUExecutionProvider"]
-# EXTENDED, not ALL: ALL adds layout transforms tied to this CPU's instruction set.
-_OPT_LEVEL = "extended"
+# ALL: its layout transforms (NCHWc convolutions, blocked by the CPU's vector width) take a
+# third off the bench CNN's CPU per image. They tie the artifact to the instruction set, so the
+# device in the artifact key names it (cpu_isa) and another CPU's artifact is refused.
+_OPT_LEVEL = "all"
+# The instruction-set features ONNX Runtime's kernels choose by, first match wins.
+_ISA = (("avx512f", "avx512"), ("avx2", "avx2"), ("asimd", "neon"))
 # ONNX Runtime runs ai.onnx opsets from 7 up (docs/Versioning.md: "All versions of ONNX Runtime
 # will support ONNX opsets all the way back to (and including) opset version 7").
 _OLDEST_OPSET = 7
@@ -57,6 +62,26 @@ def reference_session(source: OnnxSource) -> ort.InferenceSession:
         return ort.InferenceSession(model, options, providers=_PROVIDERS)
 
 
+@functools.cache
+def cpu_isa() -> str:
+    """The widest vector extension ONNX Runtime's CPU kernels use here (``avx512``, ``avx2``,
+    ``neon``), from /proc/cpuinfo's flags; "" when none is known or it cannot be read."""
+    try:
+        return isa_of(Path("/proc/cpuinfo").read_text(errors="replace"))
+    except OSError:
+        return ""
+
+
+def isa_of(cpuinfo: str) -> str:
+    """:func:`cpu_isa` of a /proc/cpuinfo text (x86 ``flags``, Arm ``Features`` lines)."""
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return next((name for flag, name in _ISA if flag in flags), "")
+
+
 class OnnxRuntimeKind(BackendKind):
     name = "onnxruntime"
 
@@ -64,7 +89,8 @@ class OnnxRuntimeKind(BackendKind):
         return str(ort.__version__)
 
     def device(self) -> str:
-        return f"cpu-{platform.machine().lower()}"
+        isa = cpu_isa()
+        return f"cpu-{platform.machine().lower()}" + (f"-{isa}" if isa else "")
 
     def build_options(
         self, precision: Precision, config: ModelConfig | None = None
@@ -97,7 +123,7 @@ class OnnxRuntimeKind(BackendKind):
         request.progress("optimizing with ONNX Runtime", 0.3)
         out = request.out_dir / ARTIFACT
         options = _session_options()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.optimized_model_filepath = str(out)
         options.add_session_config_entry("session.save_model_format", "ORT")
         with tempfile.TemporaryDirectory(dir=request.out_dir) as scratch:

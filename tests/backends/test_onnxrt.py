@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgert.backends import BuildRequest, choose, get, status
 from edgert.backends.base import Backend
-from edgert.backends.onnxrt import KIND, OnnxRuntimeKind, reference_session
+from edgert.backends.onnxrt import KIND, OnnxRuntimeKind, isa_of, reference_session
 from edgert.config import ModelConfig, Precision
 from edgert.errors import BackendError, BuildError, ConfigError, InferenceError, InputError
 from edgert.onnx import ModelIO, OnnxSource, io_specs, load_source
@@ -97,7 +97,7 @@ def test_build_writes_ort_artifact_and_reports_progress(tiny: Path) -> None:
     request = BuildRequest(source, io, CONFIG, "fp32", out, lambda _, f: stages.append(f))
     result = OnnxRuntimeKind().build(request)
     assert result.artifact == "model.ort" and result.notes == ()
-    assert result.options == {"optimization": "extended", "format": "ort"}
+    assert result.options == {"optimization": "all", "format": "ort"}
     assert [p.name for p in out.iterdir()] == ["model.ort"]  # scratch files cleaned up
     assert stages and stages == sorted(stages) and all(0 <= f <= 1 for f in stages)
 
@@ -220,3 +220,19 @@ def test_registry() -> None:
 def test_kind_describes_this_machine() -> None:
     assert KIND.version() == ort.__version__
     assert KIND.device().startswith("cpu-")
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "isa"),
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n", "avx512"),
+        ("flags\t\t: fpu sse2 avx avx2 fma\nflags\t\t: fpu sse2 avx avx2 fma\n", "avx2"),
+        ("processor\t: 0\nFeatures\t: fp asimd evtstrm aes crc32\n", "neon"),
+        ("flags\t\t: fpu sse2\n", ""),
+        ("", ""),
+    ],
+)
+def test_the_artifact_key_names_the_vector_extension(cpuinfo: str, isa: str) -> None:
+    """ALL-level ORT artifacts hold kernels blocked for the CPU's vector width: the device in
+    their key says which, so an AVX-512 build is refused on an AVX2 machine."""
+    assert isa_of(cpuinfo) == isa
