@@ -74,9 +74,7 @@ def test_broken_artifacts_are_refused_and_the_rest_served(
     try:
         catalogue.wait_for("good", "1")
         with catalogue.changed:  # the truncated source's build fails in a child: wait for it
-            catalogue.changed.wait_for(
-                lambda: set(_failed(catalogue)) == set(BROKEN), timeout=60
-            )
+            catalogue.changed.wait_for(lambda: set(_failed(catalogue)) == set(BROKEN), timeout=60)
         failed = _failed(catalogue)
         with Client(broker.url, node="testnode") as client:
             good = client.infer("good", np.array(READING, np.float32))
