@@ -383,11 +383,12 @@ def test_uncompiled_models_build_in_a_child_while_the_compiled_one_serves(
             built.outputs["probabilities"], first.outputs["probabilities"], rtol=1e-6
         )
 
+        def reasons_logged() -> bool:  # whole lines: a long one may be mid-write
+            log = daemon.log.read_text()
+            return "does not fit the model" in log and "truncated" in log
+
         end = time.monotonic() + 20
-        while (
-            "badsample: not served: build failed" not in daemon.log.read_text()
-            and time.monotonic() < end
-        ):
+        while not reasons_logged() and time.monotonic() < end:
             time.sleep(0.1)
         log = daemon.log.read_text()
         assert "badsample: not served: build failed" in log and "does not fit the model" in log, log
