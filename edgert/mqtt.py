@@ -189,8 +189,9 @@ class _Client(paho.Client):
       replies of a burst (on loopback each send costs the sender the broker's receive path);
     - ``after_read`` runs after each burst of packets read, for requests kept to run together,
       and what the burst queued is written at once (paho would select() again first).
-    Only paho's private ``_packet_queue``/``_packet_write`` are overridden; the packets and
-    their order are paho's own (tests/daemon runs them against mosquitto).
+    Only paho's private ``_packet_queue``/``_packet_write`` and its ``loop_read`` are
+    overridden; the packets and their order are paho's own (tests/daemon runs them against
+    mosquitto).
     """
 
     after_read: Callable[[], None] | None = None
@@ -309,8 +310,7 @@ class MqttConnection:
             min_delay=max(1, int(config.reconnect_min)), max_delay=int(config.reconnect_max)
         )
         client.max_queued_messages_set(config.max_queued)
-        # Replies leave as fast as requests come in (below): paho's default of 20 unacknowledged
-        # QoS 1 publishes would queue a reconnect's backlog of replies past max_queued.
+        # As many replies unacknowledged at once as requests (below); paho's default is 20.
         client.max_inflight_messages_set(config.receive_maximum)
         client.on_socket_open = _no_delay
         client.on_connect = self._handle_connect
@@ -333,8 +333,7 @@ class MqttConnection:
         if self.is_v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.config.session_expiry
-            # The broker sends at most this many unacknowledged QoS 1 requests, so a backlog
-            # queued while we were away comes in at the pace we answer it, not all at once.
+            # The broker sends at most this many QoS 1 requests we have not acknowledged (taken).
             props.ReceiveMaximum = self.config.receive_maximum
             kwargs["clean_start"] = False
         try:

@@ -582,7 +582,7 @@ class Service:
             )
             self._reply_error([keyed], message, request.id, error, waiter_qos)
             return True
-        if key is not None and not self._under(destination, key):
+        if key is not None and self.topics.reply_device(destination) != key:
             # A keyed request is a device's (the ACL lets each user publish under its own key
             # only): its reply goes under that key, never to another device's replies.
             error = ProtocolError(
