@@ -213,23 +213,25 @@ def test_expired_deadline(daemon: Daemon, device: Device) -> None:
 
 
 def _slow_model(root: Path) -> None:
-    """[1, 512] → 120 chained 512x512 MatMuls: several ms a run, so it is never run on the
-    network thread, and a burst of requests fills a queue of one."""
+    """[1, 1024] → 200 chained 1024x1024 MatMuls: about 6 ms a run on two cores (over 1 ms on
+    any CPU this runs on), so it is never run on the network thread (``INLINE_S``), and a burst
+    of requests fills a queue of one. (120 of 512x512 took 0.76 ms, under ``INLINE_S``: the
+    burst then ran inline and nothing was busy.)"""
     from onnx import helper, numpy_helper
 
     from edgert import compile_model
     from tests.corpus import make_model, tensor, write
 
     weight = numpy_helper.from_array(
-        (np.random.default_rng(0).standard_normal((512, 512)) / 23).astype(np.float32), "w"
+        (np.random.default_rng(0).standard_normal((1024, 1024)) / 32).astype(np.float32), "w"
     )
     nodes = [
         helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", "w"], [f"h{i + 1}"])
-        for i in range(120)
+        for i in range(200)
     ]
-    nodes.append(helper.make_node("Identity", ["h120"], ["y"]))
+    nodes.append(helper.make_node("Identity", ["h200"], ["y"]))
     model = make_model(
-        nodes, [tensor("x", np.float32, [1, 512])], [tensor("y", np.float32, [1, 512])], [weight]
+        nodes, [tensor("x", np.float32, [1, 1024])], [tensor("y", np.float32, [1, 1024])], [weight]
     )
     write(root / "slow", model)
     compile_model(ModelDir(root / "slow"))
@@ -245,7 +247,7 @@ def test_full_queue_answers_busy(
     _slow_model(repository)
     server = Daemon(broker, repository, tmp_path, queue_size=1).start()
     try:
-        x = {"x": np.zeros((1, 512)).tolist()}
+        x = {"x": np.zeros((1, 1024)).tolist()}
         for i in range(40):
             device.send("edgert/infer/slow/flood", {"id": f"f{i}", "inputs": x})
         codes = [device.reply()[1].get("error", {}).get("code", "ok") for _ in range(40)]
