@@ -1,4 +1,5 @@
-"""The only module that imports paho: one MQTT connection, converted to edgert's own types.
+"""The only module (with its paho subclass in :mod:`edgert.mqttwire`) that imports paho: one MQTT
+connection, converted to edgert's own types.
 
 paho's message becomes a :class:`Message`; nothing above this module sees paho. The connection
 keeps what must survive reconnects (subscriptions, retained topics to re-publish: paho does
@@ -23,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgert.errors import ConfigError
+from edgert.mqttwire import Publish, PublishProperties, WireClient, packet_size
 from edgert.settings import BrokerConfig
 
 __all__ = ["Message", "MqttConnection"]
@@ -61,6 +63,23 @@ def _convert(msg: paho.MQTTMessage) -> Message:
         content_type=get("ContentType"),
         user=user,
         expiry=get("MessageExpiryInterval"),
+    )
+
+
+def _from_publish(publish: Publish) -> Message:
+    """What :class:`~edgert.mqttwire.WireClient` decoded, as a Message (its fast path)."""
+    props = publish.properties
+    return Message(
+        topic=publish.topic,
+        payload=publish.payload,
+        qos=publish.qos,
+        retain=publish.retain,
+        mid=publish.mid,
+        response_topic=props.get("ResponseTopic"),
+        correlation=props.get("CorrelationData"),
+        content_type=props.get("ContentType"),
+        user=dict(props.get("UserProperty") or ()),
+        expiry=props.get("MessageExpiryInterval"),
     )
 
 
@@ -106,151 +125,12 @@ def _tls_context(config: BrokerConfig) -> ssl.SSLContext:
     return context
 
 
-def _varint_size(n: int) -> int:
-    size = 1
-    while n >= 128:
-        n //= 128
-        size += 1
-    return size
-
-
-def _packet_size(
-    topic: str, payload: bytes, qos: int, properties: _PublishProperties | None, v5: bool
-) -> int:
-    """The bytes of the PUBLISH packet paho sends for these, fixed header included: what a
-    broker's Maximum Packet Size limits."""
-    remaining = 2 + len(topic.encode("utf-8")) + len(payload) + (2 if qos > 0 else 0)
-    if v5:
-        remaining += len(properties.pack()) if properties is not None else 1
-    return 1 + _varint_size(remaining) + remaining
-
-
 def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
     """TCP_NODELAY on the broker socket. Replies leave from model threads right after the
     network thread acknowledged the request; with Nagle on, each waits for the broker's delayed
     ACK: about 44 ms per request (scripts/bench, 22.7 → 1,078 req/s at concurrency 1)."""
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _PublishProperties:
-    """The MQTT 5 PUBLISH properties edgert sends, packed once by hand: paho only calls
-    ``pack()`` on what it is given, and its own Properties object costs ~50 us per reply."""
-
-    def __init__(
-        self, correlation: bytes | None, content_type: str | None, response_topic: str | None
-    ) -> None:
-        body = bytearray()
-        for ident, value in (
-            (0x03, content_type.encode("utf-8") if content_type is not None else None),
-            (0x08, response_topic.encode("utf-8") if response_topic is not None else None),
-            (0x09, correlation),
-        ):
-            if value is not None:
-                body += bytes((ident,)) + len(value).to_bytes(2, "big") + value
-        self._packed = _varint(len(body)) + bytes(body)
-
-    def pack(self) -> bytes:
-        return self._packed
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-_SEND_BYTES = 1 << 16  # coalesced writes stop growing here (paho copies what a send left over)
-
-
-class _Infos:
-    """The QoS 0 publishes inside one coalesced write: paho marks a written QoS 0 publish as
-    published through its packet's ``info``; this passes the mark on to each."""
-
-    def __init__(self, infos: list[Any]) -> None:
-        self.infos = infos
-
-    def _set_as_published(self) -> None:
-        for info in self.infos:
-            info._set_as_published()
-
-
-class _Client(paho.Client):
-    """paho's client, with its socket writes made fit for many small packets.
-
-    paho sends each queued packet with a send() of its own, and announces each one queued by
-    writing a byte to its wake-up socket. Serving a request on the network thread queues two
-    (its PUBACK and its reply; three with events on), so here:
-    - what is queued on the network thread is not announced: its loop writes before it waits;
-    - the packets waiting go out in one send(): a request's PUBACK with its reply, or all the
-      replies of a burst (on loopback each send costs the sender the broker's receive path);
-    - ``after_read`` runs after each burst of packets read, for requests kept to run together,
-      and what the burst queued is written at once (paho would select() again first).
-    Only paho's private ``_packet_queue``/``_packet_write`` and its ``loop_read`` are
-    overridden; the packets and their order are paho's own (tests/daemon runs them against
-    mosquitto).
-    """
-
-    after_read: Callable[[], None] | None = None
-
-    def _packet_queue(
-        self, command: int, packet: bytes | bytearray, mid: int, qos: int, info: Any = None
-    ) -> MQTTErrorCode:
-        if self._thread is None or threading.current_thread() is not self._thread:
-            return super()._packet_queue(command, packet, mid, qos, info)
-        self._out_packet.append(
-            {
-                "command": command,
-                "mid": mid,
-                "qos": qos,
-                "pos": 0,
-                "to_process": len(packet),
-                "packet": packet,
-                "info": info,
-            }
-        )
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def _packet_write(self) -> MQTTErrorCode:
-        out = self._out_packet
-        count = size = 0  # the head packets for one send: up to 64 KiB, and no DISCONNECT
-        for packet in out:
-            if packet["command"] & 0xF0 == paho.DISCONNECT or (count and size > _SEND_BYTES):
-                break
-            count += 1
-            size += packet["to_process"]
-        if count > 1:
-            merged = bytearray()
-            infos = []
-            for _ in range(count):
-                packet = out.popleft()
-                merged += packet["packet"][packet["pos"] :]
-                if packet["command"] & 0xF0 == paho.PUBLISH and packet["qos"] == 0:
-                    infos.append(packet["info"])
-            out.appendleft(
-                {  # a QoS 0 PUBLISH to paho: once written, it marks each one inside published
-                    "command": paho.PUBLISH,
-                    "mid": 0,
-                    "qos": 0,
-                    "pos": 0,
-                    "to_process": len(merged),
-                    "packet": merged,
-                    "info": _Infos(infos),  # type: ignore[typeddict-item]
-                }
-            )
-        return super()._packet_write()
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        if self.after_read is not None:
-            self.after_read()
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._out_packet:
-            # What the reads queued (PUBACKs, replies) goes now, not after another select().
-            rc = self.loop_write()
-        return rc
 
 
 class MqttConnection:
@@ -289,7 +169,7 @@ class MqttConnection:
         kwargs: dict[str, Any] = {}
         if protocol == paho.MQTTv311:
             kwargs["clean_session"] = False
-        self._client = _Client(
+        self._client = WireClient(
             CallbackAPIVersion.VERSION2,
             client_id=config.client_id,
             protocol=protocol,
@@ -298,6 +178,7 @@ class MqttConnection:
         )
         client = self._client
         client.after_read = after_read
+        client.deliver = self._handle_publish
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
         elif config.password is not None:
@@ -386,10 +267,10 @@ class MqttConnection:
         correlation: bytes | None,
         content_type: str | None,
         response_topic: str | None,
-    ) -> _PublishProperties | None:
+    ) -> PublishProperties | None:
         if not (self.is_v5 and (correlation or content_type or response_topic)):
             return None
-        return _PublishProperties(correlation, content_type, response_topic)
+        return PublishProperties(correlation, content_type, response_topic)
 
     def packet_size(
         self,
@@ -404,7 +285,7 @@ class MqttConnection:
         """The size of the packet :meth:`publish` would send, to compare with
         :attr:`max_packet_size` (the broker's limit, from its MQTT 5 CONNACK)."""
         props = self._properties(correlation, content_type, response_topic)
-        return _packet_size(topic, payload, qos, props, self.is_v5)
+        return packet_size(topic, payload, qos, props, self.is_v5)
 
     def publish(
         self,
@@ -438,11 +319,11 @@ class MqttConnection:
             return False
         return True
 
-    def _fits(self, topic: str, payload: bytes, qos: int, props: _PublishProperties | None) -> bool:
+    def _fits(self, topic: str, payload: bytes, qos: int, props: PublishProperties | None) -> bool:
         limit = self.max_packet_size
         if limit is None:
             return True
-        size = _packet_size(topic, payload, qos, props, self.is_v5)
+        size = packet_size(topic, payload, qos, props, self.is_v5)
         if size <= limit:
             return True
         log.warning(
@@ -509,7 +390,12 @@ class MqttConnection:
             log.warning("%s", self.last_error)
 
     def _handle_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        message = _convert(msg)
+        self._take(_convert(msg))  # QoS 2: paho's own path
+
+    def _handle_publish(self, publish: Publish) -> None:
+        self._take(_from_publish(publish))
+
+    def _take(self, message: Message) -> None:
         try:
             taken = self._on_message(message)
         except Exception:  # a bug upstream must not kill the network thread

@@ -7,7 +7,7 @@ import threading
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgert.mqtt import _Client
+from edgert.mqttwire import WireClient as _Client
 
 
 class _Socket:
