@@ -277,15 +277,16 @@ def decode_inputs(
             "bad_request", "inputs must be an object of name: tensor (or a list, for one input)"
         )
     by_name = {s.name: s for s in specs}
-    wanted = ", ".join(by_name) or "none"
-    for name in raw:
-        if name not in by_name:
-            why = "is supplied by the daemon" if any(s.name == name for s in io.inputs) else ""
-            raise PayloadError(
-                "bad_input", f"input '{name}' {why or 'does not exist'}; the model takes: {wanted}"
-            )
-    missing = [n for n in by_name if n not in raw]
-    if missing:
+    if raw.keys() != by_name.keys():
+        wanted = ", ".join(by_name) or "none"
+        for name in raw:
+            if name not in by_name:
+                why = "is supplied by the daemon" if any(s.name == name for s in io.inputs) else ""
+                raise PayloadError(
+                    "bad_input",
+                    f"input '{name}' {why or 'does not exist'}; the model takes: {wanted}",
+                )
+        missing = [n for n in by_name if n not in raw]
         raise PayloadError(
             "bad_input", f"missing input(s) {', '.join(missing)}; the model takes: {wanted}"
         )

@@ -1,20 +1,21 @@
 """paho's client made fit for many small packets: the daemon's hot path through MQTT.
 
 Only :mod:`edgert.mqtt` uses this module. paho spends most of a small request's time in general
-machinery: a wake-up write and a send() per packet, and a ``Properties`` object per packet
-received, built and filled by name searches (28.6 us to decode a request's PUBLISH, 11 us a
-PUBACK, on this machine: ``decode_publish`` against :func:`decode_publish` below). Here:
+machinery: recv() calls and a send() per packet, a wake-up write per packet queued, and a
+``Properties`` object per packet received, built and filled by name searches (28.6 us to decode
+a request's PUBLISH, 11 us a PUBACK, on this machine). Here:
 
 - a PUBLISH at QoS 0 or 1 is decoded by :func:`decode_publish` and handed to ``deliver`` as a
   :class:`Publish` (no MQTTMessage, no Properties); QoS 2 and clients without ``deliver`` take
   paho's own path;
 - a PUBACK without reason or properties (a broker's usual one) skips paho's decoder;
-- writes are coalesced (see :class:`WireClient`).
+- reads are buffered and writes coalesced (see :class:`WireClient`).
 
-Only paho's private ``_packet_queue``, ``_packet_write``, ``_handle_publish`` and
-``_handle_pubackcomp``, and its ``loop_read``, are overridden, each falling back to paho's own
-for what it does not cover; tests/test_mqttwire.py checks the decoder against paho's on
-generated packets, and tests/daemon runs the whole client against mosquitto.
+Only paho's private ``_sock_recv``, ``_sock_close``, ``_packet_read``, ``_packet_queue``,
+``_packet_write``, ``_handle_publish`` and ``_handle_pubackcomp``, and its ``loop_read``, are
+overridden, each falling back to paho's own for what it does not cover. tests/test_mqttwire.py
+checks the decoder against paho's on generated packets, and the reads; tests/daemon runs the
+whole client against mosquitto.
 """
 
 from __future__ import annotations
@@ -218,6 +219,7 @@ def _varint(n: int) -> bytes:
 
 
 _SEND_BYTES = 1 << 16  # coalesced writes stop growing here (paho copies what a send left over)
+_READ_BYTES = 1 << 16  # one recv() of the socket takes up to this much
 
 
 class _Infos:
@@ -233,7 +235,7 @@ class _Infos:
 
 
 class WireClient(paho.Client):
-    """paho's client, with its socket writes made fit for many small packets.
+    """paho's client, with its socket reads and writes made fit for many small packets.
 
     paho sends each queued packet with a send() of its own, and announces each one queued by
     writing a byte to its wake-up socket. Serving a request on the network thread queues two
@@ -243,12 +245,85 @@ class WireClient(paho.Client):
       replies of a burst (on loopback each send costs the sender the broker's receive path);
     - ``after_read`` runs after each burst of packets read, for requests kept to run together,
       and what the burst queued is written at once (paho would select() again first).
-    Only paho's private ``_packet_queue``/``_packet_write`` and its ``loop_read`` are
-    overridden; the packets and their order are paho's own (tests/daemon runs them against
-    mosquitto).
+    paho also reads each packet with three recv() calls or more (its first byte, each length
+    byte, the rest); here one recv() takes what the socket holds, each whole packet in it is
+    handled at once, and paho's own reads (of a packet not all here yet) are served from it
+    until it is used up (``loop_read`` reads on while any is left: select() cannot see it).
+    The packets and their order are paho's own (tests/daemon runs them against mosquitto).
     """
 
     after_read: Callable[[], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._received = bytearray()  # read from the socket, not yet taken by paho
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        received = self._received
+        if not received:
+            data = super()._sock_recv(_READ_BYTES)
+            if len(data) <= bufsize:
+                return data
+            received += memoryview(data)[bufsize:]
+            return data[:bufsize]
+        data = bytes(received[:bufsize])
+        del received[:bufsize]  # cheap: a bytearray drops its head without moving the rest
+        return data
+
+    def _packet_read(self) -> MQTTErrorCode:
+        # A whole packet in the buffer (filled by one recv() when empty) is handled at once;
+        # anything else (a packet not all here yet, paho part-way through one, a socket error)
+        # is paho's, whose reads then come from the buffer.
+        received = self._received
+        if self._in_packet["command"] != 0:
+            return super()._packet_read()
+        if not received:
+            try:
+                data = super()._sock_recv(_READ_BYTES)
+            except BlockingIOError:
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError:
+                return super()._packet_read()  # meets the error again, and logs and maps it
+            if not data:
+                return super()._packet_read()  # the connection closed: paho's handling
+            received += data
+        length = shift = 0
+        for start in range(1, min(5, len(received))):
+            length |= (received[start] & 0x7F) << shift
+            shift += 7
+            if not received[start] & 0x80:
+                end = start + 1 + length
+                if end > len(received):
+                    break
+                return self._handle_whole(received[0], length, received[start + 1 : end], end)
+        return super()._packet_read()
+
+    def _handle_whole(self, command: int, length: int, body: bytearray, end: int) -> MQTTErrorCode:
+        """paho's handling of one packet read whole (as its _packet_read ends)."""
+        del self._received[:end]
+        packet = self._in_packet
+        packet["command"], packet["remaining_length"], packet["packet"] = command, length, body
+        with self._msgtime_mutex:
+            self._last_bytes_received = paho.time_func()
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket:
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = {
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(),
+            "to_process": 0,
+            "pos": 0,
+        }
+        return rc
+
+    def _sock_close(self) -> None:
+        self._received.clear()  # the old connection's bytes
+        super()._sock_close()
 
     # Called on the network thread with each PUBLISH at QoS 0 or 1 (paho's on_message is then
     # not called for it); QoS 1 is acknowledged by the caller (``ack``) unless not manual_ack.
@@ -325,6 +400,8 @@ class WireClient(paho.Client):
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._received and self._sock is not None:
+            rc = super().loop_read(max_packets)  # paho stopped at max_packets; more is here
         if self.after_read is not None:
             self.after_read()
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._out_packet:

@@ -36,14 +36,23 @@ def default_node_id() -> str:
     return sanitize_node_id(socket.gethostname())
 
 
+# A bad level anywhere in "/"-joined levels: MQTT forbids NUL; '+'/'#' are wildcards; an empty
+# level, '.' and '..' are refused so no level can look like a path step to a bridge, ACL
+# pattern or log reader. (One search: this runs on every request's topics.)
+_BAD_LEVELS = re.compile(r"[+#\x00]|(?:^|/)\.{0,2}(?:/|$)")
+
+
+def _levels_ok(levels: str) -> bool:
+    """Whether every level of ``levels`` ("/"-joined) is a plain, non-empty one."""
+    return _BAD_LEVELS.search(levels) is None
+
+
 def _level_ok(level: str) -> bool:
-    # MQTT forbids NUL; '+'/'#' are wildcards; '.'/'..' are refused so no level can look like a
-    # path step to a bridge, ACL pattern or log reader.
-    return bool(level) and not any(c in level for c in "+#/\0") and level not in (".", "..")
+    return "/" not in level and _levels_ok(level)
 
 
 def _check_topic_root(value: str, what: str) -> None:
-    if not value or value.startswith("$") or not all(_level_ok(x) for x in value.split("/")):
+    if value.startswith("$") or not _levels_ok(value):
         raise ConfigError(
             f"{what} {value!r} must be non-empty topic levels without wildcards, '$' or '..'"
         )
@@ -157,7 +166,7 @@ class Topics:
             rest = rest[1:]
         else:
             return None
-        if not 1 <= len(rest) <= 2 or not all(_level_ok(x) for x in rest):
+        if not 1 <= len(rest) <= 2 or not _levels_ok("/".join(rest)):
             return None
         return RequestTopic(rest[0], rest[1] if len(rest) == 2 else None, pinned)
 
@@ -175,7 +184,7 @@ class Topics:
         if size > MAX_TOPIC_BYTES or not topic.startswith(self.reply_root):
             return False
         rest = topic[len(self.reply_root) :]
-        return bool(rest) and all(_level_ok(x) for x in rest.split("/"))
+        return _levels_ok(rest)
 
     def reply_device(self, topic: str) -> str:
         """The device an allowed reply topic belongs to: its first level under the reply

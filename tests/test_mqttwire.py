@@ -173,3 +173,58 @@ def test_a_plain_puback_tells_on_publish_once_and_one_with_a_reason_goes_to_paho
     client._handle_pubackcomp("PUBACK")  # reason 0x80, unspecified error: paho's decoder
     assert published == [(7, False), (8, True)]
     assert client._out_messages == {}
+
+
+class _ChunkSocket:
+    """Hands out scripted chunks, one per recv() (BlockingIOError when none is left), and counts
+    the recv() calls."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.recvs = 0
+
+    def recv(self, size: int) -> bytes:
+        self.recvs += 1
+        if not self.chunks:
+            raise BlockingIOError
+        chunk = self.chunks.pop(0)
+        assert len(chunk) <= size
+        return chunk
+
+    def close(self) -> None:
+        pass
+
+
+def _publish(n: int, body: bytes = b"{}") -> bytes:
+    """A QoS 1 MQTT 5 PUBLISH to t/<n>, packet id n."""
+    rest = b"\x00\x03t/" + bytes([48 + n]) + n.to_bytes(2, "big") + b"\x00" + body
+    remaining = len(rest)
+    length = (
+        bytes([remaining & 0x7F | 0x80, remaining >> 7]) if remaining > 127 else bytes([remaining])
+    )
+    return b"\x32" + length + rest
+
+
+def test_packets_read_in_one_recv_are_each_delivered_and_a_cut_one_waits_for_its_rest() -> None:
+    got: list[Publish] = []
+    client = _client(got.append)
+    big = _publish(3, b"x" * 300)  # a two-byte remaining length
+    stream = _publish(1) + _publish(2) + big + _publish(4)
+    cut = len(stream) - 150  # inside the big one
+    sock = _ChunkSocket([stream[:cut]])
+    client._sock = sock  # type: ignore[assignment]
+    assert client.loop_read() == paho.MQTT_ERR_SUCCESS
+    assert [p.topic for p in got] == ["t/1", "t/2"]
+    assert sock.recvs == 2  # one read, one that found nothing more: not 3 or more a packet
+    sock.chunks = [stream[cut:-5], stream[-5:]]
+    assert client.loop_read() == paho.MQTT_ERR_SUCCESS
+    assert [(p.topic, p.mid, len(p.payload)) for p in got][2:] == [("t/3", 3, 300), ("t/4", 4, 2)]
+    assert client._received == bytearray() and client._in_packet["command"] == 0
+
+
+def test_a_closed_connection_forgets_what_it_read() -> None:
+    client = _client(lambda p: None)
+    client._sock = _ChunkSocket([])  # type: ignore[assignment]
+    client._received += _publish(1)[:4]  # the start of a packet the connection did not finish
+    client._sock_close()
+    assert client._received == bytearray()

@@ -39,6 +39,9 @@ class Begin:
     cached: bytes | None = None
 
 
+_RUN, _JOINED = Begin(run=True), Begin(run=False)
+
+
 class RequestLedger:
     """Thread-safe: the network thread begins requests, model workers finish them."""
 
@@ -53,7 +56,7 @@ class RequestLedger:
     def begin(self, key: LedgerKey | None, waiter: Waiter) -> Begin:
         """Register a request; ``key`` None (no id) always runs and is never cached."""
         if key is None:
-            return Begin(run=True)
+            return _RUN
         with self._lock:
             cached = self._answered.get(key)
             if cached is not None:
@@ -64,9 +67,9 @@ class RequestLedger:
             if flight is not None:
                 flight.waiters.append(waiter)
                 self.joined += 1
-                return Begin(run=False)
+                return _JOINED
             self._in_flight[key] = _InFlight([waiter])
-            return Begin(run=True)
+            return _RUN
 
     def finish(
         self, key: LedgerKey | None, first: Waiter, reply: bytes, cache: bool

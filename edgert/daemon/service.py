@@ -491,13 +491,9 @@ class Service:
             waiter.deliver(reply)
             return
         reply = self._fitting(waiter, reply)
-        self.connection.publish(
-            waiter.topic,
-            reply,
-            qos=waiter.qos,
-            correlation=waiter.correlation,
-            content_type="application/json",
-        )
+        # No Content Type: a reply is always JSON (DESIGN.md), and each property costs every
+        # requester's MQTT client a decode.
+        self.connection.publish(waiter.topic, reply, qos=waiter.qos, correlation=waiter.correlation)
 
     def _fitting(self, waiter: Waiter, reply: bytes) -> bytes:
         """``reply``, or a too_large error in its place when it exceeds the payload limit or the
@@ -510,11 +506,7 @@ class Service:
             return reply  # far inside both limits: no need to measure the packet exactly
         if limit is not None:
             size = self.connection.packet_size(
-                waiter.topic,
-                reply,
-                qos=waiter.qos,
-                correlation=waiter.correlation,
-                content_type="application/json",
+                waiter.topic, reply, qos=waiter.qos, correlation=waiter.correlation
             )
         if size <= cap:
             return reply
