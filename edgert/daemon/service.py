@@ -3,7 +3,8 @@
 The network thread (paho's) decodes and hands off to each model's worker (a bounded queue, a
 batcher, one thread per instance). A model whose runs take under a millisecond is answered on
 the network thread itself while nothing is queued for it: there, a hand-off costs more than the
-inference.
+inference. Which models are served, and swapping, retiring and building them, are the work of
+:class:`~edgert.daemon.models.Models`.
 """
 
 from __future__ import annotations
@@ -13,29 +14,23 @@ import ctypes
 import json
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from edgert.daemon.batcher import BatchPlan, BatchSettings
 from edgert.daemon.discovery import ModelEntity, SourceEntity
 from edgert.daemon.homeassistant import HomeAssistant
-from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.limits import RateLimiter
+from edgert.daemon.models import Models, Served, model_name
 from edgert.daemon.sources import Sources
-from edgert.daemon.stats import ModelStats
-from edgert.daemon.streams import StreamPlan, StreamStates
-from edgert.daemon.worker import Job, ModelWorker
+from edgert.daemon.worker import Job
 from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
 from edgert.mqtt import Message, MqttConnection
-from edgert.pipeline import Postprocess, Preprocess, Transform
+from edgert.pipeline import Transform
 from edgert.protocol import (
     ErrorCode,
     ProtocolError,
@@ -46,33 +41,13 @@ from edgert.protocol import (
     error_reply,
     sanitize_node_id,
 )
-from edgert.repository import MANIFEST, ModelDir, Repository
-from edgert.runtime import LoadedModel, open_model
+from edgert.repository import ModelDir, Repository
+from edgert.runtime import open_model
 from edgert.settings import DaemonConfig
-from edgert.spec import TensorSpec
 
 __all__ = ["Service"]
 
 log = logging.getLogger("edgert.daemon")
-
-
-@dataclass
-class _Served:
-    model: ModelDir
-    worker: ModelWorker
-    specs: Sequence[TensorSpec]
-    declared: str | None  # the payload format model.toml declares (raw, npy...), if any
-    pre: Preprocess | None  # model.toml [preprocess]: image or audio payloads to the tensor
-    fingerprint: tuple[object, ...]  # the model dir as loaded: see _fingerprint
-
-    def decode(
-        self, message: Message, name: str, key: str | None, max_elements: int
-    ) -> tuple[Request, Transform | None]:
-        """The request in ``message`` for this model; ProtocolError for anything wrong."""
-        io = self.worker.loaded.runner.io
-        return decode_request(
-            message, io, name, self.specs, key, max_elements, self.declared, self.pre
-        )
 
 
 @dataclass(frozen=True)
@@ -96,13 +71,6 @@ class Service:
         )
         self.ledger = RequestLedger(config.reply_cache)
         self._limiter = RateLimiter(config.rate_limit, config.burst) if config.rate_limit else None
-        self._served: dict[str, _Served] = {}
-        self._failed: dict[str, str] = {}
-        self._builds: dict[str, subprocess.Popen[str]] = {}  # compile children running now
-        self._lock = threading.Lock()
-        # Held while a request is handed to a model's worker and while a reload swaps a model:
-        # no request goes to a worker after it was swapped out (reentrant: see _on_message).
-        self._swap = threading.RLock()
         self._stopping = threading.Event()
         self._reload = threading.Event()
         self._stats_thread: threading.Thread | None = None
@@ -120,6 +88,16 @@ class Service:
             on_message=self._on_message,
             after_read=self._flush,
         )
+        self.models = Models(
+            config,
+            self.ledger,
+            self.connection,
+            self.topics,
+            self._stopping,
+            publish_reply=self._publish_reply,
+            on_result=self._sources.on_result,
+            on_built=self._built,
+        )
         self.homeassistant = (
             HomeAssistant(self.node, self.topics, self.connection, self._entities)
             if config.homeassistant
@@ -134,18 +112,18 @@ class Service:
         pending: list[ModelDir] = []
         for model in self._configured(repository):
             try:
-                self._serve_model(model, open_model(model, self.config.backend))
+                self.models.serve(model, open_model(model, self.config.backend))
             except IncompatibleArtifact as exc:
                 if not self.config.rebuild_stale:
-                    self._fail(model, f"{exc.message} (or serve with --rebuild-stale)")
+                    self.models.fail(model, f"{exc.message} (or serve with --rebuild-stale)")
                     continue
-                log.info("%s: %s; rebuilding it in a child process", _name(model), exc.message)
+                log.info("%s: %s; rebuilding it in a child process", model_name(model), exc.message)
                 pending.append(model)
             except ArtifactError as exc:
-                log.info("%s: %s; compiling it in a child process", _name(model), exc.message)
+                log.info("%s: %s; compiling it in a child process", model_name(model), exc.message)
                 pending.append(model)
             except EdgertError as exc:
-                self._fail(model, exc.message)
+                self.models.fail(model, exc.message)
         self.connection.start()
         # Pinned requests for any model (so an unknown one is answered no_model); pooled ones
         # per served model, so daemons sharing a broker never answer for each other's models.
@@ -156,16 +134,16 @@ class Service:
             self.connection.subscribe(trigger, 0)
         self.connection.publish_retained(self.topics.status, b"online")
         self._publish_catalogue()
-        self._sources.start(list(self._served), [_name(m) for m in pending])
+        self._sources.start(list(self.models.served), [model_name(m) for m in pending])
         for model in pending:
-            self._start_build(model)
+            self.models.start_build(model)
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
         _release_freed_memory()
         _notify_systemd("READY=1")
         log.info(
             "serving %s as node %s on %s:%d",
-            ", ".join(self._served) or "no models yet",
+            ", ".join(self.models.served) or "no models yet",
             self.node,
             self.config.broker.host,
             self.config.broker.port,
@@ -199,34 +177,7 @@ class Service:
         except EdgertError as exc:
             log.error("reload: %s; serving on as before", exc.message)
             return
-        names = {_name(model) for model in models}
-        for model in models:
-            name = _name(model)
-            with self._lock:
-                current = self._served.get(name)
-                building = name in self._builds
-            if building or (current is not None and current.fingerprint == _fingerprint(model)):
-                continue
-            try:
-                self._serve_model(model, open_model(model, self.config.backend))
-            except ArtifactError as exc:
-                if current is not None:
-                    log.error("%s: kept version %s: %s", name, _version(current), exc.message)
-                elif isinstance(exc, IncompatibleArtifact) and not self.config.rebuild_stale:
-                    self._fail(model, f"{exc.message} (or serve with --rebuild-stale)")
-                else:
-                    self._start_build(model)
-            except EdgertError as exc:
-                if current is not None:
-                    log.error("%s: kept version %s: %s", name, _version(current), exc.message)
-                else:
-                    self._fail(model, exc.message)
-        with self._lock:
-            gone = [name for name in self._served if name not in names]
-            for name in [n for n in self._failed if n not in names]:
-                del self._failed[name]
-        for name in gone:
-            self._retire(name)
+        self.models.update(models)
         self._publish_catalogue()
         _release_freed_memory()
 
@@ -241,9 +192,8 @@ class Service:
         self._stopping.set()
         _notify_systemd("STOPPING=1")
         self._sources.stop()  # no new pulls; then what was taken is answered
-        self._end_builds()
-        with self._lock:
-            served = list(self._served.values())
+        self.models.end_builds()
+        served = self.models.entries()
         for entry in served:
             if not entry.worker.drain(drain_timeout):
                 log.warning("%s: drain timed out", entry.worker.name)
@@ -254,166 +204,17 @@ class Service:
             entry.worker.stop()
         log.info("stopped")
 
-    def _end_builds(self) -> None:
-        """Builds in progress die with the daemon, so none writes or holds the GPU after it."""
-        with self._lock:
-            builds = list(self._builds.values())
-        for child in builds:
-            _signal_group(child, signal.SIGTERM)
-        for child in builds:
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                _signal_group(child, signal.SIGKILL)
-                child.wait()
-
-    # -- models -----------------------------------------------------------------------------
-
-    def _fail(self, model: ModelDir, reason: str) -> None:
-        with self._lock:
-            self._failed[_name(model)] = reason
-        log.error("%s: not served: %s", _name(model), reason)
-
-    def _serve_model(self, model: ModelDir, loaded: LoadedModel) -> None:
-        settings = BatchSettings.of(loaded.config)
-        streams = StreamPlan.of(loaded.config, loaded.io)
-        if streams.stateful:  # a stream's requests run in order, on one runner
-            settings = replace(settings, instances=1)
-        threads = settings.threads_per_instance(os.cpu_count() or 1)
-        if threads:  # reopen with its share of the cores
-            loaded.close()
-            loaded = open_model(model, self.config.backend, threads=threads)
-        extra = [
-            open_model(model, self.config.backend, threads=threads)
-            for _ in range(settings.instances - 1)
-        ]
-        worker = ModelWorker(
-            loaded,
-            self.ledger,
-            self._publish_reply,
-            ModelStats(),
-            self.config.queue_size,
-            plan=BatchPlan.for_model(loaded.io, loaded.constants, settings.max_batch),
-            max_queue_delay_us=settings.max_queue_delay_us,
-            extra_instances=extra,
-            events=self._event_publisher(loaded.config.name) if self.config.events else None,
-            streams=StreamStates(streams, loaded.io) if streams.stateful else None,
-            post=Postprocess.of(loaded.config, loaded.io),
-            stream_rows=min(
-                streams.max_rows(loaded.io, request_specs(loaded.io, loaded.constants)),
-                settings.max_batch or 1 << 30,
-            ),
-        )
-        worker.start()
-        specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
-        pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
-        entry = _Served(
-            model, worker, specs, declared_format(loaded.config, specs), pre, _fingerprint(model)
-        )
-        with self._swap:
-            with self._lock:
-                old = self._served.get(loaded.config.name)
-                self._served[loaded.config.name] = entry
-                self._failed.pop(loaded.config.name, None)
-            if old is not None:
-                old.worker.flush()  # what it kept back from the last read runs on the old one
-        self.connection.subscribe(self.topics.pooled_infer(loaded.config.name), self.config.qos)
-        if old is not None:
-            log.info(
-                "%s: version %s swapped in for %s", _name(model), _version(entry), _version(old)
-            )
-            self._retire_worker(old)
-        key = loaded.artifact.manifest.key
-        log.info(
-            "%s %s: loaded (%s, %s, max batch %d, %d instance(s))",
-            loaded.config.name,
-            loaded.config.version,
-            key.backend,
-            key.precision,
-            worker.plan.max_batch,
-            len(worker.instances),
-        )
-
-    def _event_publisher(self, name: str) -> Callable[[bytes, str | None, Any], None]:
-        topic = self.topics.events(name)
-
-        def publish(reply: bytes, stream: str | None, result: Any) -> None:
-            self.connection.publish(topic, reply, qos=0)
-            self._sources.on_result(name, stream, result)  # microphones and the like
-
-        return publish
-
-    def _retire(self, name: str) -> None:
-        """Stop serving ``name`` (its directory is gone): what it took is still answered."""
-        self.connection.unsubscribe(self.topics.pooled_infer(name))
-        with self._swap:
-            with self._lock:
-                entry = self._served.pop(name, None)
-            if entry is not None:
-                entry.worker.flush()
-        if entry is not None:
-            log.info("%s: no longer in the repository; not served", name)
-            self._retire_worker(entry)
-
-    def _retire_worker(self, entry: _Served) -> None:
-        if entry.worker.streams is not None and len(entry.worker.streams):
-            log.warning("%s: open streams start again from their initial state", entry.worker.name)
-        if not entry.worker.drain(30.0):
-            log.warning("%s: the old version's drain timed out", entry.worker.name)
-        entry.worker.stop()
-
-    def _start_build(self, model: ModelDir) -> None:
-        threading.Thread(
-            target=self._build_then_serve, args=(model,), name="build", daemon=True
-        ).start()
-
-    def _build_then_serve(self, model: ModelDir) -> None:
-        # A crash or out-of-memory abort in the build must not take the daemon down.
-        command = [
-            sys.executable,
-            "-m",
-            "edgert",
-            "compile",
-            str(model.path),
-            "--backend",
-            self.config.backend,
-        ]
-        if self._stopping.is_set():
-            return
-        # Its own process group, so stop() ends the TensorRT build grandchild with it.
-        with subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        ) as child:
-            with self._lock:
-                self._builds[_name(model)] = child
-            try:
-                _, stderr = child.communicate()
-            finally:
-                with self._lock:
-                    self._builds.pop(_name(model), None)
-        if self._stopping.is_set():
-            return  # stopped (and the build ended by stop()): neither fail nor serve
-        if child.returncode != 0:
-            reason = (stderr.strip().splitlines() or ["build failed"])[-1]
-            self._fail(model, f"build failed: {reason}")
-        else:
-            try:
-                self._serve_model(model, open_model(ModelDir(model.path), self.config.backend))
-                with self._lock:
-                    served = list(self._served)
-                self._sources.model_served(_name(model), served)
-            except EdgertError as exc:
-                self._fail(model, f"built but not loaded: {exc.message}")
+    def _built(self, name: str, ok: bool) -> None:
+        if ok:
+            self._sources.model_served(name, list(self.models.served))
         self._publish_catalogue()
 
+    # -- catalogue, Home Assistant and stats ----------------------------------------------
+
     def _publish_catalogue(self) -> None:
-        with self._lock:
+        with self.models.lock:
             entries = []
-            for name, entry in self._served.items():
+            for name, entry in self.models.served.items():
                 loaded = entry.worker.loaded
                 manifest = loaded.artifact.manifest
                 entries.append(
@@ -435,15 +236,17 @@ class Service:
                 )
                 if manifest.fallback:  # why not the preferred backend (e.g. ONNX-ML ops)
                     entries[-1]["fallback"] = manifest.fallback
-            failed = dict(self._failed)
+            failed = dict(self.models.failed)
         self.connection.publish_retained(self.topics.models, catalogue(self.node, entries, failed))
         if self.homeassistant is not None:
             self.homeassistant.publish()
 
     def _entities(self) -> tuple[list[ModelEntity], list[SourceEntity]]:
         """What Home Assistant is told of: the served models, and the sources feeding them."""
-        with self._lock:
-            configs = {name: entry.worker.loaded.config for name, entry in self._served.items()}
+        with self.models.lock:
+            configs = {
+                name: entry.worker.loaded.config for name, entry in self.models.served.items()
+            }
         models = [ModelEntity.of(config) for config in configs.values()]
         sources = [
             SourceEntity(
@@ -459,10 +262,10 @@ class Service:
     def _stats_loop(self) -> None:
         last: dict[str, tuple[float, int]] = {}  # model -> (when, requests) at the last stats
         while not self._stopping.wait(self.config.stats_interval):
-            with self._lock:
+            with self.models.lock:
                 models = {
                     name: entry.worker.stats.snapshot(entry.worker.depth)
-                    for name, entry in self._served.items()
+                    for name, entry in self.models.served.items()
                 }
             now = time.monotonic()
             for name, snapshot in models.items():
@@ -533,13 +336,12 @@ class Service:
         if route is None:
             self._sources.on_message(message.topic)  # a source's trigger, maybe
             return True
-        model_name, key, _pinned = route
+        name, key, _pinned = route
         received = time.monotonic()
-        keyed = self.topics.default_reply_topic(key, model_name) if key else None
+        keyed = self.topics.default_reply_topic(key, name) if key else None
         fallback = message.response_topic or keyed
         waiter_qos = min(message.qos, self.config.qos)
-        with self._lock:
-            served = self._served.get(model_name)
+        served = self.models.get(name)
         try:
             if len(message.payload) > self.config.max_payload:
                 raise ProtocolError(
@@ -548,14 +350,14 @@ class Service:
                     f"{self.config.max_payload}",
                 )
             if served is None:
-                why = self._failed.get(model_name)
-                known = ", ".join(sorted(self._served)) or "none"
+                why = self.models.failed.get(name)
+                known = ", ".join(sorted(self.models.served)) or "none"
                 raise ProtocolError(
                     ErrorCode.NO_MODEL,
-                    f"model '{model_name}' is not served here"
+                    f"model '{name}' is not served here"
                     + (f" ({why})" if why else f"; served: {known}"),
                 )
-            request, transform = served.decode(message, model_name, key, self.config.max_elements)
+            request, transform = served.decode(message, name, key, self.config.max_elements)
         except ProtocolError as exc:
             request_id = exc.request_id or message.user.get("id") or key
             candidates = [exc.reply_to, fallback, keyed]
@@ -583,15 +385,15 @@ class Service:
             )
             self._reply_error([keyed], message, request.id, error, waiter_qos)
             return True
-        with self._swap:
-            if self._served.get(model_name) is not served:  # swapped in while this was decoded
+        with self.models.swap:
+            if self.models.served.get(name) is not served:  # swapped in while this was decoded
                 return self._on_message(message)
             return self._take(message, served, request, transform, destination, received)
 
     def _take(
         self,
         message: Message,
-        served: _Served,
+        served: Served,
         request: Request,
         transform: Transform | None,
         destination: str,
@@ -644,9 +446,7 @@ class Service:
 
     def _flush(self) -> None:
         """After each burst of reads: run what the fast models kept back, a batch each."""
-        with self._swap:
-            for entry in self._served.values():
-                entry.worker.flush()
+        self.models.flush()
 
     # -- sources (their own threads) --------------------------------------------------------
 
@@ -656,8 +456,7 @@ class Service:
         """The reply ``model`` gives ``payload`` (a source's snapshot), taken the way a device's
         request is: its pre-processing, its worker's queue, its post-processing. An error reply
         when it cannot run, ``expired`` when no result comes within ``timeout`` seconds."""
-        with self._lock:
-            served = self._served.get(model)
+        served = self.models.get(model)
         try:
             if served is None or self._stopping.is_set():
                 raise ProtocolError(ErrorCode.NO_MODEL, f"model '{model}' is not served now")
@@ -682,9 +481,9 @@ class Service:
         deadline = received + timeout
         job = Job(None, None, waiter, request.inputs, received, deadline, True, transform=transform)
         served.worker.stats.record_request()
-        with self._swap:
+        with self.models.swap:
             # swapped since: the new version runs it (same inputs; a reload keeps the IO)
-            served = self._served.get(model, served)
+            served = self.models.served.get(model, served)
             taken = served.worker.offer(job)  # not deferred: this is not the network thread
         if not taken:
             served.worker.stats.record_error(ErrorCode.BUSY.value)
@@ -727,35 +526,6 @@ def _release_freed_memory() -> None:
     to the OS: glibc keeps it otherwise, and an 8 GB Jetson shares it with the GPU."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _signal_group(child: subprocess.Popen[str], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        os.killpg(child.pid, sig)
-
-
-def _fingerprint(model: ModelDir) -> tuple[object, ...]:
-    """What a reload compares: model.toml's and every artifact manifest's identity on disk (a
-    compile renames a new artifact directory into place, so its manifest is a new file)."""
-    manifests = sorted(model.build_dir.glob(f"[!.]*/{MANIFEST}"))
-    found: list[object] = [model.path.name]
-    for path in [model.path / "model.toml", *manifests]:
-        with contextlib.suppress(OSError):
-            stat = path.stat()
-            found.append((str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size))
-    return tuple(found)
-
-
-def _version(entry: _Served) -> str:
-    return entry.worker.loaded.config.version
-
-
-def _name(model: ModelDir) -> str:
-    """The name requests use: model.toml's, else the directory's (if model.toml is broken)."""
-    try:
-        return model.config.name
-    except EdgertError:
-        return model.path.name
 
 
 def _notify_systemd(state: str) -> None:

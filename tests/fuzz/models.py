@@ -1,5 +1,5 @@
 """The models the fuzz tests decode requests for, compiled for real, and set up for decoding as
-the daemon sets them up (``Service._serve_model``): request specs without constants or carried
+the daemon sets them up (``Models.serve``): request specs without constants or carried
 inputs, windowed inputs a chunk long, model.toml's declared format and ``[preprocess]``."""
 
 from __future__ import annotations

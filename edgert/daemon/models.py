@@ -1,0 +1,324 @@
+"""The models a daemon serves, and the changes to them: a model loaded with its worker, a new
+version swapped in between two requests (hot reload), one retired, one compiled in a child
+process (a crash or out-of-memory abort there must not take the daemon down)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from edgert.daemon.batcher import BatchPlan, BatchSettings
+from edgert.daemon.intake import declared_format, decode_request, request_specs
+from edgert.daemon.ledger import RequestLedger
+from edgert.daemon.stats import ModelStats
+from edgert.daemon.streams import StreamPlan, StreamStates
+from edgert.daemon.worker import ModelWorker, PublishFn
+from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
+from edgert.mqtt import Message, MqttConnection
+from edgert.pipeline import Postprocess, Preprocess, Transform
+from edgert.protocol import Request, Topics
+from edgert.repository import MANIFEST, ModelDir
+from edgert.runtime import LoadedModel, open_model
+from edgert.settings import DaemonConfig
+from edgert.spec import TensorSpec
+
+__all__ = ["Models", "Served", "model_name"]
+
+log = logging.getLogger("edgert.daemon")
+
+
+@dataclass
+class Served:
+    """A model being served: its directory, its worker, and how its requests are decoded."""
+
+    model: ModelDir
+    worker: ModelWorker
+    specs: Sequence[TensorSpec]
+    declared: str | None  # the payload format model.toml declares (raw, npy...), if any
+    pre: Preprocess | None  # model.toml [preprocess]: image or audio payloads to the tensor
+    fingerprint: tuple[object, ...]  # the model dir as loaded: see _fingerprint
+
+    @property
+    def version(self) -> str:
+        return self.worker.loaded.config.version
+
+    def decode(
+        self, message: Message, name: str, key: str | None, max_elements: int
+    ) -> tuple[Request, Transform | None]:
+        """The request in ``message`` for this model; ProtocolError for anything wrong."""
+        io = self.worker.loaded.runner.io
+        return decode_request(
+            message, io, name, self.specs, key, max_elements, self.declared, self.pre
+        )
+
+
+class Models:
+    """Which models are served, which failed (and why), and the builds running.
+
+    ``served`` and ``failed`` are read under ``lock``. ``swap`` is held while a request is
+    handed to a model's worker and while a model is swapped or retired, so no request goes to a
+    worker after it was swapped out (reentrant: the request path retries under it).
+    ``on_result(model, stream, result)`` hears every result (sources); ``on_built(model, ok)``
+    each child build's end.
+    """
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        ledger: RequestLedger,
+        connection: MqttConnection,
+        topics: Topics,
+        stopping: threading.Event,
+        *,
+        publish_reply: PublishFn,
+        on_result: Callable[[str, str | None, Any], None],
+        on_built: Callable[[str, bool], None],
+    ) -> None:
+        self.config = config
+        self.served: dict[str, Served] = {}
+        self.failed: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.swap = threading.RLock()
+        self._ledger = ledger
+        self._connection = connection
+        self._topics = topics
+        self._stopping = stopping
+        self._publish_reply = publish_reply
+        self._on_result = on_result
+        self._on_built = on_built
+        self._builds: dict[str, subprocess.Popen[str]] = {}  # compile children running now
+
+    def get(self, name: str) -> Served | None:
+        with self.lock:
+            return self.served.get(name)
+
+    def entries(self) -> list[Served]:
+        with self.lock:
+            return list(self.served.values())
+
+    def fail(self, model: ModelDir, reason: str) -> None:
+        with self.lock:
+            self.failed[model_name(model)] = reason
+        log.error("%s: not served: %s", model_name(model), reason)
+
+    def update(self, models: Sequence[ModelDir]) -> None:
+        """Serve ``models`` as they are on disk now: a changed one is loaded beside the one
+        serving and swapped in; one that fails to load keeps its old version serving (and says
+        why in the log); new ones are served or compiled in a child; the rest are retired."""
+        for model in models:
+            name = model_name(model)
+            with self.lock:
+                current = self.served.get(name)
+                building = name in self._builds
+            if building or (current is not None and current.fingerprint == _fingerprint(model)):
+                continue
+            try:
+                self.serve(model, open_model(model, self.config.backend))
+            except ArtifactError as exc:
+                if current is not None:
+                    log.error("%s: kept version %s: %s", name, current.version, exc.message)
+                elif isinstance(exc, IncompatibleArtifact) and not self.config.rebuild_stale:
+                    self.fail(model, f"{exc.message} (or serve with --rebuild-stale)")
+                else:
+                    self.start_build(model)
+            except EdgertError as exc:
+                if current is not None:
+                    log.error("%s: kept version %s: %s", name, current.version, exc.message)
+                else:
+                    self.fail(model, exc.message)
+        names = {model_name(model) for model in models}
+        with self.lock:
+            gone = [name for name in self.served if name not in names]
+            for name in [n for n in self.failed if n not in names]:
+                del self.failed[name]
+        for name in gone:
+            self.retire(name)
+
+    def serve(self, model: ModelDir, loaded: LoadedModel) -> None:
+        """Serve ``loaded`` (opened from ``model``), in place of a version serving now."""
+        settings = BatchSettings.of(loaded.config)
+        streams = StreamPlan.of(loaded.config, loaded.io)
+        if streams.stateful:  # a stream's requests run in order, on one runner
+            settings = replace(settings, instances=1)
+        threads = settings.threads_per_instance(os.cpu_count() or 1)
+        if threads:  # reopen with its share of the cores
+            loaded.close()
+            loaded = open_model(model, self.config.backend, threads=threads)
+        extra = [
+            open_model(model, self.config.backend, threads=threads)
+            for _ in range(settings.instances - 1)
+        ]
+        worker = ModelWorker(
+            loaded,
+            self._ledger,
+            self._publish_reply,
+            ModelStats(),
+            self.config.queue_size,
+            plan=BatchPlan.for_model(loaded.io, loaded.constants, settings.max_batch),
+            max_queue_delay_us=settings.max_queue_delay_us,
+            extra_instances=extra,
+            events=self._event_publisher(loaded.config.name) if self.config.events else None,
+            streams=StreamStates(streams, loaded.io) if streams.stateful else None,
+            post=Postprocess.of(loaded.config, loaded.io),
+            stream_rows=min(
+                streams.max_rows(loaded.io, request_specs(loaded.io, loaded.constants)),
+                settings.max_batch or 1 << 30,
+            ),
+        )
+        worker.start()
+        specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
+        pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
+        entry = Served(
+            model, worker, specs, declared_format(loaded.config, specs), pre, _fingerprint(model)
+        )
+        with self.swap:
+            with self.lock:
+                old = self.served.get(loaded.config.name)
+                self.served[loaded.config.name] = entry
+                self.failed.pop(loaded.config.name, None)
+            if old is not None:
+                old.worker.flush()  # what it kept back from the last read runs on the old one
+        self._connection.subscribe(self._topics.pooled_infer(loaded.config.name), self.config.qos)
+        if old is not None:
+            log.info(
+                "%s: version %s swapped in for %s", model_name(model), entry.version, old.version
+            )
+            self._retire_worker(old)
+        key = loaded.artifact.manifest.key
+        log.info(
+            "%s %s: loaded (%s, %s, max batch %d, %d instance(s))",
+            loaded.config.name,
+            loaded.config.version,
+            key.backend,
+            key.precision,
+            worker.plan.max_batch,
+            len(worker.instances),
+        )
+
+    def flush(self) -> None:
+        """Run what each model's worker kept back from the last read (network thread)."""
+        with self.swap:
+            for entry in self.served.values():
+                entry.worker.flush()
+
+    def retire(self, name: str) -> None:
+        """Stop serving ``name`` (its directory is gone): what it took is still answered."""
+        self._connection.unsubscribe(self._topics.pooled_infer(name))
+        with self.swap:
+            with self.lock:
+                entry = self.served.pop(name, None)
+            if entry is not None:
+                entry.worker.flush()
+        if entry is not None:
+            log.info("%s: no longer in the repository; not served", name)
+            self._retire_worker(entry)
+
+    def start_build(self, model: ModelDir) -> None:
+        """Compile ``model`` in a child process, then serve it (or record why not)."""
+        threading.Thread(
+            target=self._build_then_serve, args=(model,), name="build", daemon=True
+        ).start()
+
+    def end_builds(self) -> None:
+        """Builds in progress die with the daemon, so none writes or holds the GPU after it."""
+        with self.lock:
+            builds = list(self._builds.values())
+        for child in builds:
+            _signal_group(child, signal.SIGTERM)
+        for child in builds:
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                _signal_group(child, signal.SIGKILL)
+                child.wait()
+
+    def _event_publisher(self, name: str) -> Callable[[bytes, str | None, Any], None]:
+        topic = self._topics.events(name)
+
+        def publish(reply: bytes, stream: str | None, result: Any) -> None:
+            self._connection.publish(topic, reply, qos=0)
+            self._on_result(name, stream, result)  # microphones and the like
+
+        return publish
+
+    def _retire_worker(self, entry: Served) -> None:
+        if entry.worker.streams is not None and len(entry.worker.streams):
+            log.warning("%s: open streams start again from their initial state", entry.worker.name)
+        if not entry.worker.drain(30.0):
+            log.warning("%s: the old version's drain timed out", entry.worker.name)
+        entry.worker.stop()
+
+    def _build_then_serve(self, model: ModelDir) -> None:
+        name = model_name(model)
+        command = [
+            sys.executable,
+            "-m",
+            "edgert",
+            "compile",
+            str(model.path),
+            "--backend",
+            self.config.backend,
+        ]
+        if self._stopping.is_set():
+            return
+        # Its own process group, so end_builds() ends the TensorRT build grandchild with it.
+        with subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        ) as child:
+            with self.lock:
+                self._builds[name] = child
+            try:
+                _, stderr = child.communicate()
+            finally:
+                with self.lock:
+                    self._builds.pop(name, None)
+        if self._stopping.is_set():
+            return  # stopped (and the build ended by stop()): neither fail nor serve
+        ok = False
+        if child.returncode != 0:
+            reason = (stderr.strip().splitlines() or ["build failed"])[-1]
+            self.fail(model, f"build failed: {reason}")
+        else:
+            try:
+                self.serve(model, open_model(ModelDir(model.path), self.config.backend))
+                ok = True
+            except EdgertError as exc:
+                self.fail(model, f"built but not loaded: {exc.message}")
+        self._on_built(name, ok)
+
+
+def model_name(model: ModelDir) -> str:
+    """The name requests use: model.toml's, else the directory's (if model.toml is broken)."""
+    try:
+        return model.config.name
+    except EdgertError:
+        return model.path.name
+
+
+def _signal_group(child: subprocess.Popen[str], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(child.pid, sig)
+
+
+def _fingerprint(model: ModelDir) -> tuple[object, ...]:
+    """What a reload compares: model.toml's and every artifact manifest's identity on disk (a
+    compile renames a new artifact directory into place, so its manifest is a new file)."""
+    manifests = sorted(model.build_dir.glob(f"[!.]*/{MANIFEST}"))
+    found: list[object] = [model.path.name]
+    for path in [model.path / "model.toml", *manifests]:
+        with contextlib.suppress(OSError):
+            stat = path.stat()
+            found.append((str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return tuple(found)
