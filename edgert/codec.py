@@ -235,20 +235,21 @@ def decode_input(
 ) -> np.ndarray:
     """Decode a JSON input value (nested list, number, or base64 tensor object) for ``spec``,
     cast to its dtype where that keeps the kind of value, and check it against the spec."""
-    what = f"input '{spec.name}'"
-    if isinstance(value, Mapping):
-        array = decode_b64(value, spec.name, max_elements)
-    elif isinstance(value, list | int | float):  # bool is an int
+    if isinstance(value, list | int | float):  # bool is an int
         _check_nesting(value, spec.name)
         try:
             array = np.asarray(value)
         except (ValueError, TypeError) as exc:
+            what = f"input '{spec.name}'"
             raise PayloadError("bad_input", f"{what} is not a rectangular array: {exc}") from exc
         if array.size > max_elements:
-            raise _too_large(what, array.size, max_elements)
+            raise _too_large(f"input '{spec.name}'", array.size, max_elements)
         if array.size == 0 and array.dtype.kind in "biuf":
             array = array.astype(spec.dtype.numpy)  # [] parses as float64; empty fits any dtype
+    elif isinstance(value, Mapping):
+        array = decode_b64(value, spec.name, max_elements)
     else:
+        what = f"input '{spec.name}'"
         raise PayloadError(
             "bad_input",
             f"{what} must be a nested list of numbers or {{dtype, shape, b64}}, got "

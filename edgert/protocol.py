@@ -77,6 +77,7 @@ MAX_ID_CHARS = 128
 MAX_MESSAGE_CHARS = 400  # error messages stay well inside a microcontroller's 1 KiB buffer
 
 _REQUEST_KEYS = {"v", "id", "reply_to", "deadline_ms", "stream", "reset", "compact", "inputs"}
+_PLAIN_KEYS = {"id", "inputs"}  # most requests: the optional keys need no checks
 
 
 class ErrorCode(str, enum.Enum):
@@ -162,12 +163,22 @@ class _answerable:
         return None
 
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, PayloadError):
-            raise ProtocolError(
-                ErrorCode(exc.code), exc.message, request_id=self.request_id, reply_to=self.reply_to
-            ) from exc
-        if isinstance(exc, ProtocolError):
-            exc.request_id, exc.reply_to = self.request_id, self.reply_to
+        if isinstance(exc, PayloadError | ProtocolError):
+            error = _known(exc, self.request_id, self.reply_to)
+            if error is not exc:
+                raise error from exc
+
+
+def _known(
+    exc: PayloadError | ProtocolError, request_id: str | None, reply_to: str | None
+) -> ProtocolError:
+    """``exc`` as a ProtocolError that carries what is known of the request."""
+    if isinstance(exc, PayloadError):
+        return ProtocolError(
+            ErrorCode(exc.code), exc.message, request_id=request_id, reply_to=reply_to
+        )
+    exc.request_id, exc.reply_to = request_id, reply_to
+    return exc
 
 
 def _ident(value: Any, what: str) -> str | None:
@@ -221,28 +232,36 @@ def parse_json_request(
         raise _bad(f"a JSON request is an object, got {type(doc).__name__}")
     raw_reply = doc.get("reply_to")
     reply_to = response_topic or (raw_reply if isinstance(raw_reply, str) and raw_reply else None)
-    with _answerable(None, reply_to):
-        request_id = _ident(doc.get("id"), "id")
-    with _answerable(request_id, reply_to):
-        if raw_reply is not None and not (isinstance(raw_reply, str) and raw_reply):
-            raise _bad("reply_to must be a topic string")
-        unknown = set(doc) - _REQUEST_KEYS
-        if unknown:
-            known = ", ".join(sorted(_REQUEST_KEYS))
-            raise _bad(f"unknown key(s) {', '.join(sorted(unknown))}; known: {known}")
-        version = doc.get("v", PROTOCOL_VERSION)
-        if type(version) is not int or version != PROTOCOL_VERSION:
-            raise _bad(f"protocol version {version!r} is not supported; this daemon speaks 1")
-        deadline_ms = _deadline(doc.get("deadline_ms"))
-        stream = _ident(doc.get("stream"), "stream")
-        reset, compact = _flag(doc, "reset"), _flag(doc, "compact")
-        if reset and stream is None:
-            raise _bad("reset needs a stream")
+    request_id = None
+    try:  # errors get what is known of the request (see _answerable), without a context manager
+        request_id = _ident(doc.get("id"), "id")  # on every request: a try costs nothing
+        deadline_ms = stream = None
+        reset = compact = False
+        if not doc.keys() <= _PLAIN_KEYS:  # more than the usual two: check the rest
+            if raw_reply is not None and not (isinstance(raw_reply, str) and raw_reply):
+                raise _bad("reply_to must be a topic string")
+            if not doc.keys() <= _REQUEST_KEYS:
+                unknown = ", ".join(sorted(set(doc) - _REQUEST_KEYS))
+                known = ", ".join(sorted(_REQUEST_KEYS))
+                raise _bad(f"unknown key(s) {unknown}; known: {known}")
+            version = doc.get("v", PROTOCOL_VERSION)
+            if type(version) is not int or version != PROTOCOL_VERSION:
+                raise _bad(f"protocol version {version!r} is not supported; this daemon speaks 1")
+            deadline_ms = _deadline(doc.get("deadline_ms"))
+            stream = _ident(doc.get("stream"), "stream")
+            reset, compact = _flag(doc, "reset"), _flag(doc, "compact")
+            if reset and stream is None:
+                raise _bad("reset needs a stream")
         if doc.get("inputs") is None:
             raise _bad("missing inputs")
         # The envelope is checked first: decoding tensors is the expensive part.
         specs = io.inputs if request_specs is None else request_specs
         inputs = decode_inputs(doc["inputs"], specs, io, max_elements)
+    except (PayloadError, ProtocolError) as exc:
+        error = _known(exc, request_id, reply_to)
+        if error is exc:
+            raise
+        raise error from exc
     return Request(
         model=model,
         id=request_id,

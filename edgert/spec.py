@@ -49,7 +49,7 @@ class DType(str, enum.Enum):
 
     @property
     def numpy(self) -> np.dtype[Any]:
-        return np.dtype(self.value)
+        return _NUMPY_DTYPES[self.value]  # checked on every request: built once
 
     @property
     def is_float(self) -> bool:
@@ -67,6 +67,9 @@ class DType(str, enum.Enum):
             raise ConfigError(
                 f"unsupported dtype {value!r}; supported: {', '.join(d.value for d in cls)}"
             ) from exc
+
+
+_NUMPY_DTYPES = {d.value: np.dtype(d.value) for d in DType}
 
 
 @dataclass(frozen=True)
