@@ -257,6 +257,11 @@ class WireClient(paho.Client):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._received = bytearray()  # read from the socket, not yet taken by paho
+        # Within one loop_read: the last recv() was short (the socket had no more then) and its
+        # bytes are all handled, so another recv() now would most likely find nothing; select()
+        # tells if more came (one less syscall per wake-up).
+        self._drained = False
+        self._published = False  # a PUBLISH was handled in this loop_read (after_read is due)
 
     def _sock_recv(self, bufsize: int) -> bytes:
         received = self._received
@@ -278,6 +283,9 @@ class WireClient(paho.Client):
         if self._in_packet["command"] != 0:
             return super()._packet_read()
         if not received:
+            if self._drained:
+                self._drained = False
+                return MQTTErrorCode.MQTT_ERR_AGAIN
             try:
                 data = super()._sock_recv(_READ_BYTES)
             except BlockingIOError:
@@ -287,6 +295,7 @@ class WireClient(paho.Client):
             if not data:
                 return super()._packet_read()  # the connection closed: paho's handling
             received += data
+            self._drained = len(data) < _READ_BYTES  # holds once the buffer is used up
         length = shift = 0
         for start in range(1, min(5, len(received))):
             length |= (received[start] & 0x7F) << shift
@@ -301,6 +310,8 @@ class WireClient(paho.Client):
     def _handle_whole(self, command: int, length: int, body: bytearray, end: int) -> MQTTErrorCode:
         """paho's handling of one packet read whole (as its _packet_read ends)."""
         del self._received[:end]
+        if self._received:
+            self._drained = False
         packet = self._in_packet
         packet["command"], packet["remaining_length"], packet["packet"] = command, length, body
         with self._msgtime_mutex:
@@ -332,6 +343,7 @@ class WireClient(paho.Client):
     def _handle_publish(self) -> MQTTErrorCode:
         header = self._in_packet["command"]
         qos = (header & 0x06) >> 1
+        self._published = True
         if self.deliver is None or qos == 2:
             return super()._handle_publish()
         publish = decode_publish(header, self._in_packet["packet"], self._protocol == paho.MQTTv5)
@@ -399,10 +411,11 @@ class WireClient(paho.Client):
         return super()._packet_write()
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        self._drained = self._published = False
         rc = super().loop_read(max_packets)
         while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._received and self._sock is not None:
             rc = super().loop_read(max_packets)  # paho stopped at max_packets; more is here
-        if self.after_read is not None:
+        if self._published and self.after_read is not None:  # not after a PUBACK alone
             self.after_read()
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._out_packet:
             # What the reads queued (PUBACKs, replies) goes now, not after another select().

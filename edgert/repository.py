@@ -124,6 +124,12 @@ class ArtifactKey:
             return f"built for platform {mine}, this machine is {theirs}"
         if self.source_sha256 != machine.source_sha256:
             return "the source model.onnx changed since it was built (stale)"
+        mine, theirs = self.options.get("output_shapes"), machine.options.get("output_shapes")
+        if mine != theirs:
+            return (
+                f"built for output shapes {mine or 'from the model'}, model.toml now says "
+                f"{theirs or 'none'} (stale)"
+            )
         if dict(self.profiles) != dict(machine.profiles):
             return (
                 f"built for dim bounds {dict(self.profiles)}, model.toml now says "
@@ -170,6 +176,10 @@ def machine_key(
     config: ModelConfig | None = None,
 ) -> ArtifactKey:
     """The key an artifact of that source built here, now, with these settings would have."""
+    options = dict(kind.build_options(precision, config))
+    shapes = _output_shapes(config)
+    if shapes:  # absent when none: the keys of models without them stay as they were
+        options["output_shapes"] = shapes
     return ArtifactKey(
         backend=kind.name,
         backend_version=kind.version(),
@@ -177,8 +187,20 @@ def machine_key(
         precision=precision,
         profiles={name: rng.as_list() for name, rng in dims.items()},
         source_sha256=source_sha256,
-        options=kind.build_options(precision, config),
+        options=options,
     )
+
+
+def _output_shapes(config: ModelConfig | None) -> dict[str, Any]:
+    """model.toml's ``[outputs.X] shape``s: the manifest's IO (so the batch plan) was derived
+    with them, so an artifact built under others is stale."""
+    if config is None:
+        return {}
+    return {
+        name: list(table["shape"])
+        for name, table in sorted(config.outputs.items())
+        if "shape" in table
+    }
 
 
 @dataclass(frozen=True)

@@ -348,3 +348,26 @@ def test_manifests_from_before_fallback_still_load(corpus: Callable[[str], Path]
     loaded = open_model(ModelDir(model.path))
     assert loaded.artifact.manifest.fallback == ""
     loaded.close()
+
+
+def test_a_changed_output_shape_in_model_toml_makes_the_artifact_stale(tmp_path: Path) -> None:
+    # A converter-style output: its batch axis named apart from the input's ('unk__7').
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["unk__7", 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Softmax", ["x"], ["y"])], "g", [x], [y])
+    model_path = tmp_path / "soft" / "model.onnx"
+    model_path.parent.mkdir()
+    opset = [onnx.helper.make_opsetid("", 17)]
+    onnx.save(onnx.helper.make_model(graph, opset_imports=opset), model_path)
+    toml = model_path.parent / "model.toml"
+    toml.write_text('name = "soft"\n[dims]\nbatch = [1, 2, 8]\n')
+    first = compile_model(ModelDir(model_path.parent))
+    assert first.artifact.manifest.io.outputs[0].shape == ("unk__7", 4)
+    toml.write_text(toml.read_text() + '[outputs.y]\nshape = ["batch", 4]\n')
+    with pytest.raises(IncompatibleArtifact, match=r"output shapes .* \(stale\)"):
+        open_model(ModelDir(model_path.parent))
+    second = compile_model(ModelDir(model_path.parent))
+    assert not second.cached and second.artifact.path != first.artifact.path
+    loaded = open_model(ModelDir(model_path.parent))
+    assert loaded.io.outputs[0].shape == ("batch", 4)
+    loaded.close()

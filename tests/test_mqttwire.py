@@ -228,3 +228,21 @@ def test_a_closed_connection_forgets_what_it_read() -> None:
     client._received += _publish(1)[:4]  # the start of a packet the connection did not finish
     client._sock_close()
     assert client._received == bytearray()
+
+
+def test_a_short_read_used_up_is_not_followed_by_a_recv_that_would_find_nothing() -> None:
+    got: list[Publish] = []
+    flushes: list[int] = []
+    client = _client(got.append)
+    client.after_read = lambda: flushes.append(len(got))
+    sock = _ChunkSocket([_publish(1) + _publish(2)])
+    client._sock = sock  # type: ignore[assignment]
+    for mid in (7, 8):  # two replies awaiting their PUBACK: paho reads up to 2 packets a call
+        client._out_messages[mid] = paho.MQTTMessage(mid)
+    assert client.loop_read() == paho.MQTT_ERR_SUCCESS
+    assert [p.topic for p in got] == ["t/1", "t/2"] and sock.recvs == 1  # select() tells of more
+    sock.chunks = [b"\x40\x02\x00\x07"]  # a PUBACK alone: nothing for after_read to run
+    client._out_messages[7].qos = 1
+    client.loop_read()
+    assert sock.recvs == 2 and 7 not in client._out_messages
+    assert flushes == [2]
