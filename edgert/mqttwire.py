@@ -73,7 +73,7 @@ def _int(data: bytes | bytearray, pos: int, size: int, end: int) -> int:
 
 def _read_varint(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]:
     value = shift = 0
-    for count in range(4):
+    for _ in range(4):
         if pos >= end:
             break
         byte = data[pos]
@@ -82,8 +82,6 @@ def _read_varint(data: bytes | bytearray, pos: int, end: int) -> tuple[int, int]
         if not byte & 0x80:
             return value, pos
         shift += 7
-        if count == 3:
-            break
     raise MalformedPacket("a variable byte integer is cut short or longer than 4 bytes")
 
 
@@ -296,16 +294,14 @@ class WireClient(paho.Client):
                 return super()._packet_read()  # the connection closed: paho's handling
             received += data
             self._drained = len(data) < _READ_BYTES  # holds once the buffer is used up
-        length = shift = 0
-        for start in range(1, min(5, len(received))):
-            length |= (received[start] & 0x7F) << shift
-            shift += 7
-            if not received[start] & 0x80:
-                end = start + 1 + length
-                if end > len(received):
-                    break
-                return self._handle_whole(received[0], length, received[start + 1 : end], end)
-        return super()._packet_read()
+        try:
+            length, start = _read_varint(received, 1, len(received))
+        except MalformedPacket:  # its length not all here yet, or too long: paho's to handle
+            return super()._packet_read()
+        end = start + length
+        if end > len(received):
+            return super()._packet_read()
+        return self._handle_whole(received[0], length, received[start:end], end)
 
     def _handle_whole(self, command: int, length: int, body: bytearray, end: int) -> MQTTErrorCode:
         """paho's handling of one packet read whole (as its _packet_read ends)."""
