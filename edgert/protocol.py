@@ -19,15 +19,18 @@ from __future__ import annotations
 import enum
 import json
 import math
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from edgert.codec import (
     DEFAULT_MAX_ELEMENTS,
+    InputsDecoder,
     PayloadError,
     PayloadFormat,
     check_array,
@@ -201,7 +204,9 @@ def _deadline(value: Any) -> float | None:
     if value is None:
         return None
     if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
-        raise _bad(f"deadline_ms must be a positive number of milliseconds, got {value!r}")
+        raise _bad(
+            f"deadline_ms must be a positive number of milliseconds, got {reprlib.repr(value)}"
+        )
     return float(value)
 
 
@@ -214,20 +219,27 @@ def parse_json_request(
     correlation: bytes | None = None,
     request_specs: Sequence[TensorSpec] | None = None,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    decoder: InputsDecoder | None = None,
 ) -> Request:
     """Decode a JSON request to ``model``, whose inputs are checked against ``io``.
 
     ``request_specs`` are the inputs a device sends (default: all of ``io.inputs``; the daemon
     leaves out the constant ones, which model.toml fills in; carried and windowed inputs are
-    still sent by the device until the daemon keeps stream state).
+    still sent by the device until the daemon keeps stream state). ``decoder``, set up once for
+    them, saves the daemon redoing that on every request (it replaces ``request_specs``).
     ``response_topic`` (MQTT 5) takes precedence over the envelope's ``reply_to``.
     ``max_elements`` bounds the elements of all inputs together. Unknown keys are refused, so a
     typo (``deadline`` for ``deadline_ms``) does not silently do nothing.
     """
     try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
-        raise _bad(f"not a JSON request: {str(exc)[:200] or type(exc).__name__}") from exc
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        # orjson refuses NaN and Infinity tokens (sensors send them) and lone surrogates; the
+        # standard library reads them, and words the errors of what is not JSON at all.
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
+            raise _bad(f"not a JSON request: {str(exc)[:200] or type(exc).__name__}") from exc
     if not isinstance(doc, dict):
         raise _bad(f"a JSON request is an object, got {type(doc).__name__}")
     raw_reply = doc.get("reply_to")
@@ -246,7 +258,8 @@ def parse_json_request(
                 raise _bad(f"unknown key(s) {unknown}; known: {known}")
             version = doc.get("v", PROTOCOL_VERSION)
             if type(version) is not int or version != PROTOCOL_VERSION:
-                raise _bad(f"protocol version {version!r} is not supported; this daemon speaks 1")
+                shown = reprlib.repr(version)  # a value of any depth: repr() could recurse too deep
+                raise _bad(f"protocol version {shown} is not supported; this daemon speaks 1")
             deadline_ms = _deadline(doc.get("deadline_ms"))
             stream = _ident(doc.get("stream"), "stream")
             reset, compact = _flag(doc, "reset"), _flag(doc, "compact")
@@ -255,8 +268,11 @@ def parse_json_request(
         if doc.get("inputs") is None:
             raise _bad("missing inputs")
         # The envelope is checked first: decoding tensors is the expensive part.
-        specs = io.inputs if request_specs is None else request_specs
-        inputs = decode_inputs(doc["inputs"], specs, io, max_elements)
+        if decoder is not None:
+            inputs = decoder(doc["inputs"], max_elements)
+        else:
+            specs = io.inputs if request_specs is None else request_specs
+            inputs = decode_inputs(doc["inputs"], specs, io, max_elements)
     except (PayloadError, ProtocolError) as exc:
         error = _known(exc, request_id, reply_to)
         if error is exc:

@@ -476,6 +476,16 @@ def test_nan_and_infinity_are_accepted_for_float_inputs() -> None:
     assert math.isnan(x[0]) and x[1] == np.inf and x[2] == -np.inf
 
 
+def test_integers_beyond_64_bits_read_as_floats() -> None:
+    # orjson reads them as the nearest double: a float input takes one, an integer input and an
+    # id refuse it (the standard library would give a Python int of any size).
+    assert parse({"inputs": [[2**70, 2, 3, 4]]}).inputs["x"][0, 0] == np.float32(2.0**70)
+    ints = ModelIO((TensorSpec("t", DType.INT64, (1,)),), (), {})
+    assert "has float64 values" in refused({"inputs": [2**70]}, ints).message
+    assert "must be a string or integer" in refused({"id": 2**70, "inputs": [[1, 2, 3, 4]]}).message
+    assert parse({"id": 2**63 - 1, "inputs": [[1, 2, 3, 4]]}).id == str(2**63 - 1)
+
+
 BAD_REQUEST = [
     (b"", "not a JSON request"),
     (b"{", "not a JSON request"),
@@ -543,7 +553,6 @@ BAD_INPUT = [
     ({"inputs": {"x": [["a", "b", "c", "d"]]}}, "the model expects float32"),
     ({"inputs": {"x": [[1, None, 3, 4]]}}, "the model expects float32"),
     ({"inputs": {"x": [[{}, 2, 3, 4]]}}, "the model expects float32"),
-    ({"inputs": {"x": [[2**70, 2, 3, 4]]}}, "the model expects float32"),
     ({"inputs": {"x": "text"}}, "must be a nested list"),
     ({"inputs": {"x": None}}, "must be a nested list"),
     ({"inputs": {"x": [[1e300, 2, 3, 4]]}}, "outside float32's range"),
@@ -872,6 +881,65 @@ def test_detect_format_refuses(
 def test_detect_format_unknown_declared_format_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="one of json"):
         detect_format(b"{}", None, "gif")
+
+
+# The daemon's InputsDecoder takes a short path for one float input: near its limits (sizes at
+# and past the bounds, values past float16/float32's range, NaN, ints, bools, junk) it must
+# answer exactly as decode_inputs does.
+SHORT = [
+    ModelIO((TensorSpec("x", dt, ("batch", 3)),), (), {"batch": DimRange(1, 1, 4)})
+    for dt in (DType.FLOAT16, DType.FLOAT32, DType.FLOAT64)
+] + [ModelIO((TensorSpec("x", DType.FLOAT32, (2, "n")),), (), {})]
+short_values = (
+    st.floats()
+    | st.sampled_from([65504.0, 65520.0, 3.4028234e38, 3.5e38, 1e300, -1e300, 2**63, 2**64])
+    | st.integers(-(2**64), 2**64)
+    | st.booleans()
+    | st.sampled_from([None, "1", [], [1.0]])
+)
+
+
+@st.composite
+def near_shapes(draw: st.DrawFn) -> Any:
+    shape = draw(st.lists(st.integers(0, 5), min_size=1, max_size=3))
+    plain = st.floats(-10, 10) | st.integers(-5, 5)  # half the time, the usual request
+    leaf = plain if draw(st.booleans()) else short_values
+
+    def nest(dims: list[int]) -> st.SearchStrategy[Any]:
+        if not dims:
+            return leaf
+        return st.lists(nest(dims[1:]), min_size=dims[0], max_size=dims[0])
+
+    return draw(nest(shape))
+
+
+@given(st.sampled_from(SHORT), near_shapes(), st.sampled_from([6, 1 << 20]))
+@settings(max_examples=3000, derandomize=True, database=None)
+def test_the_short_path_decodes_as_decode_inputs(io_: ModelIO, raw: Any, limit: int) -> None:
+    def outcome(call: Any) -> Any:
+        try:
+            return call()
+        except PayloadError as exc:
+            return exc
+
+    theirs = outcome(lambda: codec.decode_inputs(raw, io_.inputs, io_, limit))
+    ours = outcome(lambda: codec.InputsDecoder(io_.inputs, io_)(raw, limit))
+    if isinstance(theirs, PayloadError):
+        assert isinstance(ours, PayloadError) and ours.message == theirs.message
+        assert ours.code == theirs.code
+    else:
+        assert not isinstance(ours, PayloadError), ours.message
+        (name, array), (our_name, our_array) = *theirs.items(), *ours.items()
+        assert name == our_name and our_array.dtype == array.dtype
+        np.testing.assert_array_equal(our_array, array)
+
+
+def test_the_short_path_is_taken() -> None:
+    """The short path is there: a plain request takes it, a huge value does not."""
+    decoder = codec.InputsDecoder(SHORT[1].inputs, SHORT[1])
+    assert decoder._short([[1, 2.5, 3]], 100) is not None
+    assert decoder._short([[1, 2.5, 3.5e38]], 100) is None  # past float32: the general path
+    assert decoder._short([[1, 2.5, 3]] * 5, 100) is None  # past the batch bound
 
 
 # ------------------------------------------------------------------------------------ replies

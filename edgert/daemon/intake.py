@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from edgert.codec import InputsDecoder
 from edgert.config import ModelConfig
 from edgert.mqtt import Message
 from edgert.pipeline import Preprocess, Transform
@@ -41,14 +42,16 @@ def decode_request(
     message: Message,
     io: ModelIO,
     model: str,
-    specs: Sequence[TensorSpec],
+    inputs: InputsDecoder,
     key: str | None,
     max_elements: int,
     declared: str | None = None,
     pre: Preprocess | None = None,
 ) -> tuple[Request, Transform | None]:
     """The request in ``message`` and, for an image, the transform that maps boxes back to it;
-    ProtocolError (with its code) for anything wrong."""
+    ProtocolError (with its code) for anything wrong. ``inputs`` decodes (and names) the inputs a
+    device sends."""
+    specs = inputs.specs
     fmt = detect_format(message.payload, message.content_type, declared)
     if fmt == "json":
         request = parse_json_request(
@@ -57,8 +60,8 @@ def decode_request(
             model=model,
             response_topic=message.response_topic,
             correlation=message.correlation,
-            request_specs=specs,
             max_elements=max_elements,
+            decoder=inputs,
         )
         return request, None
     transform = None

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from edgert.codec import InputsDecoder
 from edgert.daemon.batcher import BatchPlan, BatchSettings
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger
@@ -41,10 +42,14 @@ class Served:
 
     model: ModelDir
     worker: ModelWorker
-    specs: Sequence[TensorSpec]
+    inputs: InputsDecoder  # the inputs a device sends, and how they are decoded
     declared: str | None  # the payload format model.toml declares (raw, npy...), if any
     pre: Preprocess | None  # model.toml [preprocess]: image or audio payloads to the tensor
     fingerprint: tuple[object, ...]  # the model dir as loaded: see _fingerprint
+
+    @property
+    def specs(self) -> Sequence[TensorSpec]:
+        return self.inputs.specs
 
     @property
     def version(self) -> str:
@@ -56,7 +61,7 @@ class Served:
         """The request in ``message`` for this model; ProtocolError for anything wrong."""
         io = self.worker.loaded.runner.io
         return decode_request(
-            message, io, name, self.specs, key, max_elements, self.declared, self.pre
+            message, io, name, self.inputs, key, max_elements, self.declared, self.pre
         )
 
 
@@ -176,8 +181,9 @@ class Models:
         worker.start()
         specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
         pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
+        inputs = InputsDecoder(specs, loaded.runner.io)
         entry = Served(
-            model, worker, specs, declared_format(loaded.config, specs), pre, _fingerprint(model)
+            model, worker, inputs, declared_format(loaded.config, specs), pre, _fingerprint(model)
         )
         with self.swap:
             with self.lock:

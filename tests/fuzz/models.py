@@ -13,6 +13,7 @@ import numpy as np
 from onnx import helper, numpy_helper
 
 from edgert import ModelDir, compile_model, open_model
+from edgert.codec import InputsDecoder
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.streams import StreamPlan
 from edgert.mqtt import Message
@@ -108,8 +109,9 @@ class Target:
     def decode(
         self, message: Message, key: str | None = None, max_elements: int = MAX_ELEMENTS
     ) -> tuple[Request, Transform | None]:
+        inputs = InputsDecoder(self.specs, self.io)  # as the daemon has it (short path included)
         return decode_request(
-            message, self.io, self.name, self.specs, key, max_elements, self.declared, self.pre
+            message, self.io, self.name, inputs, key, max_elements, self.declared, self.pre
         )
 
     def check(self, request: Request) -> None:

@@ -28,6 +28,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgert.codec import (
+    InputsDecoder,
     PayloadError,
     decode_b64,
     decode_inputs,
@@ -56,10 +57,12 @@ from tests.fuzz.strategies import (
     deep_json,
     image_payloads,
     json_payloads,
+    json_values,
     messages,
     npy_payloads,
     payloads,
     raw_payloads,
+    tensors,
     wav_payloads,
 )
 
@@ -340,6 +343,33 @@ def test_decode_inputs_gives_arrays_or_a_payload_error(
             if spec.dtype.is_float:
                 continue
             assert np.issubdtype(result[spec.name].dtype, np.integer) or spec.dtype.value == "bool"
+
+
+def same_outcome(ours: object, theirs: object) -> None:
+    """Two decodings agree: the same error, or the same arrays (dtype, shape, values)."""
+    if isinstance(theirs, PayloadError):
+        assert isinstance(ours, PayloadError), ours
+        assert (ours.code, ours.message) == (theirs.code, theirs.message)
+        return
+    assert isinstance(ours, dict) and isinstance(theirs, dict) and ours.keys() == theirs.keys()
+    for name, array in theirs.items():
+        assert ours[name].dtype == array.dtype and ours[name].shape == array.shape
+        np.testing.assert_array_equal(ours[name], array)  # NaN equals NaN here
+
+
+@pytest.mark.parametrize("model", ["occupancy", "silero_vad", "multi", "tokens"])
+@given(data=st.data())
+@fuzz(300)
+def test_the_daemons_input_decoder_decodes_as_decode_inputs(
+    targets: Mapping[str, Target], model: str, data: st.DataObject
+) -> None:
+    target = targets[model]
+    dims = dict(target.io.dims)
+    one = tensors(target.specs[0], dims) if len(target.specs) == 1 else st.nothing()
+    raw = data.draw(json_values | one, "inputs")  # json_values first: the smallest example
+    decoder = InputsDecoder(target.specs, target.io)
+    theirs = payload_error(lambda: decode_inputs(raw, target.specs, target.io, MAX_ELEMENTS))
+    same_outcome(payload_error(lambda: decoder(raw, MAX_ELEMENTS)), theirs)
 
 
 # --------------------------------------------------------------- format detection, topics, MQTT
