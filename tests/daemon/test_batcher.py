@@ -248,3 +248,32 @@ def test_two_instances_serve_in_parallel_and_agree(occupancy: LoadedModel) -> No
     for n, expected in enumerate(alone):
         np.testing.assert_allclose(_outputs(replies.by_topic[f"r/{n}"]), expected, rtol=1e-6)
     worker.stop()
+
+
+@pytest.mark.parametrize(("instances", "taken"), [(1, 8), (2, 6), (3, 4)])
+def test_with_several_instances_a_batch_takes_its_share_of_the_queue(
+    occupancy: LoadedModel, instances: int, taken: int
+) -> None:
+    """12 queued, max batch 8: one instance takes 8; of two, the first takes 6 and leaves 6 for
+    the other (not 8 and 4, which would keep the last of the 8 waiting a longer run)."""
+    extra = [open_model(occupancy.model, threads=1) for _ in range(instances - 1)]
+    plan = BatchPlan.for_model(occupancy.io, occupancy.constants, 8)
+    worker = ModelWorker(
+        occupancy,
+        RequestLedger(),
+        Replies().publish,
+        ModelStats(),
+        64,
+        plan=plan,
+        extra_instances=extra,
+    )
+    feeds = {"readings": np.zeros((1, 4), np.float32)}
+    for n in range(12):
+        worker.submit(_job(n, feeds))
+    first = worker._queue.get_nowait()
+    assert first is not None
+    batch = [first]
+    assert worker._gather(batch) is None
+    assert len(batch) == taken and worker.depth == 12 - taken
+    for instance in extra:
+        instance.close()
