@@ -37,12 +37,10 @@ from edgert.codec import (
     decode_inputs,
     decode_npy,
     decode_raw,
-    dumps,
-    ok_reply,
     sniff_format,
-    to_jsonable,
 )
 from edgert.errors import EdgertError, InputError
+from edgert.jsonout import dumps, ok_reply, to_jsonable
 from edgert.spec import TensorSpec
 from edgert.topics import RequestTopic, Topics, default_node_id, sanitize_node_id
 

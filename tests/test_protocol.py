@@ -21,9 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgert import codec, protocol
-from edgert.codec import PayloadError, tensor_to_json, to_jsonable
+from edgert import codec, jsonout, protocol
+from edgert.codec import PayloadError
 from edgert.errors import ConfigError, EdgertError, InputError
+from edgert.jsonout import tensor_to_json, to_jsonable
 from edgert.onnx.model import ModelIO
 from edgert.protocol import (
     PROTOCOL_VERSION,
@@ -120,7 +121,7 @@ def test_error_codes_are_exactly_the_designed_ones() -> None:
     assert PROTOCOL_VERSION == 1
 
 
-@pytest.mark.parametrize("module", [protocol, codec])
+@pytest.mark.parametrize("module", [protocol, codec, jsonout])
 def test_exported_names_exist(module: Any) -> None:
     assert all(hasattr(module, name) for name in module.__all__)
 
@@ -130,10 +131,18 @@ def test_exported_names_exist(module: Any) -> None:
     [
         (
             "edgert/protocol.py",
-            {"edgert.errors", "edgert.spec", "edgert.config", "edgert.codec", "edgert.topics"},
+            {
+                "edgert.errors",
+                "edgert.spec",
+                "edgert.config",
+                "edgert.codec",
+                "edgert.jsonout",
+                "edgert.topics",
+            },
         ),
         ("edgert/topics.py", {"edgert.errors"}),
         ("edgert/codec.py", {"edgert.errors", "edgert.spec", "edgert.config"}),
+        ("edgert/jsonout.py", set()),
     ],
 )
 def test_layers_import_only_downward(path: str, allowed: set[str]) -> None:
