@@ -303,7 +303,8 @@ class InputsDecoder:
     """:func:`decode_inputs` for one model's request inputs, set up once (the daemon keeps one per
     model). The usual request to a model of one float input, a nested list of numbers within
     its bounds, takes a short path; anything else, every error included, takes the general one.
-    Both give the same arrays and the same errors (tests/test_protocol.py checks it)."""
+    Both give the same arrays and the same errors (tests/test_protocol.py and tests/fuzz check
+    it)."""
 
     def __init__(self, specs: Sequence[TensorSpec], io: ModelIO) -> None:
         self.specs = tuple(specs)
@@ -325,7 +326,9 @@ class InputsDecoder:
         top = float(np.finfo(self._dtype).max)
         self._max_square = top * top if self._dtype.itemsize < 8 else math.inf
 
-    def __call__(self, raw: Any, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, Any]:
+    def __call__(
+        self, raw: Any, max_elements: int = DEFAULT_MAX_ELEMENTS
+    ) -> dict[str, np.ndarray]:
         """The request's ``inputs`` decoded, as :func:`decode_inputs` gives them."""
         if self._name is not None and type(raw) is list:
             array = self._short(raw, max_elements)

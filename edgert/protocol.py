@@ -11,7 +11,10 @@ Topics (prefix ``edgert``, see DESIGN.md "Protocol")::
 A request is decoded into a :class:`Request`; anything wrong with it raises :class:`ProtocolError`,
 whose ``code`` is one of :class:`ErrorCode` and which :func:`error_reply` turns into the reply the
 device gets. JSON ``NaN``/``Infinity`` tokens are accepted for float inputs (sensors report NaN for
-"no reading") and refused for integer and bool inputs, as any float is.
+"no reading") and refused for integer and bool inputs, as any float is. Requests are read by
+orjson (the standard library where orjson refuses: NaN tokens, lone surrogates), which reads an
+integer beyond 64 bits as the nearest float: a float input takes it, an id or an integer input
+refuses it.
 """
 
 from __future__ import annotations
