@@ -326,9 +326,7 @@ class InputsDecoder:
         top = float(np.finfo(self._dtype).max)
         self._max_square = top * top if self._dtype.itemsize < 8 else math.inf
 
-    def __call__(
-        self, raw: Any, max_elements: int = DEFAULT_MAX_ELEMENTS
-    ) -> dict[str, np.ndarray]:
+    def __call__(self, raw: Any, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, np.ndarray]:
         """The request's ``inputs`` decoded, as :func:`decode_inputs` gives them."""
         if self._name is not None and type(raw) is list:
             array = self._short(raw, max_elements)
