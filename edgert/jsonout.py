@@ -117,9 +117,9 @@ def ok_reply(
     if not compact:
         # orjson writes arrays itself, float16 excepted: it would give float32's digits.
         reply["outputs"] = {
-            name: tensor_to_json(a) if a.dtype == np.float16 else a for name, a in outputs.items()
+            name: tensor_to_json(a) if a.dtype.char == "e" else a for name, a in outputs.items()
         }
-    reply["result"] = to_jsonable(result)
+    reply["result"] = result  # post-processing's plain values: dumps writes them as they are
     if latency_ms is not None and not compact:
         reply["latency_ms"] = {k: round(float(v), 3) for k, v in latency_ms.items()}
     return dumps(reply)
