@@ -203,12 +203,14 @@ class ModelWorker:
         if not plan.batches:
             return None
         rows = plan.rows(batch[0].feeds)
-        # With several instances, one takes its share of what is queued, not all of it: a batch
-        # of everything would keep the last of it waiting a whole long run while the other
-        # instances go idle (p99 at c=64 in scripts/bench's CNN).
+        # With several instances, one takes its share of a backlog, not all of it: a batch of
+        # everything would keep the last of it waiting a whole long run while the other
+        # instances go idle (p99 at c=64 in scripts/bench's CNN). No backlog: it waits the
+        # queue delay for more, up to max batch, as one instance does.
         limit = plan.max_batch
-        if len(self.instances) > 1:
-            share = -(-(self._queue.qsize() + rows) // len(self.instances))  # rounded up
+        queued = self._queue.qsize()
+        if len(self.instances) > 1 and queued:
+            share = -(-(queued + rows) // len(self.instances))  # rounded up
             limit = min(limit, max(share, rows))
         flush_at = time.monotonic() + self.delay
         while rows < limit:

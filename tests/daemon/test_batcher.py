@@ -6,6 +6,7 @@ starts, and the flush test only bounds how long a partial batch may wait.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -277,3 +278,38 @@ def test_with_several_instances_a_batch_takes_its_share_of_the_queue(
     assert len(batch) == taken and worker.depth == 12 - taken
     for instance in extra:
         instance.close()
+
+
+def test_with_several_instances_and_no_backlog_a_batch_still_waits_the_delay(
+    occupancy: LoadedModel,
+) -> None:
+    """The share is of a backlog: a lone request still waits the queue delay for others to
+    join it, as with one instance (here they come, and fill the batch before the delay)."""
+    second = open_model(occupancy.model, threads=1)
+    plan = BatchPlan.for_model(occupancy.io, occupancy.constants, 4)
+    worker = ModelWorker(
+        occupancy,
+        RequestLedger(),
+        Replies().publish,
+        ModelStats(),
+        64,
+        plan=plan,
+        max_queue_delay_us=30_000_000,  # far longer than the test: the batch fills first
+        extra_instances=[second],
+    )
+    feeds = {"readings": np.zeros((1, 4), np.float32)}
+    arrivals = [_job(n, feeds) for n in (3, 2, 1)]
+
+    class Arriving(queue.Queue[Job | None]):
+        """Jobs come in once the worker waits for them (none were queued when it began)."""
+
+        def get(self, block: bool = True, timeout: float | None = None) -> Job | None:
+            while arrivals:
+                self.put_nowait(arrivals.pop())
+            return super().get(block, timeout)
+
+    worker._queue = Arriving(maxsize=64)
+    batch = [_job(0, feeds)]
+    assert worker._gather(batch) is None
+    assert [job.id for job in batch] == ["id0", "id1", "id2", "id3"]
+    second.close()
