@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -26,10 +25,11 @@ from rich.table import Table
 from edgert import __version__
 from edgert.backends import status as backend_status
 from edgert.config import ModelConfig
-from edgert.errors import EdgertError, InputError
+from edgert.errors import EdgertError
 from edgert.repository import Artifact, ModelDir, Repository
 from edgert.runtime import open_model
 from edgert.spec import ModelIO
+from edgert.tensorfiles import read_inputs, read_tensors, write_outputs
 
 if TYPE_CHECKING:  # compile and the onnx package load in the commands that need them, not in serve
     from edgert.compile import CompileOptions
@@ -306,68 +306,6 @@ def list_models(repository: RepositoryOpt = DEFAULT_REPOSITORY) -> None:
             out.print(f"backend {entry.name}: {state}", highlight=False)
 
 
-def _read_inputs(path: Path, io: ModelIO, constants: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    requested = [s for s in io.inputs if s.name not in constants]
-    raw = _read_raw_inputs(path)
-    if not isinstance(raw, dict):
-        if len(requested) != 1:
-            names = ", ".join(s.name for s in requested)
-            raise InputError(
-                f"{path} holds one array but the model takes {len(requested)} inputs ({names}); "
-                "use .npz or a JSON object of name -> values"
-            )
-        raw = {requested[0].name: raw}
-    by_name = {s.name: s for s in io.inputs}
-    unknown = [k for k in raw if k not in by_name]
-    if unknown:
-        raise InputError(
-            f"{path}: unknown input(s) {', '.join(unknown)}; the model takes: {', '.join(by_name)}"
-        )
-    return {name: by_name[name].coerce(value) for name, value in raw.items()}
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_outputs(path: Path, outputs: Mapping[str, np.ndarray]) -> None:
-    if path.suffix == ".npy":
-        if len(outputs) != 1:
-            raise InputError(
-                f"the model has {len(outputs)} outputs; write them to .npz or .json instead"
-            )
-        array = next(iter(outputs.values()))
-
-        def write_npy(p: Path) -> None:
-            with p.open("wb") as fh:
-                np.save(fh, array, allow_pickle=False)
-
-        _write_atomic(path, write_npy)
-    elif path.suffix == ".npz":
-
-        def write_npz(p: Path) -> None:
-            with p.open("wb") as fh:
-                np.savez(fh, **outputs)  # type: ignore[arg-type]
-
-        _write_atomic(path, write_npz)
-    elif path.suffix == ".json":
-        text = json.dumps({k: v.tolist() for k, v in outputs.items()})
-        _write_atomic(path, lambda p: _write_text(p, text + "\n"))
-    else:
-        raise InputError(f"{path}: use a .npy, .npz or .json output file")
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
-
-
 @app.command()
 def run(
     model: Annotated[str, typer.Argument(help="Model directory, or model name in the repository.")],
@@ -392,12 +330,12 @@ def run(
     with _errors():
         loaded = open_model(Repository(repository).model(model), backend.value)
         try:
-            feeds = _read_inputs(input, loaded.runner.io, loaded.constants)
+            feeds = read_inputs(input, loaded.runner.io, loaded.constants)
             outputs = loaded.infer(feeds)
         finally:
             loaded.close()
         if output is not None:
-            _write_outputs(output, outputs)
+            write_outputs(output, outputs)
         key = loaded.artifact.manifest.key
         if as_json:
             print(json.dumps({k: v.tolist() for k, v in outputs.items()}))
@@ -527,21 +465,7 @@ def infer(
     from edgert.client import Client
 
     with _errors():
-        raw = _read_raw_inputs(input)
+        raw = read_tensors(input)
         with Client(broker, node=node) as client:
             reply = client.infer(model, raw, timeout=timeout)
         print(json.dumps(reply.raw))
-
-
-def _read_raw_inputs(path: Path) -> Any:
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read: {exc}") from exc
-    raise InputError(f"{path}: use a .npy, .npz or .json file")
