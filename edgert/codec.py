@@ -325,6 +325,9 @@ class InputsDecoder:
         # No value of a float64 array whose sum of squares is below this overflows the cast.
         top = float(np.finfo(self._dtype).max)
         self._max_square = top * top if self._dtype.itemsize < 8 else math.inf
+        # Every int64 fits float32 and float64; float16 stops at 65504, so its ints go the
+        # general way (which refuses what would overflow).
+        self._ints = self._dtype.itemsize >= 4
 
     def __call__(self, raw: Any, max_elements: int = DEFAULT_MAX_ELEMENTS) -> dict[str, np.ndarray]:
         """The request's ``inputs`` decoded, as :func:`decode_inputs` gives them."""
@@ -341,7 +344,7 @@ class InputsDecoder:
         except (ValueError, TypeError):
             return None
         kind = array.dtype
-        if kind != np.float64 and kind != np.int64:
+        if kind != np.float64 and not (kind == np.int64 and self._ints):
             return None  # bools, strings, nulls, mixed: the general path's checks and errors
         limits = self._limits
         if array.ndim != len(limits) or array.size > max_elements:

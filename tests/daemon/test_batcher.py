@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,12 @@ def _job(n: int, feeds: dict[str, np.ndarray], deadline: float | None = None) ->
 
 
 def _worker(
-    loaded: LoadedModel, replies: Replies, max_batch: int, queue_size: int = 256, delay_us: int = 0
+    loaded: LoadedModel,
+    replies: Replies,
+    max_batch: int,
+    queue_size: int = 256,
+    delay_us: int = 0,
+    extra: Sequence[LoadedModel] = (),
 ) -> ModelWorker:
     plan = BatchPlan.for_model(loaded.io, loaded.constants, max_batch)
     return ModelWorker(
@@ -61,6 +66,7 @@ def _worker(
         queue_size,
         plan=plan,
         max_queue_delay_us=delay_us,
+        extra_instances=extra,
     )
 
 
@@ -229,16 +235,7 @@ def test_two_instances_serve_in_parallel_and_agree(occupancy: LoadedModel) -> No
     feeds = [{"readings": rng.uniform(0, 1000, (1, 4)).astype(np.float32)} for _ in range(40)]
     alone = [occupancy.infer(f)["probabilities"] for f in feeds]
     replies = Replies()
-    plan = BatchPlan.for_model(occupancy.io, occupancy.constants, 4)
-    worker = ModelWorker(
-        occupancy,
-        RequestLedger(),
-        replies.publish,
-        ModelStats(),
-        64,
-        plan=plan,
-        extra_instances=[second],
-    )
+    worker = _worker(occupancy, replies, max_batch=4, queue_size=64, extra=[second])
     for n, f in enumerate(feeds):
         worker.submit(_job(n, f))
     with worker._locks[0]:  # instance 0 busy: its thread waits holding a batch
@@ -258,16 +255,7 @@ def test_with_several_instances_a_batch_takes_its_share_of_the_queue(
     """12 queued, max batch 8: one instance takes 8; of two, the first takes 6 and leaves 6 for
     the other (not 8 and 4, which would keep the last of the 8 waiting a longer run)."""
     extra = [open_model(occupancy.model, threads=1) for _ in range(instances - 1)]
-    plan = BatchPlan.for_model(occupancy.io, occupancy.constants, 8)
-    worker = ModelWorker(
-        occupancy,
-        RequestLedger(),
-        Replies().publish,
-        ModelStats(),
-        64,
-        plan=plan,
-        extra_instances=extra,
-    )
+    worker = _worker(occupancy, Replies(), max_batch=8, queue_size=64, extra=extra)
     feeds = {"readings": np.zeros((1, 4), np.float32)}
     for n in range(12):
         worker.submit(_job(n, feeds))
@@ -286,17 +274,8 @@ def test_with_several_instances_and_no_backlog_a_batch_still_waits_the_delay(
     """The share is of a backlog: a lone request still waits the queue delay for others to
     join it, as with one instance (here they come, and fill the batch before the delay)."""
     second = open_model(occupancy.model, threads=1)
-    plan = BatchPlan.for_model(occupancy.io, occupancy.constants, 4)
-    worker = ModelWorker(
-        occupancy,
-        RequestLedger(),
-        Replies().publish,
-        ModelStats(),
-        64,
-        plan=plan,
-        max_queue_delay_us=30_000_000,  # far longer than the test: the batch fills first
-        extra_instances=[second],
-    )
+    # A delay far longer than the test: the batch fills first.
+    worker = _worker(occupancy, Replies(), 4, queue_size=64, delay_us=30_000_000, extra=[second])
     feeds = {"readings": np.zeros((1, 4), np.float32)}
     arrivals = [_job(n, feeds) for n in (3, 2, 1)]
 
