@@ -23,24 +23,33 @@ the model's name. Example::
     [parity]                      # override the per-precision tolerances
     atol = 1e-4
     rtol = 1e-3
+
+The file is decoded strictly (:mod:`edgert.schema`) into :class:`ModelFile`, the reference for
+every key; the tables later layers act on are in :mod:`edgert.sections`.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal
 
-from edgert.errors import ConfigError
-from edgert.spec import Dim, DimRange, Shape
+import msgspec
+from msgspec import Meta
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+from edgert.errors import ConfigError, ConfigKeyError
+from edgert.schema import Table, decode, load_toml, located, show
+from edgert.sections import (
+    BatchingSection,
+    HomeAssistantSection,
+    PostprocessSection,
+    Preprocessing,
+    StateSection,
+    TensorRTSection,
+)
+from edgert.spec import DimRange
 
 __all__ = [
     "INPUT_FORMATS",
@@ -49,47 +58,122 @@ __all__ = [
     "InputConfig",
     "InputKind",
     "ModelConfig",
+    "ModelFile",
+    "OutputConfig",
     "Precision",
     "Tolerance",
     "load_toml",
-    "parse_shape",
-    "table",
 ]
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 InputKind = Literal["request", "constant", "carried", "windowed"]
 INPUT_KINDS: tuple[InputKind, ...] = ("request", "constant", "carried", "windowed")
-INPUT_FORMATS = ("json", "raw", "npy", "jpeg", "png", "wav")
+InputFormat = Literal["json", "raw", "npy", "jpeg", "png", "wav"]
+INPUT_FORMATS: tuple[InputFormat, ...] = ("json", "raw", "npy", "jpeg", "png", "wav")
 
-# Sections owned by later layers (pipelines, batching, stream state, Home Assistant): kept raw here
-# and validated by their owners, so model.toml can hold them without this module knowing them.
-_RAW_SECTIONS = ("preprocess", "postprocess", "batching", "state", "homeassistant", "tensorrt")
-_TOP_KEYS = {
-    "name",
-    "version",
-    "source",
-    "description",
-    "precision",
-    "labels",
-    "dims",
-    "inputs",
-    "outputs",
-    "parity",
-    *_RAW_SECTIONS,
+Name = Annotated[str, Meta(min_length=1)]
+Shape = Annotated[
+    tuple[Annotated[int, Meta(ge=0)] | Name, ...],
+    Meta(description="a list of sizes and dim names"),
+]
+# Which kind of input each kind-specific key belongs to.
+_KIND_KEYS: dict[str, InputKind] = {
+    "format": "request",
+    "value": "constant",
+    "from_output": "carried",
+    "initial": "carried",
+    "batch_axis": "carried",
+    "context": "windowed",
+    "chunk": "windowed",
+}
+_KIND_NEEDS: dict[str, tuple[str, ...]] = {
+    "constant": ("value",),
+    "carried": ("from_output",),
+    "windowed": ("context", "chunk"),
 }
 
 
-def load_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, mapping every failure to ConfigError naming the file."""
-    try:
-        with path.open("rb") as fh:
-            data: dict[str, Any] = tomllib.load(fh)
-            return data
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such file") from exc
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+class InputConfig(Table, forbid_unknown_fields=True, frozen=True):
+    """``[inputs.<name>]``: what model.toml says about one input. Kinds: ``request`` (a device
+    sends it), ``constant`` (``value``), ``carried`` (``from_output`` fed back on a stream's
+    next request, from ``initial``, streams stacked along ``batch_axis``), ``windowed`` (the
+    device sends ``chunk`` samples, the stream's last ``context`` are put before them)."""
+
+    kind: InputKind = "request"
+    shape: Shape | None = None  # rename or fix dims the exporter left unnamed
+    range: tuple[float, float] | None = None  # of seeded random samples for the parity check
+    format: InputFormat | None = None  # how a device sends it without a content type
+    value: Any = None
+    from_output: str | None = None
+    initial: float | None = None  # default 0
+    batch_axis: Annotated[int, Meta(ge=0)] | None = None  # default 0
+    context: Annotated[int, Meta(ge=0)] | None = None
+    chunk: Annotated[int, Meta(ge=1)] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key, kind in _KIND_KEYS.items():
+            if getattr(self, key) is not None and self.kind != kind:
+                raise ConfigKeyError(key, f'applies to kind = "{kind}" inputs, not "{self.kind}"')
+        for key in _KIND_NEEDS.get(self.kind, ()):
+            if getattr(self, key) is None:
+                raise ConfigKeyError(key, f'missing; a kind = "{self.kind}" input needs it')
+        if self.range is not None and not self.range[0] < self.range[1]:
+            raise ConfigKeyError(
+                "range", f"expected [low, high] with low < high, got {show(self.range)}"
+            )
+
+
+class OutputConfig(Table, forbid_unknown_fields=True, frozen=True):
+    """``[outputs.<name>]``: what model.toml says about one output."""
+
+    shape: Shape | None = None  # e.g. ["batch", 4]: a converter's own name for the batch axis
+
+
+class DimTable(Table, forbid_unknown_fields=True, frozen=True):
+    min: int
+    max: int
+    opt: int | None = None  # default: min
+
+
+class ParitySection(Table, forbid_unknown_fields=True, frozen=True):
+    """``[parity]``: the tolerances of the parity check, over the precision's own."""
+
+    atol: Annotated[float, Meta(ge=0)] | None = None
+    rtol: Annotated[float, Meta(ge=0)] | None = None
+
+
+# Bounds are checked by DimRange, not here: msgspec 0.23 corrupts memory on a union of a
+# constrained int and a fixed-length tuple.
+Dim = Annotated[
+    int | tuple[int, int, int] | DimTable,
+    Meta(description="a size, [min, opt, max] or { min, opt, max } of integers"),
+]
+
+
+class ModelFile(Table, forbid_unknown_fields=True, frozen=True):
+    """The whole of model.toml; every key optional."""
+
+    name: Name | None = None  # default: the model directory's name
+    version: Name | int = "1"  # the model's own version, echoed in replies
+    source: Name = "model.onnx"
+    description: str = ""
+    precision: Precision = "fp32"  # the default build precision
+    labels: Annotated[
+        tuple[str, ...] | str,
+        Meta(description="a list of strings, or the name of a labels file beside model.toml"),
+    ] = ()
+    dims: dict[str, Dim] = msgspec.field(default_factory=dict)  # bounds of dynamic axes, by name
+    inputs: dict[str, InputConfig] = msgspec.field(default_factory=dict)
+    outputs: dict[str, OutputConfig] = msgspec.field(default_factory=dict)
+    parity: ParitySection | None = None
+    preprocess: Preprocessing | None = None
+    postprocess: PostprocessSection | None = None
+    batching: BatchingSection = BatchingSection()
+    state: StateSection = StateSection()
+    homeassistant: HomeAssistantSection = HomeAssistantSection()
+    tensorrt: TensorRTSection = TensorRTSection()
 
 
 @dataclass(frozen=True)
@@ -110,81 +194,9 @@ class Tolerance:
 
 
 @dataclass(frozen=True)
-class InputConfig:
-    """What model.toml says about one input."""
-
-    name: str
-    kind: InputKind = "request"
-    shape: Shape | None = None
-    value: Any = None
-    range: tuple[float, float] | None = None
-    format: str | None = None  # how a device sends it without a content type: raw, npy, jpeg...
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, name: str, data: Mapping[str, Any], where: str) -> InputConfig:
-        data = dict(data)
-        kind = data.pop("kind", "request")
-        if kind not in INPUT_KINDS:
-            raise ConfigError(f"{where}: inputs.{name}.kind is {kind!r}; one of {INPUT_KINDS}")
-        shape = data.pop("shape", None)
-        if shape is not None:
-            shape = parse_shape(shape, f"{where}: inputs.{name}.shape")
-        value = data.pop("value", None)
-        if kind == "constant" and value is None:
-            raise ConfigError(f"{where}: inputs.{name} is constant but has no value")
-        rng = data.pop("range", None)
-        if rng is not None:
-            if (
-                not isinstance(rng, list)
-                or len(rng) != 2
-                or not all(isinstance(v, int | float) for v in rng)
-                or rng[0] >= rng[1]
-            ):
-                raise ConfigError(f"{where}: inputs.{name}.range must be [low, high], low < high")
-            rng = (float(rng[0]), float(rng[1]))
-        fmt = data.pop("format", None)
-        if fmt is not None and (fmt not in INPUT_FORMATS or kind != "request"):
-            raise ConfigError(
-                f"{where}: inputs.{name}.format is {fmt!r}; a request input's format is one of "
-                f"{', '.join(INPUT_FORMATS)}"
-            )
-        return cls(name, cast(InputKind, kind), shape, value, rng, fmt, MappingProxyType(data))
-
-
-def parse_shape(raw: Any, where: str) -> Shape:
-    if not isinstance(raw, list) or not all(
-        (isinstance(d, int) and not isinstance(d, bool) and d >= 0) or (isinstance(d, str) and d)
-        for d in raw
-    ):
-        raise ConfigError(f"{where} must be a list of sizes and dim names, got {raw!r}")
-    return tuple(cast(Dim, d) for d in raw)
-
-
-def _parse_dim(name: str, raw: Any, where: str) -> DimRange:
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        lo = opt = hi = cast(Any, raw)  # Any like the other forms; all are checked below
-    elif isinstance(raw, list) and len(raw) == 3:
-        lo, opt, hi = raw
-    elif isinstance(raw, dict) and set(raw) <= {"min", "opt", "max"} and {"min", "max"} <= set(raw):
-        lo, hi = raw["min"], raw["max"]
-        opt = raw.get("opt", lo)
-    else:
-        raise ConfigError(
-            f"{where}: dims.{name} must be a size, [min, opt, max] or {{ min, opt, max }}, "
-            f"got {raw!r}"
-        )
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, opt, hi)):
-        raise ConfigError(f"{where}: dims.{name} bounds must be integers, got {raw!r}")
-    try:
-        return DimRange(lo, opt, hi)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: dims.{name}: {exc}") from exc
-
-
-@dataclass(frozen=True)
 class ModelConfig:
-    """A model's model.toml, validated; defaults where the file (or the whole file) is absent."""
+    """A model's model.toml, resolved; defaults where the file (or the whole file) is absent.
+    ``where`` is the file as errors name it (checks against the model's IO use it too)."""
 
     name: str
     version: str = "1"
@@ -194,74 +206,70 @@ class ModelConfig:
     labels: tuple[str, ...] = ()
     dims: Mapping[str, DimRange] = field(default_factory=dict)
     inputs: Mapping[str, InputConfig] = field(default_factory=dict)
-    outputs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    outputs: Mapping[str, OutputConfig] = field(default_factory=dict)
     tolerance: Tolerance | None = None
-    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    preprocess: Preprocessing | None = None
+    postprocess: PostprocessSection | None = None
+    batching: BatchingSection = field(default_factory=BatchingSection)
+    state: StateSection = field(default_factory=StateSection)
+    homeassistant: HomeAssistantSection = field(default_factory=HomeAssistantSection)
+    tensorrt: TensorRTSection = field(default_factory=TensorRTSection)
+    where: str = field(default="model.toml", compare=False)
 
     @classmethod
     def load(cls, model_dir: Path) -> ModelConfig:
         """Read ``model_dir/model.toml`` (optional) into a ModelConfig."""
         path = model_dir / "model.toml"
         data = load_toml(path) if path.exists() else {}
-        if isinstance(data.get("labels"), str):  # a labels file beside model.toml, one a line
-            labels_path = model_dir / data["labels"]
-            try:
-                text = labels_path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"{path}: labels file {labels_path}: {exc.strerror}") from exc
-            data = {**data, "labels": [line.strip() for line in text.splitlines() if line.strip()]}
-        return cls.from_dict(data, default_name=model_dir.resolve().name, where=str(path))
+        return cls.from_dict(
+            data, default_name=model_dir.resolve().name, where=str(path), base_dir=model_dir
+        )
 
     @classmethod
     def from_dict(
-        cls, data: Mapping[str, Any], *, default_name: str, where: str = "model.toml"
+        cls,
+        data: Mapping[str, Any],
+        *,
+        default_name: str,
+        where: str = "model.toml",
+        base_dir: Path = Path("."),
     ) -> ModelConfig:
-        unknown = set(data) - _TOP_KEYS
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: "
-                f"{', '.join(sorted(_TOP_KEYS))}"
-            )
-        name = str(data.get("name", default_name))
-        precision = data.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"{where}: precision is {precision!r}; one of {PRECISIONS}")
-        labels = data.get("labels", [])
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise ConfigError(f"{where}: labels must be a list of strings")
-        dims = {k: _parse_dim(k, v, where) for k, v in _table(data, "dims", where).items()}
-        inputs = {
-            k: InputConfig.from_dict(k, _table(v, k, where, "inputs."), where)
-            for k, v in _table(data, "inputs", where).items()
-        }
-        outputs = {
-            k: MappingProxyType(_table(v, k, where, "outputs."))
-            for k, v in _table(data, "outputs", where).items()
-        }
+        """A parsed model.toml (``where`` names it in errors; a labels file is read from
+        ``base_dir``)."""
+        file = decode(data, ModelFile, where)
+        labels = file.labels
+        if isinstance(labels, str):  # a labels file beside model.toml, one a line
+            labels = _read_labels(base_dir / labels, where)
         tolerance = None
-        if "parity" in data:
-            par = _table(data, "parity", where)
-            base = Tolerance.for_precision(cast(Precision, precision))
-            try:
-                tolerance = Tolerance(
-                    float(par.get("atol", base.atol)), float(par.get("rtol", base.rtol))
-                )
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{where}: parity.atol/rtol must be numbers") from exc
-        sections = {k: MappingProxyType(_table(data, k, where)) for k in _RAW_SECTIONS if k in data}
+        if file.parity is not None:
+            base = Tolerance.for_precision(file.precision)
+            atol, rtol = file.parity.atol, file.parity.rtol
+            tolerance = Tolerance(
+                base.atol if atol is None else atol, base.rtol if rtol is None else rtol
+            )
         return cls(
-            name=name,
-            version=str(data.get("version", "1")),
-            source=str(data.get("source", "model.onnx")),
-            description=str(data.get("description", "")),
-            precision=cast(Precision, precision),
+            name=file.name or default_name,
+            version=str(file.version),
+            source=file.source,
+            description=file.description,
+            precision=file.precision,
             labels=tuple(labels),
-            dims=MappingProxyType(dims),
-            inputs=MappingProxyType(inputs),
-            outputs=MappingProxyType(outputs),
+            dims=MappingProxyType({k: _dim_range(k, v, where) for k, v in file.dims.items()}),
+            inputs=MappingProxyType(dict(file.inputs)),
+            outputs=MappingProxyType(dict(file.outputs)),
             tolerance=tolerance,
-            sections=MappingProxyType(sections),
+            preprocess=file.preprocess,
+            postprocess=file.postprocess,
+            batching=file.batching,
+            state=file.state,
+            homeassistant=file.homeassistant,
+            tensorrt=file.tensorrt,
+            where=where,
         )
+
+    def problem(self, section: str | None, key: str | None, message: str) -> ConfigError:
+        """A ConfigError of this file's form: ``<file>: [section] key: message``."""
+        return ConfigError(f"{located(self.where, section, key)}: {message}")
 
     def tolerance_for(self, precision: Precision) -> Tolerance:
         return self.tolerance or Tolerance.for_precision(precision)
@@ -271,11 +279,21 @@ class ModelConfig:
         return {n: c.value for n, c in self.inputs.items() if c.kind == "constant"}
 
 
-def _table(data: Any, key: str, where: str, prefix: str = "") -> dict[str, Any]:
-    value = data.get(key, {}) if prefix == "" else data
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: {prefix}{key} must be a table")
-    return value
+def _dim_range(name: str, raw: int | tuple[int, int, int] | DimTable, where: str) -> DimRange:
+    if isinstance(raw, DimTable):
+        bounds = (raw.min, raw.min if raw.opt is None else raw.opt, raw.max)
+    else:
+        bounds = (raw, raw, raw) if isinstance(raw, int) else raw
+    try:
+        return DimRange(*bounds)
+    except ConfigError as exc:
+        raise ConfigError(f"{located(where, 'dims', name)}: {exc.message}") from exc
 
 
-table = _table  # for edgert.settings
+def _read_labels(path: Path, where: str) -> tuple[str, ...]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(f"{located(where, key='labels')}: labels file {path}: {reason}") from exc
+    return tuple(line.strip() for line in text.splitlines() if line.strip())

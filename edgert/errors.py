@@ -8,6 +8,7 @@ with :func:`mapped`, which re-raises them ``from`` the original.
 
     EdgertError
     ├── ConfigError             model.toml or daemon config is invalid
+    │   └── ConfigKeyError      a rule across keys refused one (raised inside config structs)
     ├── ModelError              the ONNX source cannot be used
     │   ├── ModelLoadError      missing, truncated or not ONNX
     │   ├── ModelCheckError     onnx.checker / shape inference / opset problems
@@ -21,7 +22,9 @@ with :func:`mapped`, which re-raises them ``from`` the original.
     ├── ProtocolError           (protocol.py) a request is refused; carries an ErrorCode
     ├── ArtifactError           an artifact is missing, broken or for another machine
     │   └── IncompatibleArtifact
-    └── ParityError             the artifact's outputs diverge from the FP32 ONNX reference
+    ├── ParityError             the artifact's outputs diverge from the FP32 ONNX reference
+    ├── RemoteError             (client.py) a daemon answered with an error reply; carries its code
+    └── NotReady                no node lists the model as ready in time (Client.wait_ready)
 
 Each error has a short ``code`` (used by the CLI's exit line and, later, by protocol replies).
 """
@@ -34,6 +37,7 @@ __all__ = [
     "BackendUnavailable",
     "BuildError",
     "ConfigError",
+    "ConfigKeyError",
     "EdgertError",
     "IncompatibleArtifact",
     "InferenceError",
@@ -41,6 +45,7 @@ __all__ = [
     "ModelCheckError",
     "ModelError",
     "ModelLoadError",
+    "NotReady",
     "ParityError",
     "UnboundedDimError",
     "first_line",
@@ -61,6 +66,16 @@ class EdgertError(Exception):
 
 class ConfigError(EdgertError):
     code = "config"
+
+
+class ConfigKeyError(ConfigError, ValueError):
+    """A config value refused by a rule a type cannot say (two keys that exclude each other, a
+    bound set by another key). ``key`` is its path below the table that raised it: a key, or
+    a tuple of keys and indexes. A ValueError too, so msgspec reports it with its location."""
+
+    def __init__(self, key: str | tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.key: tuple[str | int, ...] = (key,) if isinstance(key, str) else key
 
 
 class ModelError(EdgertError):
@@ -109,6 +124,17 @@ class IncompatibleArtifact(ArtifactError):
 
 class ParityError(EdgertError):
     code = "parity"
+
+
+class NotReady(EdgertError):
+    """No node's catalogue listed ``model`` as ready within the wait; the message says what the
+    catalogues said instead (loading, failed and why, offline, or which models nodes serve)."""
+
+    code = "not_ready"
+
+    def __init__(self, message: str, *, model: str) -> None:
+        super().__init__(message)
+        self.model = model
 
 
 def first_line(exc: BaseException) -> str:

@@ -52,8 +52,8 @@ def _random_tensor(
     spec: TensorSpec, shape: tuple[int, ...], conf: InputConfig | None, rng: np.random.Generator
 ) -> np.ndarray:
     low, high = conf.range if conf and conf.range else (0.0, 1.0)
-    if conf is not None and conf.kind == "carried" and "initial" in conf.extra:
-        return np.full(shape, conf.extra["initial"], dtype=spec.dtype.numpy)
+    if conf is not None and conf.kind == "carried" and conf.initial is not None:
+        return np.full(shape, conf.initial, dtype=spec.dtype.numpy)
     if spec.dtype is DType.BOOL:
         return rng.integers(0, 2, size=shape).astype(bool)
     if spec.dtype.is_float:

@@ -197,9 +197,9 @@ def _output_shapes(config: ModelConfig | None) -> dict[str, Any]:
     if config is None:
         return {}
     return {
-        name: list(table["shape"])
+        name: list(table.shape)
         for name, table in sorted(config.outputs.items())
-        if "shape" in table
+        if table.shape is not None
     }
 
 

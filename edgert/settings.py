@@ -1,105 +1,307 @@
-"""The daemon's settings (``edgert serve --config``, see device/edgert.toml): broker, node, serve
-and sources, as frozen value types validated when built."""
+"""The daemon's settings (``edgert serve --config``, see device/edgert.toml).
+
+The file is decoded strictly into the tables below, which are the reference for every key (its
+type, bounds and default); anything they refuse is one line naming the file, table and key (see
+:mod:`edgert.schema`). The daemon reads the resolved, flat values: :class:`DaemonConfig` (its
+``broker`` a :class:`BrokerConfig`, its ``sources`` :class:`SourceConfig` tables). Both are
+frozen dataclasses (``dataclasses.replace`` gives the command line's overrides) and check
+themselves against the same tables when built in Python.
+"""
 
 from __future__ import annotations
 
-import re
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from edgert.config import load_toml
-from edgert.config import table as _table
-from edgert.errors import ConfigError
+import msgspec
+from msgspec import Meta
 
-__all__ = ["BrokerConfig", "DaemonConfig", "SourceConfig", "parse_broker_url", "redact_url"]
+from edgert.errors import ConfigError, ConfigKeyError
+from edgert.schema import Table, decode, load_toml, located, show
+
+__all__ = [
+    "BrokerConfig",
+    "BrokerSection",
+    "DaemonConfig",
+    "EdgertFile",
+    "NodeSection",
+    "ServeSection",
+    "SourceConfig",
+    "parse_broker_url",
+    "redact_url",
+]
+
+Size = Annotated[int, Meta(ge=1)]
+Qos = Annotated[int, Meta(ge=0, le=2)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Short = Annotated[int, Meta(ge=1, le=65535)]  # MQTT's two-byte fields: keep alive, receive max
+Seconds = Annotated[float, Meta(gt=0)]
+Delay = Annotated[float, Meta(ge=0)]  # seconds; 0 = none
+Rate = Annotated[float, Meta(ge=0)]
+# MQTT 5, or 4 (3.1.1, as its protocol level); the names people write for them too.
+PROTOCOLS = {5: 5, 4: 4, "5": 5, "3.1.1": 4, "311": 4}
+Protocol = Literal[5, 4, "5", "3.1.1", "311"]
+Backend = Literal["auto", "tensorrt", "onnxruntime"]
 
 
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where and how the daemon (or a client) connects to the MQTT broker."""
+class BrokerSection(Table, forbid_unknown_fields=True, frozen=True):
+    """``[broker]``: where and how the daemon connects to the MQTT broker. ``url`` is applied
+    first, the other keys the file gives over it."""
 
+    url: str | None = None  # mqtt://[user:password@]host[:port] or mqtts://...
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: Port = 1883
     tls: bool = False
+    # Files: a relative path is relative to the config file (systemd starts the daemon in /).
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
     username: str | None = None
     password: str | None = None
-    client_id: str = ""
-    protocol: int = 5  # 5, or 4 for MQTT 3.1.1
-    keepalive: int = 30
-    session_expiry: int = 300  # seconds the broker keeps the session (and its QoS 1 queue)
-    reconnect_min: float = 1.0
-    reconnect_max: float = 30.0
+    password_file: str | None = None  # read, stripped: keeps the password out of this file
+    client_id: str = ""  # "" = edgert-<node>
+    protocol: Protocol = 5
+    keepalive: Short = 30  # seconds
+    session_expiry: Annotated[int, Meta(ge=0, le=0xFFFFFFFF)] = 300  # seconds the broker keeps
+    # the session (and its QoS 1 queue)
+    reconnect_min: Seconds = 1.0
+    reconnect_max: Seconds = 30.0
     # Publishes (replies) not yet acknowledged by the broker. A reconnect's backlog of requests
     # is answered faster than the broker acknowledges the replies, and a reply refused here is
     # lost, so this is high: it holds only replies to requests already taken.
-    max_queued: int = 65536
-    receive_maximum: int = 64  # QoS 1 messages in flight each way (MQTT 5 Receive Maximum)
+    max_queued: Size = 65536
+    receive_maximum: Short = 64  # QoS 1 messages in flight each way (MQTT 5 Receive Maximum)
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"broker port {self.port} is not a TCP port")
-        if self.protocol not in (4, 5):
-            raise ConfigError(f"broker protocol {self.protocol}: use 5 or 4 (MQTT 3.1.1)")
-        if not 1 <= self.receive_maximum <= 65535 or self.max_queued < self.receive_maximum:
-            raise ConfigError("broker receive_maximum must be 1..65535 and at most max_queued")
+        super().__post_init__()
+        if self.reconnect_min > self.reconnect_max:
+            raise ConfigKeyError(
+                "reconnect_min",
+                f"must be at most reconnect_max ({self.reconnect_max:g}), got "
+                f"{self.reconnect_min:g}",
+            )
+        if self.receive_maximum > self.max_queued:
+            raise ConfigKeyError(
+                "receive_maximum",
+                f"must be at most max_queued ({self.max_queued}), got {self.receive_maximum}",
+            )
 
 
-def parse_broker_url(url: str, base: BrokerConfig | None = None) -> BrokerConfig:
-    """``mqtt://[user:password@]host[:port]`` or ``mqtts://…`` applied over ``base``."""
-    base = base or BrokerConfig()
+class NodeSection(Table, forbid_unknown_fields=True, frozen=True):
+    """``[node]``: this daemon's name and its topics."""
+
+    id: str = ""  # "" = the host name, reduced to [a-zA-Z0-9_-]
+    prefix: str = "edgert"
+    reply_prefix: str = ""  # "" = <prefix>/reply/
+    share_group: str = ""  # "" = no shared subscription
+
+
+class ServeSection(Table, forbid_unknown_fields=True, frozen=True):
+    """``[serve]``: what the daemon serves, and its limits."""
+
+    repository: str | None = None  # relative: to the config file; none = ./engines
+    models: tuple[str, ...] = ()  # () = every model in the repository
+    backend: Backend = "auto"
+    rebuild_stale: bool = False  # rebuild artifacts for another machine or an older source
+    homeassistant: bool = True  # publish Home Assistant device discovery
+    qos: Qos = 1
+    max_payload: Size = 1 << 20  # bytes, checked before decoding
+    max_elements: Size = 1 << 22  # tensor elements in one request, all inputs together
+    queue_size: Size = 256
+    reply_cache: Size = 4096
+    rate_limit: Rate = 0.0  # requests per second per device (reply key); 0 = no limit
+    rate_burst: Rate = 0.0  # requests a device may send at once; 0 = twice rate_limit
+    stats_interval: Seconds = 60.0
+    events: bool = True
+    # How long a request for a model still building or loading waits for it, before its
+    # `loading` reply.
+    hold_while_loading: Delay = 30.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rate_limit and 0 < self.rate_burst < 1:
+            raise ConfigKeyError(
+                "rate_burst",
+                f"must be at least 1 request (or 0: twice rate_limit), got {self.rate_burst:g}",
+            )
+
+
+class SourceConfig(Table, forbid_unknown_fields=True, frozen=True):
+    """One ``[[sources]]`` table: a camera the daemon pulls a snapshot from (``url``, on an
+    interval or when a message arrives on ``trigger``), or a device that streams its own
+    requests (``stream``: a microphone's stream id), feeding ``model``; results that pass
+    ``labels`` and ``min_score`` become events on the source's own events topic."""
+
+    name: Annotated[
+        str,
+        Meta(pattern=r"^[A-Za-z0-9_-]+$", description='a name of letters, digits, "_" or "-"'),
+    ]  # a topic level
+    model: Annotated[str, Meta(min_length=1)]
+    url: str | None = None  # http:// or https://, answering with a JPEG or PNG
+    stream: str | None = None  # or: the stream id whose results are this source's
+    interval: Delay = 0.0  # seconds between pulls; 0 = only on trigger
+    trigger: str | None = None  # MQTT topic filter: any message on it pulls once now
+    labels: (
+        Annotated[
+            tuple[str, ...],
+            Meta(min_length=1, description="a non-empty list of labels (none: every label)"),
+        ]
+        | None
+    ) = None
+    min_score: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    debounce: Delay = 0.0  # seconds the same label is not announced again
+    timeout: Seconds = 5.0  # HTTP, seconds
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.url is None and self.stream is None:
+            raise ConfigKeyError("url", "missing; give a url (a camera) or a stream (a microphone)")
+        if self.url is not None and self.stream is not None:
+            raise ConfigKeyError("stream", "a source has a url (a camera) or a stream, not both")
+        if self.stream is not None:
+            for key in ("interval", "trigger"):
+                if getattr(self, key):
+                    raise ConfigKeyError(key, "a stream source has no interval or trigger")
+            return
+        parts = urlsplit(self.url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigKeyError(
+                "url",
+                f"expected an http:// or https:// URL, got {show(redact_url(self.url or ''))}",
+            )
+        if self.trigger is not None and not _topic_filter_ok(self.trigger):
+            raise ConfigKeyError(
+                "trigger", f"expected an MQTT topic filter, got {show(self.trigger)}"
+            )
+        if self.interval <= 0 and self.trigger is None:
+            raise ConfigKeyError(
+                "interval", "give an interval (seconds) or a trigger topic, or both"
+            )
+
+
+class EdgertFile(Table, forbid_unknown_fields=True, frozen=True):
+    """The whole of edgert.toml; every table optional."""
+
+    broker: BrokerSection = BrokerSection()
+    node: NodeSection = NodeSection()
+    serve: ServeSection = ServeSection()
+    sources: Annotated[tuple[SourceConfig, ...], Meta(description="[[sources]] tables")] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        first: dict[str, int] = {}
+        for index, source in enumerate(self.sources):
+            if source.name in first:
+                raise ConfigKeyError(
+                    ("sources", index, "name"),
+                    f"{show(source.name)} names [[sources]][{first[source.name]}] too",
+                )
+            first[source.name] = index
+
+
+_BROKER, _NODE, _SERVE = BrokerSection(), NodeSection(), ServeSection()
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where and how the daemon (or a client) connects to the MQTT broker: ``[broker]``
+    resolved (``url`` applied, ``password_file`` read, file paths made absolute)."""
+
+    host: str = _BROKER.host
+    port: int = _BROKER.port
+    tls: bool = _BROKER.tls
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str = _BROKER.client_id
+    protocol: int = 5  # 5, or 4 for MQTT 3.1.1 ("3.1.1" and "311" are taken, as in the file)
+    keepalive: int = _BROKER.keepalive
+    session_expiry: int = _BROKER.session_expiry
+    reconnect_min: float = _BROKER.reconnect_min
+    reconnect_max: float = _BROKER.reconnect_max
+    max_queued: int = _BROKER.max_queued
+    receive_maximum: int = _BROKER.receive_maximum
+
+    def __post_init__(self) -> None:
+        # Built in Python (a client, --broker, tests) too: the file's rules either way.
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        decode({"broker": values}, EdgertFile, "BrokerConfig")
+        object.__setattr__(self, "protocol", PROTOCOLS[self.protocol])
+
+
+def _url_changes(url: str) -> dict[str, Any]:
+    """The BrokerConfig fields a broker URL sets; ConfigError(its problem) if it is not one."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ConfigError(f"broker URL {url!r}: use mqtt://[user:password@]host[:port] or mqtts://")
+        raise ConfigError("use mqtt://[user:password@]host[:port] or mqtts://")
     tls = parts.scheme == "mqtts"
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
-        raise ConfigError(f"broker URL {url!r}: {exc}") from exc
+        raise ConfigError(str(exc)) from exc
     changes: dict[str, Any] = {"host": parts.hostname, "port": port, "tls": tls}
     if parts.username is not None:
         changes["username"] = unquote(parts.username)
     if parts.password is not None:
         changes["password"] = unquote(parts.password)
-    return replace(base, **changes)
+    return changes
+
+
+def parse_broker_url(url: str, base: BrokerConfig | None = None) -> BrokerConfig:
+    """``mqtt://[user:password@]host[:port]`` or ``mqtts://…`` applied over ``base``."""
+    try:
+        return dataclasses.replace(base or BrokerConfig(), **_url_changes(url))
+    except ConfigError as exc:
+        raise ConfigError(f"broker URL {redact_url(url)!r}: {exc.message}") from exc
 
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    """``edgert serve``'s config file (TOML: [broker], [node], [serve]); defaults for all."""
+    """``edgert serve``'s config file, resolved: ``[node]`` and ``[serve]`` flat (``node`` is
+    ``[node] id``), ``[broker]`` and ``[[sources]]`` as values of their own."""
 
     broker: BrokerConfig = field(default_factory=BrokerConfig)
-    node: str = ""  # "" = the host name, reduced to [a-zA-Z0-9_-]
-    prefix: str = "edgert"
-    reply_prefix: str = ""  # "" = <prefix>/reply/
-    share_group: str = ""  # "" = no shared subscription
+    node: str = _NODE.id
+    prefix: str = _NODE.prefix
+    reply_prefix: str = _NODE.reply_prefix
+    share_group: str = _NODE.share_group
     repository: Path = Path("engines")
-    models: tuple[str, ...] = ()  # () = every model in the repository
-    backend: str = "auto"
-    rebuild_stale: bool = False  # rebuild artifacts for another machine or an older source
-    homeassistant: bool = True  # publish Home Assistant device discovery
-    qos: int = 1
-    max_payload: int = 1 << 20  # bytes, checked before decoding
-    max_elements: int = 1 << 22  # tensor elements in one request, all inputs together
-    queue_size: int = 256
-    reply_cache: int = 4096
-    rate_limit: float = 0.0  # requests per second per device (reply key); 0 = no limit
-    rate_burst: float = 0.0  # requests a device may send at once; 0 = twice rate_limit
-    stats_interval: float = 60.0
-    events: bool = True
+    models: tuple[str, ...] = _SERVE.models
+    backend: str = _SERVE.backend
+    rebuild_stale: bool = _SERVE.rebuild_stale
+    homeassistant: bool = _SERVE.homeassistant
+    qos: int = _SERVE.qos
+    max_payload: int = _SERVE.max_payload
+    max_elements: int = _SERVE.max_elements
+    queue_size: int = _SERVE.queue_size
+    reply_cache: int = _SERVE.reply_cache
+    rate_limit: float = _SERVE.rate_limit
+    rate_burst: float = _SERVE.rate_burst
+    stats_interval: float = _SERVE.stats_interval
+    events: bool = _SERVE.events
+    hold_while_loading: float = _SERVE.hold_while_loading
     sources: tuple[SourceConfig, ...] = ()  # [[sources]]: cameras the daemon pulls from
 
     def __post_init__(self) -> None:
-        if self.rate_limit < 0 or self.rate_burst < 0:
-            raise ConfigError("[serve] rate_limit and rate_burst must be >= 0")
-        if self.rate_limit and 0 < self.rate_burst < 1:
-            raise ConfigError("[serve] rate_burst must be at least 1 request")
+        # Built in Python (overrides, tests) too: the file's rules either way.
+        decode(self._as_file(), EdgertFile, "DaemonConfig")
+
+    def _as_file(self) -> dict[str, Any]:
+        """This config as edgert.toml would hold it (but [broker], which checks itself)."""
+        node = {"id": self.node, "prefix": self.prefix}
+        node |= {"reply_prefix": self.reply_prefix, "share_group": self.share_group}
+        serve = {k: getattr(self, k) for k in ServeSection.__struct_fields__}
+        serve["repository"] = str(self.repository)
+        sources = [
+            msgspec.structs.asdict(s) if isinstance(s, SourceConfig) else s for s in self.sources
+        ]
+        return {"node": node, "serve": serve, "sources": sources}
 
     @property
     def burst(self) -> float:
@@ -108,6 +310,7 @@ class DaemonConfig:
 
     @classmethod
     def load(cls, path: Path | None) -> DaemonConfig:
+        """The config in ``path`` (errors name it as given); the defaults for None."""
         if path is None:
             return cls()
         return cls.from_dict(load_toml(path), where=str(path), base_dir=path.parent)
@@ -116,174 +319,49 @@ class DaemonConfig:
     def from_dict(
         cls, data: Mapping[str, Any], *, where: str = "config", base_dir: Path = Path(".")
     ) -> DaemonConfig:
-        unknown = set(data) - {"broker", "node", "serve", "sources"}
-        if unknown:
-            raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}")
-        sources = _sources_from_list(data.get("sources", []), where)
-        broker_raw = dict(_table(data, "broker", where))
-        node_raw = dict(_table(data, "node", where))
-        serve_raw = dict(_table(data, "serve", where))
-        try:
-            broker = _broker_from_dict(broker_raw, where, base_dir)
-            node = {
-                "id": "node",
-                "prefix": "prefix",
-                "reply_prefix": "reply_prefix",
-                "share_group": "share_group",
-            }
-            fields: dict[str, Any] = {node[k]: str(v) for k, v in node_raw.items() if k in node}
-            bad = set(node_raw) - set(node)
-            if bad:
-                raise ConfigError(f"unknown [node] key(s) {', '.join(sorted(bad))}")
-            if "repository" in serve_raw:
-                serve_raw["repository"] = base_dir / str(serve_raw["repository"])
-            if "models" in serve_raw:
-                serve_raw["models"] = tuple(str(m) for m in serve_raw["models"])
-            return cls(broker=broker, sources=sources, **fields, **serve_raw)
-        except TypeError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-
-
-# [broker] keys that name files: relative paths are relative to the config file, as systemd
-# starts the daemon in /.
-_BROKER_FILES = ("ca_file", "cert_file", "key_file")
-
-
-def _broker_from_dict(raw: Mapping[str, Any], where: str, base_dir: Path) -> BrokerConfig:
-    """The ``[broker]`` table: ``url`` first, then the other keys over it; ``password_file``
-    read (stripped); file paths resolved against ``base_dir``."""
-    raw = dict(raw)
-    known = {f.name for f in dataclass_fields(BrokerConfig)} | {"url", "password_file"}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown [broker] key(s) {', '.join(sorted(unknown))}; known: "
-            f"{', '.join(sorted(known))}"
+        """A parsed config file (``where`` names it in errors; relative paths in it are
+        relative to ``base_dir``)."""
+        file = decode(data, EdgertFile, where)
+        serve = file.serve
+        repository = Path("engines") if serve.repository is None else base_dir / serve.repository
+        values = {k: getattr(serve, k) for k in ServeSection.__struct_fields__}
+        return cls(
+            broker=_broker(file.broker, set(data.get("broker", {})), where, base_dir),
+            node=file.node.id,
+            prefix=file.node.prefix,
+            reply_prefix=file.node.reply_prefix,
+            share_group=file.node.share_group,
+            **{**values, "repository": repository},
+            sources=file.sources,
         )
-    broker = BrokerConfig()
-    url = raw.pop("url", None)
-    if url is not None:
-        broker = parse_broker_url(str(url), broker)
-    password_file = raw.pop("password_file", None)
-    if password_file is not None:
-        path = base_dir / str(password_file)
+
+
+def _broker(section: BrokerSection, given: set[str], where: str, base_dir: Path) -> BrokerConfig:
+    """``[broker]`` resolved: ``url`` first, then the keys the file gives over it;
+    ``password_file`` read (stripped); file paths made relative to ``base_dir``."""
+    changes: dict[str, Any] = {}
+    if section.url is not None:
         try:
-            raw["password"] = path.read_text().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{where}: [broker] password_file {path}: {exc}") from exc
-    for key in _BROKER_FILES:
-        if isinstance(raw.get(key), str):
-            raw[key] = str(base_dir / raw[key])
-    if isinstance(raw.get("protocol"), str):
-        raw["protocol"] = {"5": 5, "3.1.1": 4, "311": 4}.get(raw["protocol"], 0)
-    return replace(broker, **raw)
-
-
-_SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]+")
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """One ``[[sources]]`` table: a camera the daemon pulls a snapshot from (``url``, on an
-    interval or when a message arrives on ``trigger``), or a device that streams its own
-    requests (``stream``: a microphone's stream id), feeding ``model``; results that pass
-    ``labels`` and ``min_score`` become events on the source's own events topic."""
-
-    name: str  # a topic level: [a-zA-Z0-9_-]
-    model: str
-    url: str | None = None  # http:// or https://, answering with a JPEG or PNG
-    stream: str | None = None  # or: the stream id whose results are this source's
-    interval: float = 0.0  # seconds between pulls; 0 = only on trigger
-    trigger: str | None = None  # MQTT topic filter: any message on it pulls once now
-    labels: tuple[str, ...] | None = None  # None = every label counts
-    min_score: float = 0.5
-    debounce: float = 0.0  # seconds the same label is not announced again
-    timeout: float = 5.0  # HTTP, seconds
-
-    def __post_init__(self) -> None:
-        where = f"source {self.name!r}"
-        if not _SOURCE_NAME.fullmatch(self.name):
-            raise ConfigError(f"{where}: name must be letters, digits, '_' or '-'")
-        if not self.model:
-            raise ConfigError(f"{where}: model must name a served model")
-        if (self.url is None) == (self.stream is None):
-            raise ConfigError(f"{where}: give a url (a camera) or a stream (a microphone), one")
-        if self.stream is not None:
-            if self.interval or self.trigger is not None:
-                raise ConfigError(f"{where}: a stream source has no interval or trigger")
-        else:
-            parts = urlsplit(self.url or "")
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(
-                    f"{where}: url {redact_url(self.url or '')!r} must be http:// or https://"
-                )
-            if self.trigger is not None and not _topic_filter_ok(self.trigger):
-                raise ConfigError(f"{where}: trigger {self.trigger!r} is not an MQTT topic filter")
-            if self.interval <= 0 and self.trigger is None:
-                raise ConfigError(
-                    f"{where}: give an interval (seconds) or a trigger topic, or both"
-                )
-        if self.interval < 0 or self.debounce < 0 or self.timeout <= 0:
-            raise ConfigError(f"{where}: interval and debounce must be >= 0, timeout > 0")
-        if not 0 <= self.min_score <= 1:
-            raise ConfigError(f"{where}: min_score must be within [0, 1]")
-        if self.labels is not None and not self.labels:
-            raise ConfigError(f"{where}: labels is empty; leave it out to take every label")
-
-
-_SOURCE_KEYS = {f.name for f in dataclass_fields(SourceConfig)}
-_SOURCE_NUMBERS = ("interval", "min_score", "debounce", "timeout")
-
-
-def _sources_from_list(raw: Any, where: str) -> tuple[SourceConfig, ...]:
-    """``[[sources]]``: each table validated; names unique."""
-    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-        raise ConfigError(f"{where}: sources must be [[sources]] tables")
-    sources = []
-    for index, table in enumerate(raw):
-        at = f"{where}: sources[{index}]"
-        unknown = set(table) - _SOURCE_KEYS
-        if unknown:
-            raise ConfigError(
-                f"{at}: unknown key(s) {', '.join(sorted(unknown))}; known: "
-                f"{', '.join(sorted(_SOURCE_KEYS))}"
-            )
-        missing = [k for k in ("name", "model") if k not in table]
-        if missing:
-            raise ConfigError(f"{at}: missing {', '.join(missing)}")
-        for key in ("name", "model", "url", "stream", "trigger"):
-            if key in table and not isinstance(table[key], str):
-                raise ConfigError(f"{at}: {key} must be a string")
-        for key in _SOURCE_NUMBERS:
-            value = table.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                raise ConfigError(f"{at}: {key} must be a number, got {value!r}")
-        labels = table.get("labels")
-        if labels is not None:
-            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-                raise ConfigError(f"{at}: labels must be a list of strings")
-            labels = tuple(labels)
-        numbers = {k: float(table[k]) for k in _SOURCE_NUMBERS if k in table}
-        try:
-            source = SourceConfig(
-                name=table["name"],
-                model=table["model"],
-                url=table.get("url"),
-                stream=table.get("stream"),
-                trigger=table.get("trigger"),
-                labels=labels,
-                **numbers,
-            )
+            changes = _url_changes(section.url)
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-        sources.append(source)
-    names = [s.name for s in sources]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"{where}: source name(s) {', '.join(twice)} used more than once")
-    return tuple(sources)
+            head = located(where, "broker", "url")
+            raise ConfigError(
+                f"{head}: {exc.message}, got {show(redact_url(section.url))}"
+            ) from exc
+    fields = {f.name for f in dataclasses.fields(BrokerConfig)}
+    changes |= {k: getattr(section, k) for k in given & fields}
+    if section.password_file is not None:
+        path = base_dir / section.password_file
+        try:
+            changes["password"] = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            head = located(where, "broker", "password_file")
+            raise ConfigError(f"{head}: cannot read {path}: {reason}") from exc
+    for key in ("ca_file", "cert_file", "key_file"):
+        if changes.get(key) is not None:
+            changes[key] = str(base_dir / changes[key])
+    return BrokerConfig(**changes)
 
 
 def _topic_filter_ok(text: str) -> bool:

@@ -35,7 +35,7 @@ CONFIG = ModelConfig.from_dict(
             "x": {"range": [10, 20]},
             "ids": {"range": [3, 5]},
             "sr": {"kind": "constant", "value": 16000},
-            "state": {"kind": "carried", "initial": 0.25},
+            "state": {"kind": "carried", "from_output": "y", "initial": 0.25},
         },
     },
     default_name="m",

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from edgert.backends import cuda
@@ -28,6 +29,7 @@ from edgert.backends.base import (
 )
 from edgert.config import ModelConfig, Precision
 from edgert.errors import BackendUnavailable, BuildError, InferenceError, InputError, ModelLoadError
+from edgert.sections import TensorRTSection
 from edgert.spec import ModelIO, concrete_shape
 
 if TYPE_CHECKING:
@@ -45,14 +47,8 @@ __all__ = ["ARTIFACT", "KIND", "TensorRTBackend", "TensorRTKind"]
 
 ARTIFACT = "engine.plan"
 _INT32 = np.iinfo(np.int32)
-# model.toml [tensorrt] keys → what they change in the engine (so, part of the artifact key).
-_OPTIONS = {
-    "workspace_mb": int,
-    "optimization_level": int,
-    "dla_core": int,
-    "version_compatible": bool,
-    "hardware_compatible": bool,
-}
+# model.toml [tensorrt] keys: what they change in the engine (so, part of the artifact key).
+_OPTIONS = TensorRTSection.__struct_fields__
 
 
 def _device_info() -> cuda.DeviceInfo:
@@ -82,14 +78,11 @@ class TensorRTKind(BackendKind):
     def build_options(
         self, precision: Precision, config: ModelConfig | None = None
     ) -> dict[str, Any]:
-        section = dict(config.sections.get("tensorrt", {})) if config else {}
-        unknown = set(section) - set(_OPTIONS)
-        if unknown:
-            raise BuildError(
-                f"model.toml [tensorrt]: unknown key(s) {', '.join(sorted(unknown))}; known: "
-                f"{', '.join(_OPTIONS)}"
-            )
-        options: dict[str, Any] = {k: _OPTIONS[k](v) for k, v in section.items()}
+        # The keys the file sets only, so an artifact built before a key existed keeps its key.
+        section = config.tensorrt if config else TensorRTSection()
+        options: dict[str, Any] = {
+            k: v for k, v in msgspec.structs.asdict(section).items() if v is not None
+        }
         if precision == "fp16":
             options["fp16"] = "builder-flag" if self.api.fp16_by_flag else "onnx-conversion"
         options["platform"] = f"{sys.platform}-{os.uname().machine}"

@@ -13,10 +13,10 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 from edgert.config import ModelConfig
-from edgert.errors import ConfigError
 from edgert.spec import ModelIO
 
 __all__ = ["BatchPlan", "BatchSettings"]
@@ -24,7 +24,8 @@ __all__ = ["BatchPlan", "BatchSettings"]
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """model.toml ``[batching]``: every key optional."""
+    """model.toml ``[batching]`` (:class:`edgert.sections.BatchingSection`), as the scheduler
+    takes it."""
 
     max_batch: int | None = None  # cap below the profile's bound on the batch dim
     max_queue_delay_us: int = 0  # how long a partial batch waits for more (0: take what is queued)
@@ -33,18 +34,8 @@ class BatchSettings:
 
     @classmethod
     def of(cls, config: ModelConfig) -> BatchSettings:
-        raw = dict(config.sections.get("batching", {}))
-        known = {"max_batch", "max_queue_delay_us", "instances", "threads"}
-        if set(raw) - known:
-            raise ConfigError(
-                f"{config.name}: unknown [batching] key(s) {', '.join(sorted(set(raw) - known))}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        for key, value in raw.items():
-            least = 0 if key in ("max_queue_delay_us", "threads") else 1
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ConfigError(f"{config.name}: [batching] {key} must be an integer >= {least}")
-        return cls(**raw)
+        """The model's ``[batching]`` (checked when model.toml was read)."""
+        return cls(**msgspec.structs.asdict(config.batching))
 
     def threads_per_instance(self, cores: int) -> int:
         """CPU threads for each instance: as set, else the cores split between instances (0,

@@ -34,11 +34,12 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any
 
 from edgert import __version__
 from edgert.config import ModelConfig
 from edgert.errors import ConfigError
+from edgert.sections import ENTITY_KINDS, EntityKind
 from edgert.topics import Topics
 
 __all__ = [
@@ -51,10 +52,7 @@ __all__ = [
     "device_discovery",
 ]
 
-EntityKind = Literal["event", "sensor", "binary_sensor"]
-ENTITY_KINDS: tuple[EntityKind, ...] = ("event", "sensor", "binary_sensor")
 DEFAULT_OFF_DELAY = 30  # seconds a binary_sensor stays on without a fresh "on" result
-_SECTION_KEYS = ("kind", "name", "icon", "off_delay", "device_class")
 
 # The last ``_``-separated part of a component id names its role; roles hold no ``_``, so ids of
 # different models cannot collide unless two names sanitize to the same id (checked).
@@ -120,32 +118,18 @@ class ModelEntity:
 
     @classmethod
     def of(cls, config: ModelConfig) -> ModelEntity:
-        """The entity of a model from its config; unknown ``[homeassistant]`` keys are refused."""
-        section = dict(config.sections.get("homeassistant", {}))
-        where = f"{config.name}: [homeassistant]"
-        unknown = set(section) - set(_SECTION_KEYS)
-        if unknown:
-            raise ConfigError(
-                f"{where} unknown key(s) {', '.join(sorted(unknown))}; known: "
-                f"{', '.join(_SECTION_KEYS)}"
-            )
-        for key in ("kind", "name", "icon", "device_class"):
-            if key in section and (not isinstance(section[key], str) or not section[key]):
-                raise ConfigError(f"{where} {key} must be a non-empty string")
-        kind = section.get("kind", "event")
-        if kind not in ENTITY_KINDS:
-            raise ConfigError(f"{where} kind is {kind!r}; one of {', '.join(ENTITY_KINDS)}")
-        if "off_delay" in section and kind != "binary_sensor":
-            raise ConfigError(f'{where} off_delay applies to kind = "binary_sensor" only')
+        """The entity of a model from its ``[homeassistant]`` (checked when model.toml was
+        read)."""
+        section = config.homeassistant
         return cls(
             name=config.name,
             version=config.version,
             labels=config.labels,
-            kind=cast(EntityKind, kind),
-            title=section.get("name"),
-            icon=section.get("icon"),
-            off_delay=section.get("off_delay", DEFAULT_OFF_DELAY),
-            device_class=section.get("device_class"),
+            kind=section.kind,
+            title=section.name,
+            icon=section.icon,
+            off_delay=DEFAULT_OFF_DELAY if section.off_delay is None else section.off_delay,
+            device_class=section.device_class,
         )
 
 

@@ -9,7 +9,8 @@ model.toml declares it per input (DESIGN.md, "Smart-home integration"):
   64 samples of context before each 512-sample chunk.
 
 A request without a stream id runs from the initial state. ``reset`` starts a stream over. Idle
-streams expire after ``ttl`` seconds, and at most ``cap`` are kept (the least recently used goes).
+streams expire after ``ttl`` seconds, and at most ``cap`` are kept (the least recently used goes):
+model.toml's ``[state] ttl`` and ``max_streams``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from edgert.config import ModelConfig
-from edgert.errors import ConfigError, InputError
+from edgert.errors import InputError
 from edgert.spec import ModelIO, TensorSpec
 
 __all__ = ["Carried", "StreamPlan", "StreamStates", "Windowed"]
@@ -51,6 +52,8 @@ class StreamPlan:
 
     carried: tuple[Carried, ...] = ()
     windowed: tuple[Windowed, ...] = ()
+    ttl: float = 300.0  # [state]: seconds an idle stream's state is kept
+    cap: int = 256  # [state] max_streams
 
     @property
     def stateful(self) -> bool:
@@ -63,40 +66,41 @@ class StreamPlan:
 
     @classmethod
     def of(cls, config: ModelConfig, io: ModelIO) -> StreamPlan:
-        where = f"{config.name}: model.toml"
+        """The plan of model.toml's carried and windowed inputs (their keys were checked when
+        it was read), checked against the model's inputs and outputs."""
         outputs = {s.name for s in io.outputs}
         carried, windowed = [], []
         for name, conf in config.inputs.items():
-            extra = dict(conf.extra)
             if conf.kind == "carried":
-                source = extra.get("from_output")
-                if source not in outputs:
-                    raise ConfigError(
-                        f"{where}: inputs.{name}.from_output must name an output "
-                        f"({', '.join(sorted(outputs))}), got {source!r}"
+                if conf.from_output not in outputs:
+                    raise config.problem(
+                        f"inputs.{name}",
+                        "from_output",
+                        f"expected an output ({', '.join(sorted(outputs))}), "
+                        f"got {conf.from_output!r}",
                     )
-                spec = io.input(name)
-                axis = int(extra.get("batch_axis", 0))
-                if not 0 <= axis < len(spec.shape):
-                    raise ConfigError(f"{where}: inputs.{name}.batch_axis {axis} is out of range")
-                carried.append(Carried(name, source, float(extra.get("initial", 0.0)), axis))
-            elif conf.kind == "windowed":
-                context, chunk = extra.get("context"), extra.get("chunk")
-                if not (isinstance(context, int) and isinstance(chunk, int) and chunk > 0):
-                    raise ConfigError(
-                        f"{where}: inputs.{name} is windowed: give integer context and chunk"
+                axis = conf.batch_axis or 0
+                rank = len(io.input(name).shape)
+                if axis >= rank:
+                    raise config.problem(
+                        f"inputs.{name}", "batch_axis", f"{axis} is past the input's rank, {rank}"
                     )
+                carried.append(Carried(name, conf.from_output, conf.initial or 0.0, axis))
+            elif conf.kind == "windowed" and conf.context is not None and conf.chunk is not None:
                 last = io.input(name).shape[-1]
                 if isinstance(last, str) and last in io.dims:  # a named dim fixed in model.toml
                     bound = io.dims[last]
                     last = bound.max if bound.min == bound.max else last
-                if isinstance(last, int) and last != context + chunk:
-                    raise ConfigError(
-                        f"{where}: inputs.{name}: context {context} + chunk {chunk} must be its "
-                        f"last dim, {last}"
+                if isinstance(last, int) and last != conf.context + conf.chunk:
+                    raise config.problem(
+                        f"inputs.{name}",
+                        "chunk",
+                        f"context {conf.context} + chunk {conf.chunk} must be the input's last "
+                        f"dim, {last}",
                     )
-                windowed.append(Windowed(name, context, chunk))
-        return cls(tuple(carried), tuple(windowed))
+                windowed.append(Windowed(name, conf.context, conf.chunk))
+        state = config.state
+        return cls(tuple(carried), tuple(windowed), state.ttl, state.max_streams)
 
     def max_rows(self, io: ModelIO, specs: Sequence[TensorSpec]) -> int:
         """How many rows (streams of one row, say) one run may take: the bound of the request
@@ -155,8 +159,12 @@ class StreamStates:
     """The state of every live stream of one model. Thread-safe; a stream's requests must still
     run one at a time, in order (the model's worker does that)."""
 
-    def __init__(self, plan: StreamPlan, io: ModelIO, ttl: float = 300.0, cap: int = 256) -> None:
-        self.plan, self.io, self.ttl, self.cap = plan, io, ttl, cap
+    def __init__(
+        self, plan: StreamPlan, io: ModelIO, ttl: float | None = None, cap: int | None = None
+    ) -> None:
+        self.plan, self.io = plan, io
+        self.ttl = plan.ttl if ttl is None else ttl
+        self.cap = plan.cap if cap is None else cap
         self._streams: OrderedDict[str, _State] = OrderedDict()
         self._lock = threading.Lock()
 

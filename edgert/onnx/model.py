@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from edgert.config import ModelConfig, parse_shape
+from edgert.config import ModelConfig
 from edgert.digest import source_digest
 from edgert.errors import (
     ConfigError,
@@ -234,9 +234,8 @@ def io_specs(source: OnnxSource, config: ModelConfig, *, require_bounds: bool = 
         shape = _raw_dims(value)
         # Converters name output dims apart from the input's (skl2onnx, tf2onnx: 'unk__7'), so
         # model.toml may say axis 0 is the batch: [outputs.label] shape = ["batch"].
-        raw = config.outputs.get(value.name, {}).get("shape")
-        if raw is not None:
-            override = parse_shape(raw, f"model.toml: outputs.{value.name}.shape")
+        override = config.outputs[value.name].shape if value.name in config.outputs else None
+        if override is not None:
             shape = _apply_override(value.name, shape, override, "output")
         outputs.append(TensorSpec(value.name, _dtype(value, "output"), shape or ()))
     return ModelIO(tuple(inputs), tuple(outputs), dims)

@@ -6,20 +6,19 @@ No resampling: a WAV must already be mono 16-bit PCM at the model's rate, and sa
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal
 
 import numpy as np
 
 from edgert.codec import PayloadError
 from edgert.errors import ConfigError
-from edgert.pipeline._check import check_keys, choice, positive_int
+from edgert.schema import located
+from edgert.sections import AudioSection
 from edgert.spec import DType, TensorSpec
 
-__all__ = ["AUDIO_KEYS", "AudioPre", "decode_audio"]
+__all__ = ["AudioPre", "decode_audio"]
 
-AUDIO_KEYS = ("kind", "rate", "format")
 _PCM = 1
 _EXTENSIBLE = 0xFFFE
 
@@ -35,22 +34,16 @@ class AudioPre:
 
     @classmethod
     def from_section(
-        cls, section: Mapping[str, Any], spec: TensorSpec, where: str = "[preprocess]"
+        cls, section: AudioSection, spec: TensorSpec, where: str = "model.toml"
     ) -> AudioPre:
-        check_keys(section, AUDIO_KEYS, where)
-        if "rate" not in section:
-            raise ConfigError(f"{where}: audio needs rate = <the model's sample rate in Hz>")
-        if not spec.dtype.is_float:
+        """``[preprocess]`` checked against the input ``spec`` it feeds (``where``: the file)."""
+        if not spec.shape or not spec.dtype.is_float:
+            what = "a scalar" if not spec.shape else spec.dtype.value
             raise ConfigError(
-                f"{where}: audio input '{spec.name}' is {spec.dtype.value}; audio makes floats"
+                f"{located(where, 'preprocess', 'kind')}: audio input '{spec.name}' is {what}; "
+                f"audio makes a float tensor of samples"
             )
-        return cls(
-            rate=positive_int(section, "rate", None, where),
-            format=cast(
-                Literal["pcm16", "wav"], choice(section, "format", ("pcm16", "wav"), where)
-            ),
-            dtype=spec.dtype,
-        )
+        return cls(rate=section.rate, format=section.format, dtype=spec.dtype)
 
 
 def decode_audio(payload: bytes, pre: AudioPre) -> np.ndarray:

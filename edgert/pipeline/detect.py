@@ -12,17 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from edgert.errors import InferenceError
 from edgert.pipeline.image import Transform
+from edgert.sections import DETECT_LAYOUTS, DetectLayout
 
 __all__ = ["DETECT_LAYOUTS", "Detect", "DetectLayout", "decode_head", "nms"]
-
-DetectLayout = Literal["yolov5", "yolov8", "end2end"]
-DETECT_LAYOUTS: tuple[DetectLayout, ...] = ("yolov5", "yolov8", "end2end")
 
 
 def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:

@@ -7,18 +7,19 @@ orientation is ignored: the pixels are taken as stored.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 
 from edgert.codec import PayloadError
 from edgert.errors import BackendUnavailable, ConfigError
-from edgert.pipeline._check import check_keys, choice, number, numbers
+from edgert.schema import located
+from edgert.sections import ImageSection
 from edgert.spec import DType, TensorSpec
 
-__all__ = ["IMAGE_KEYS", "MAX_PIXELS", "ImagePre", "Transform", "decode_image"]
+__all__ = ["MAX_PIXELS", "ImagePre", "Transform", "decode_image"]
 
 # The most pixels an image may have: an 8K frame. Checked against the header before decoding,
 # since a small PNG can say 9000x9000 (~240 MB as RGB and seconds of CPU to decode).
@@ -26,18 +27,6 @@ MAX_PIXELS = 1 << 25
 _FORMATS = ("JPEG", "PNG")  # no other Pillow plugin ever parses a payload
 _OTHER_MAGIC = {b"GIF8": "GIF", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
-IMAGE_KEYS = (
-    "kind",
-    "size",
-    "resize",
-    "pad_value",
-    "color",
-    "layout",
-    "scale",
-    "mean",
-    "std",
-    "dtype",
-)
 Resize = Literal["stretch", "letterbox"]
 Layout = Literal["nchw", "nhwc"]
 
@@ -85,88 +74,80 @@ class ImagePre:
 
     @classmethod
     def from_section(
-        cls, section: Mapping[str, Any], spec: TensorSpec, where: str = "[preprocess]"
+        cls, section: ImageSection, spec: TensorSpec, where: str = "model.toml"
     ) -> ImagePre:
-        """Validate ``section`` against the input ``spec`` it feeds (rank 4, 3 channels)."""
-        check_keys(section, IMAGE_KEYS, where)
+        """``[preprocess]`` checked against the input ``spec`` it feeds (rank 4, 3 channels);
+        ``where``: the file, for errors."""
+
+        def problem(key: str, message: str) -> ConfigError:
+            return ConfigError(f"{located(where, 'preprocess', key)}: {message}")
+
         if len(spec.shape) != 4:
-            raise ConfigError(
-                f"{where}: image input '{spec.name}' must have rank 4, it is {spec.shape_text()}"
+            raise problem(
+                "kind", f"image input '{spec.name}' must have rank 4, it is {spec.shape_text()}"
             )
-        default_layout = "nhwc" if spec.shape[3] == 3 and spec.shape[1] != 3 else "nchw"
-        layout = cast(
-            Layout, choice({"layout": default_layout, **section}, "layout", ("nchw", "nhwc"), where)
+        layout: Layout = section.layout or (
+            "nhwc" if spec.shape[3] == 3 and spec.shape[1] != 3 else "nchw"
         )
         h_dim, w_dim, c_dim = (spec.shape[2], spec.shape[3], spec.shape[1])
         if layout == "nhwc":
             h_dim, w_dim, c_dim = spec.shape[1], spec.shape[2], spec.shape[3]
         if isinstance(c_dim, int) and c_dim != 3:
-            raise ConfigError(
-                f"{where}: input '{spec.name}' {spec.shape_text()} has {c_dim} channels in "
-                f"layout {layout}; image pre-processing makes 3"
+            raise problem(
+                "layout",
+                f"input '{spec.name}' {spec.shape_text()} has {c_dim} channels in layout "
+                f"{layout}; image pre-processing makes 3",
             )
-        if "size" in section:
-            raw = section["size"]
-            if (
-                not isinstance(raw, list)
-                or len(raw) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw)
-            ):
-                raise ConfigError(f"{where}: size must be [height, width], got {raw!r}")
-            height, width = raw
-            for dim, size, what in ((h_dim, height, "height"), (w_dim, width, "width")):
-                if isinstance(dim, int) and dim != size:
-                    raise ConfigError(
-                        f"{where}: size {raw} but input '{spec.name}' {spec.shape_text()} has "
-                        f"{what} {dim}"
-                    )
-        elif isinstance(h_dim, int) and isinstance(w_dim, int):
-            height, width = h_dim, w_dim
-        else:
-            raise ConfigError(
-                f"{where}: input '{spec.name}' {spec.shape_text()} has a dynamic height or "
-                f"width; set size = [height, width]"
-            )
-        dtype = spec.dtype
-        if "dtype" in section:
-            try:
-                dtype = DType(section["dtype"])
-            except ValueError as exc:
-                raise ConfigError(
-                    f"{where}: dtype {section['dtype']!r}; one of "
-                    f"{', '.join(d.value for d in DType)}"
-                ) from exc
-        pad_value = section.get("pad_value", 114)
-        if (
-            not isinstance(pad_value, int)
-            or isinstance(pad_value, bool)
-            or not 0 <= pad_value <= 255
-        ):
-            raise ConfigError(f"{where}: pad_value must be an integer in 0..255, got {pad_value!r}")
-        mean = numbers(section.get("mean", [0.0, 0.0, 0.0]), "mean", 3, where)
-        std = numbers(section.get("std", [1.0, 1.0, 1.0]), "std", 3, where)
-        if any(s == 0 for s in std):
-            raise ConfigError(f"{where}: std must not contain 0, got {list(std)}")
-        scale = number(section, "scale", 1.0, where)
+        height, width = _size(section, spec, h_dim, w_dim, problem)
+        dtype = DType(section.dtype) if section.dtype is not None else spec.dtype
         if not dtype.is_float and dtype is not DType.UINT8:
-            raise ConfigError(f"{where}: dtype {dtype.value}; an image tensor is float or uint8")
-        if not dtype.is_float and (scale != 1.0 or any(mean) or any(s != 1.0 for s in std)):
-            raise ConfigError(
-                f"{where}: dtype {dtype.value} takes raw pixels; scale, mean and std need a "
-                f"float dtype"
+            raise problem(
+                "dtype", f"input '{spec.name}' is {dtype.value}; an image tensor is float or uint8"
+            )
+        if not dtype.is_float and (
+            section.scale != 1.0 or any(section.mean) or any(s != 1.0 for s in section.std)
+        ):
+            raise problem(
+                "dtype", f"{dtype.value} takes raw pixels; scale, mean and std need a float dtype"
             )
         return cls(
             height=height,
             width=width,
-            resize=cast(Resize, choice(section, "resize", ("stretch", "letterbox"), where)),
-            pad_value=pad_value,
-            color=cast(Literal["rgb", "bgr"], choice(section, "color", ("rgb", "bgr"), where)),
+            resize=section.resize,
+            pad_value=section.pad_value,
+            color=section.color,
             layout=layout,
-            scale=scale,
-            mean=cast(tuple[float, float, float], mean),
-            std=cast(tuple[float, float, float], std),
+            scale=section.scale,
+            mean=section.mean,
+            std=section.std,
             dtype=dtype,
         )
+
+
+def _size(
+    section: ImageSection,
+    spec: TensorSpec,
+    h_dim: int | str,
+    w_dim: int | str,
+    problem: Callable[[str, str], ConfigError],
+) -> tuple[int, int]:
+    """``size`` checked against the input's fixed height and width, or them."""
+    if section.size is not None:
+        for dim, size, what in zip((h_dim, w_dim), section.size, ("height", "width"), strict=True):
+            if isinstance(dim, int) and dim != size:
+                raise problem(
+                    "size",
+                    f"{list(section.size)} but input '{spec.name}' {spec.shape_text()} has "
+                    f"{what} {dim}",
+                )
+        return section.size
+    if isinstance(h_dim, int) and isinstance(w_dim, int):
+        return h_dim, w_dim
+    raise problem(
+        "size",
+        f"missing; input '{spec.name}' {spec.shape_text()} has a dynamic height or width: "
+        f"set size = [height, width]",
+    )
 
 
 def _open_rgb(payload: bytes) -> Any:

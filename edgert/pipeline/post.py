@@ -24,35 +24,24 @@ one, else a list of results.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
 from edgert.errors import ConfigError, InferenceError
-from edgert.pipeline._check import check_keys, choice, number, positive_int
-from edgert.pipeline.detect import DETECT_LAYOUTS, Detect, DetectLayout
+from edgert.pipeline.detect import Detect, DetectLayout
 from edgert.pipeline.image import Transform
 
 if TYPE_CHECKING:
     from edgert.config import ModelConfig
+    from edgert.sections import PostprocessSection
     from edgert.spec import ModelIO, TensorSpec
 
-__all__ = ["POSTPROCESS_KEYS", "Postprocess", "softmax", "threshold", "top_k"]
+__all__ = ["Postprocess", "softmax", "threshold", "top_k"]
 
-POSTPROCESS_KEYS = (
-    "output",
-    "softmax",
-    "top_k",
-    "threshold",
-    "on_label",
-    "detect",
-    "score_threshold",
-    "iou_threshold",
-    "max_detections",
-)
-_DETECT_ONLY = ("score_threshold", "iou_threshold", "max_detections")
+Problem = Callable[[str | None, str], ConfigError]
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -79,22 +68,23 @@ def threshold(score: float, at: float) -> dict[str, Any]:
     return {"state": bool(score >= at), "score": round(float(score), 4)}
 
 
-def _class_dim(spec: TensorSpec, where: str) -> int | None:
+def _class_dim(spec: TensorSpec, problem: Problem) -> int | None:
     if len(spec.shape) > 2:
-        raise ConfigError(
-            f"{where}: output '{spec.name}' {spec.shape_text()} is not a score vector "
-            f"([C] or [batch, C])"
+        raise problem(
+            "output",
+            f"'{spec.name}' {spec.shape_text()} is not a score vector ([C] or [batch, C])",
         )
     last = spec.shape[-1] if spec.shape else 1
     return last if isinstance(last, int) else None
 
 
-def _detect_classes(spec: TensorSpec, layout: DetectLayout, where: str) -> int | None:
+def _detect_classes(spec: TensorSpec, layout: DetectLayout, problem: Problem) -> int | None:
     ranks = (2, 3) if layout == "end2end" else (3,)
     if len(spec.shape) not in ranks:
-        raise ConfigError(
-            f"{where}: {layout} output '{spec.name}' {spec.shape_text()} must have rank "
-            f"{' or '.join(map(str, ranks))}"
+        raise problem(
+            "detect",
+            f"{layout} output '{spec.name}' {spec.shape_text()} must have rank "
+            f"{' or '.join(map(str, ranks))}",
         )
     dim, base = {"yolov5": (spec.shape[-1], 5), "yolov8": (spec.shape[1], 4)}.get(layout, (None, 0))
     return dim - base if isinstance(dim, int) else None
@@ -102,7 +92,8 @@ def _detect_classes(spec: TensorSpec, layout: DetectLayout, where: str) -> int |
 
 @dataclass(frozen=True)
 class Postprocess:
-    """A validated ``[postprocess]`` section; :meth:`apply` turns outputs into the result."""
+    """A ``[postprocess]`` table checked against the model's outputs; :meth:`apply` turns
+    outputs into the result."""
 
     output: str
     kind: Literal["top_k", "threshold", "detect"]
@@ -115,81 +106,73 @@ class Postprocess:
 
     @classmethod
     def of(cls, config: ModelConfig, io: ModelIO) -> Postprocess | None:
-        """The model's post-processing, or None when model.toml has no ``[postprocess]``."""
-        section = config.sections.get("postprocess")
+        """The model's post-processing, or None when model.toml has no ``[postprocess]``.
+        The table's own rules were checked when model.toml was read; these need the outputs."""
+        section = config.postprocess
         if section is None:
             return None
-        where = f"model {config.name!r} [postprocess]"
-        check_keys(section, POSTPROCESS_KEYS, where)
+
+        def problem(key: str | None, message: str) -> ConfigError:
+            return config.problem("postprocess", key, message)
+
         names = [s.name for s in io.outputs]
-        soft = section.get("softmax", False)
-        if not isinstance(soft, bool | str):
-            raise ConfigError(f"{where}: softmax must be true/false or an output name")
-        output = section.get("output", soft if isinstance(soft, str) else names[0])
-        if isinstance(soft, str) and soft != output:
-            raise ConfigError(f"{where}: softmax names {soft!r} but output is {output!r}")
+        soft = section.softmax
+        output = section.output or (soft if isinstance(soft, str) else names[0])
         if output not in names:
-            raise ConfigError(f"{where}: no output {output!r}; outputs: {', '.join(names)}")
+            key = "output" if section.output else "softmax"
+            raise problem(key, f"no output {output!r}; outputs: {', '.join(names)}")
         spec = next(s for s in io.outputs if s.name == output)
-        kinds = [k for k in ("top_k", "threshold", "detect") if k in section]
-        if len(kinds) != 1:
-            raise ConfigError(
-                f"{where}: set exactly one of top_k, threshold, detect (got "
-                f"{', '.join(kinds) or 'none'})"
-            )
-        kind = kinds[0]
         labels = config.labels
-        if kind != "detect":
-            misplaced = [k for k in _DETECT_ONLY if k in section]
-            if misplaced:
-                raise ConfigError(f"{where}: {', '.join(misplaced)} only apply with detect")
-        if kind == "detect":
-            if soft or "on_label" in section:
-                raise ConfigError(f"{where}: softmax and on_label do not apply with detect")
-            layout = cast(DetectLayout, choice(section, "detect", DETECT_LAYOUTS, where))
-            classes = _detect_classes(spec, layout, where)
-            _check_labels(labels, classes, where)
+        if section.detect is not None:
+            classes = _detect_classes(spec, section.detect, problem)
+            _check_labels(labels, classes, problem)
             detect = Detect(
-                layout,
-                number(section, "score_threshold", 0.25, where, low=0.0, high=1.0),
-                number(section, "iou_threshold", 0.45, where, low=0.0, high=1.0),
-                positive_int(section, "max_detections", 100, where),
+                section.detect,
+                _or(section.score_threshold, 0.25),
+                _or(section.iou_threshold, 0.45),
+                _or(section.max_detections, 100),
                 labels,
             )
             return cls(output, "detect", labels=labels, detect=detect)
-        classes = _class_dim(spec, where)
-        if kind == "threshold" and classes == 1 and len(labels) == 2:
+        if section.top_k is not None:
+            _check_labels(labels, _class_dim(spec, problem), problem)
+            return cls(output, "top_k", softmax=bool(soft), k=section.top_k, labels=labels)
+        return cls._threshold(section, output, spec, labels, problem)
+
+    @classmethod
+    def _threshold(
+        cls,
+        section: PostprocessSection,
+        output: str,
+        spec: TensorSpec,
+        labels: tuple[str, ...],
+        problem: Problem,
+    ) -> Postprocess:
+        classes = _class_dim(spec, problem)
+        at = _or(section.threshold, 0.5)
+        on_label, soft = section.on_label, bool(section.softmax)
+        if classes == 1 and len(labels) == 2:
             # One score, two labels: [below, above] the threshold (silero: silence, speech).
-            on_label = section.get("on_label", labels[1])
-            if on_label != labels[1]:
-                raise ConfigError(
-                    f"{where}: one score with labels {list(labels)}: on_label is {labels[1]!r}"
+            if on_label not in (None, labels[1]):
+                raise problem(
+                    "on_label", f"one score with labels {list(labels)}: on_label is {labels[1]!r}"
                 )
-            at = number(section, "threshold", 0.5, where)
             return cls(output, "threshold", at=at, on_index=None, labels=labels)
-        _check_labels(labels, classes, where)
-        if kind == "top_k":
-            if "on_label" in section:
-                raise ConfigError(f"{where}: on_label applies with threshold, not top_k")
-            k = positive_int(section, "top_k", None, where)
-            return cls(output, "top_k", softmax=bool(soft), k=k, labels=labels)
-        at = number(section, "threshold", 0.5, where)
+        _check_labels(labels, classes, problem)
         on_index = None
-        if "on_label" in section:
-            on_label = section["on_label"]
+        if on_label is not None:
             if on_label not in labels:
-                raise ConfigError(
-                    f"{where}: on_label {on_label!r} is not a label; labels: "
-                    f"{', '.join(labels) or '(none in model.toml)'}"
+                raise problem(
+                    "on_label",
+                    f"{on_label!r} is not a label; labels: "
+                    f"{', '.join(labels) or '(none in model.toml)'}",
                 )
             on_index = labels.index(on_label)
         elif classes not in (1, None):
-            raise ConfigError(
-                f"{where}: output '{output}' has {classes} scores; say which with on_label"
-            )
+            raise problem("on_label", f"missing; output '{output}' has {classes} scores: say which")
         elif soft:
-            raise ConfigError(f"{where}: softmax over one score is always 1; use on_label")
-        return cls(output, "threshold", softmax=bool(soft), at=at, on_index=on_index, labels=labels)
+            raise problem("softmax", "softmax over one score is always 1; use on_label")
+        return cls(output, "threshold", softmax=soft, at=at, on_index=on_index, labels=labels)
 
     def apply(self, outputs: Mapping[str, np.ndarray], transform: Transform | None = None) -> Any:
         """The JSON-able result of one request's outputs (``transform`` maps detection boxes back
@@ -233,6 +216,10 @@ class Postprocess:
         return threshold(float(scores[self.on_index]), self.at)
 
 
-def _check_labels(labels: Sequence[str], classes: int | None, where: str) -> None:
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _check_labels(labels: Sequence[str], classes: int | None, problem: Problem) -> None:
     if labels and classes is not None and len(labels) != classes:
-        raise ConfigError(f"{where}: {len(labels)} labels but the output has {classes} classes")
+        raise problem(None, f"{len(labels)} labels but the output has {classes} classes")

@@ -27,17 +27,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgert.errors import ConfigError
 from edgert.pipeline.audio import AudioPre, decode_audio
 from edgert.pipeline.image import ImagePre, Transform, decode_image
+from edgert.sections import ImageSection
 
 if TYPE_CHECKING:
     from edgert.config import ModelConfig
     from edgert.spec import TensorSpec
 
-__all__ = ["PREPROCESS_KINDS", "Preprocess"]
-
-PREPROCESS_KINDS = ("image", "audio")
+__all__ = ["Preprocess"]
 
 
 @dataclass(frozen=True)
@@ -51,22 +49,14 @@ class Preprocess:
     @classmethod
     def of(cls, config: ModelConfig, spec: TensorSpec) -> Preprocess | None:
         """The pre-processing of input ``spec``, or None when model.toml has no ``[preprocess]``."""
-        section = config.sections.get("preprocess")
+        section = config.preprocess
         if section is None:
             return None
-        where = f"model {config.name!r} [preprocess]"
-        kind = section.get("kind")
-        if kind not in PREPROCESS_KINDS:
-            raise ConfigError(
-                f"{where}: kind is {kind!r}; one of {', '.join(PREPROCESS_KINDS)}"
-                if kind is not None
-                else f"{where}: needs kind = {' or '.join(map(repr, PREPROCESS_KINDS))}"
-            )
-        if kind == "image":
-            return cls(spec.name, ImagePre.from_section(section, spec, where), len(spec.shape))
-        if not spec.shape:
-            raise ConfigError(f"{where}: audio input '{spec.name}' is a scalar")
-        return cls(spec.name, AudioPre.from_section(section, spec, where), len(spec.shape))
+        if isinstance(section, ImageSection):
+            step: ImagePre | AudioPre = ImagePre.from_section(section, spec, config.where)
+        else:
+            step = AudioPre.from_section(section, spec, config.where)
+        return cls(spec.name, step, len(spec.shape))
 
     def decode(self, payload: bytes) -> tuple[np.ndarray, Transform | None]:
         """The input tensor for ``payload``, and for images the Transform that maps boxes back.

@@ -301,23 +301,34 @@ def test_entity_from_model_config() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
+        # The nearest key of any table:
         (
             {"colour": "red"},
-            "unknown key.*colour.*known: kind, name, icon, off_delay, device_class",
+            ' colour: unknown key; did you mean [preprocess] color (kind = "image")?',
         ),
-        ({"kind": "switch"}, "kind is 'switch'"),
-        ({"kind": "binary_sensor", "off_delay": 0}, "off_delay must be a positive"),
-        ({"kind": "binary_sensor", "off_delay": True}, "off_delay must be a positive"),
-        ({"kind": "binary_sensor", "off_delay": "30"}, "off_delay must be a positive"),
-        ({"off_delay": 30}, "off_delay applies to kind"),
-        ({"name": ""}, "name must be a non-empty string"),
-        ({"icon": 3}, "icon must be a non-empty string"),
+        ({"zzzz": "red"}, " zzzz: unknown key; known: kind, name, icon, off_delay, device_class"),
+        (
+            {"kind": "switch"},
+            ' kind: expected one of "event", "sensor", "binary_sensor", got "switch"',
+        ),
+        ({"kind": "binary_sensor", "off_delay": 0}, " off_delay: expected an integer >= 1, got 0"),
+        (
+            {"kind": "binary_sensor", "off_delay": True},
+            " off_delay: expected an integer >= 1, got true",
+        ),
+        (
+            {"kind": "binary_sensor", "off_delay": "30"},
+            ' off_delay: expected an integer >= 1, got "30"',
+        ),
+        ({"off_delay": 30}, ' off_delay: applies to kind = "binary_sensor" only'),
+        ({"name": ""}, ' name: expected a non-empty string, got ""'),
+        ({"icon": 3}, " icon: expected a non-empty string, got 3"),
     ],
 )
 def test_bad_homeassistant_section_is_refused(section: dict[str, Any], message: str) -> None:
-    config = ModelConfig.from_dict({"homeassistant": section}, default_name="m")
-    with pytest.raises(ConfigError, match=message):
-        ModelEntity.of(config)
+    with pytest.raises(ConfigError) as caught:
+        ModelConfig.from_dict({"homeassistant": section}, default_name="m")
+    assert caught.value.message == f"model.toml: [homeassistant]{message}"
 
 
 def test_sources_get_an_event_and_a_detection_that_turns_itself_off() -> None:

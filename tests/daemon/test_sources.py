@@ -71,36 +71,73 @@ def test_sources_config_keys_and_defaults() -> None:
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"colour": "red"}, "unknown key(s) colour; known: debounce, interval, labels"),
-        ({"url": "rtsp://cam/stream"}, "must be http:// or https://"),
-        ({"url": "ftp://u:secret@cam/x"}, "'ftp://u:***@cam/x' must be http"),
-        ({"url": "http:///nohost"}, "must be http:// or https://"),
-        ({"name": "front door"}, "name must be letters, digits"),
-        ({"interval": 0}, "give an interval (seconds) or a trigger topic"),
-        ({"interval": -1, "trigger": "t"}, "interval and debounce must be >= 0"),
-        ({"trigger": "a/#/b"}, "not an MQTT topic filter"),
-        ({"min_score": 1.5}, "min_score must be within [0, 1]"),
-        ({"labels": []}, "labels is empty"),
-        ({"labels": "person"}, "labels must be a list of strings"),
-        ({"debounce": "30s"}, "debounce must be a number"),
-        ({"model": 3}, "model must be a string"),
+        (
+            {"colour": "red"},
+            " colour: unknown key; known: name, model, url, stream, interval, trigger, labels, "
+            "min_score, debounce, timeout",
+        ),
+        (
+            {"url": "rtsp://cam/stream"},
+            ' url: expected an http:// or https:// URL, got "rtsp://cam/stream"',
+        ),
+        (
+            {"url": "ftp://u:secret@cam/x"},
+            ' url: expected an http:// or https:// URL, got "ftp://u:***@cam/x"',
+        ),
+        (
+            {"url": "http:///nohost"},
+            ' url: expected an http:// or https:// URL, got "http:///nohost"',
+        ),
+        (
+            {"name": "front door"},
+            ' name: expected a name of letters, digits, "_" or "-", got "front door"',
+        ),
+        ({"interval": 0}, " interval: give an interval (seconds) or a trigger topic, or both"),
+        ({"interval": -1, "trigger": "t"}, " interval: expected a number >= 0, got -1"),
+        ({"trigger": "a/#/b"}, ' trigger: expected an MQTT topic filter, got "a/#/b"'),
+        ({"min_score": 1.5}, " min_score: expected a number in [0, 1], got 1.5"),
+        (
+            {"labels": []},
+            " labels: expected a non-empty list of labels (none: every label), got []",
+        ),
+        (
+            {"labels": "person"},
+            ' labels: expected a non-empty list of labels (none: every label), got "person"',
+        ),
+        ({"debounce": "30s"}, ' debounce: expected a number >= 0, got "30s"'),
+        ({"model": 3}, " model: expected a non-empty string, got 3"),
+        ({"stream": "mic-1"}, " stream: a source has a url (a camera) or a stream, not both"),
+        ({"timeout": 0}, " timeout: expected a number > 0, got 0"),
     ],
 )
 def test_sources_config_refuses(table: dict[str, Any], message: str) -> None:
     base = {"name": "cam", "model": "m", "url": "http://cam/snap.jpg", "interval": 1}
     with pytest.raises(ConfigError) as caught:
         _sources({**base, **table})
-    assert message in str(caught.value)
+    assert caught.value.message == f"config: [[sources]][0]{message}"
 
 
 def test_sources_config_refuses_missing_keys_and_twice_the_name() -> None:
-    with pytest.raises(ConfigError, match="missing model"):
+    with pytest.raises(ConfigError) as caught:
         _sources({"name": "cam"})
+    assert (
+        caught.value.message == "config: [[sources]][0] model: missing; expected a non-empty string"
+    )
+    with pytest.raises(ConfigError) as caught:
+        _sources({"name": "mic", "model": "vad", "stream": "mic-1", "interval": 2})
+    assert caught.value.message == (
+        "config: [[sources]][0] interval: a stream source has no interval or trigger"
+    )
     twice = {"name": "cam", "model": "m", "url": "http://cam/x", "interval": 1}
-    with pytest.raises(ConfigError, match="cam used more than once"):
-        _sources(twice, twice)
-    with pytest.raises(ConfigError, match=r"\[\[sources\]\] tables"):
+    with pytest.raises(ConfigError) as caught:
+        _sources(twice, {**twice, "name": "other"}, twice)
+    assert caught.value.message == 'config: [[sources]][2] name: "cam" names [[sources]][0] too'
+    with pytest.raises(ConfigError) as caught:
         DaemonConfig.from_dict({"sources": {"name": "cam"}})
+    assert (
+        caught.value.message
+        == 'config: [[sources]]: expected [[sources]] tables, got {name = "cam"}'
+    )
 
 
 def test_topic_filters_match_like_mqtt() -> None:

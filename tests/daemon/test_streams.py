@@ -97,10 +97,33 @@ def test_stream_config_is_checked(compiled_repository: Path) -> None:
     bad_output = {"inputs": {"state": {"kind": "carried", "from_output": "nope"}}}
     bad_window = {"inputs": {"input": {"kind": "windowed", "context": 64, "chunk": 500}}}
     assert StreamPlan.of(ModelConfig.from_dict(base, default_name="v"), loaded.io).windowed
-    with pytest.raises(ConfigError, match="from_output must name an output"):
+    with pytest.raises(ConfigError) as caught:
         StreamPlan.of(ModelConfig.from_dict(bad_output, default_name="v"), loaded.io)
-    with pytest.raises(ConfigError, match="must be its last dim, 576"):
+    assert caught.value.message == (
+        "model.toml: [inputs.state] from_output: expected an output (output, stateN), got 'nope'"
+    )
+    with pytest.raises(ConfigError) as caught:
         StreamPlan.of(ModelConfig.from_dict(bad_window, default_name="v"), loaded.io)
+    assert caught.value.message == (
+        "model.toml: [inputs.input] chunk: context 64 + chunk 500 must be the input's last dim, 576"
+    )
+    axis = {"inputs": {"state": {"kind": "carried", "from_output": "stateN", "batch_axis": 3}}}
+    with pytest.raises(ConfigError) as caught:
+        StreamPlan.of(ModelConfig.from_dict(axis, default_name="v"), loaded.io)
+    assert caught.value.message == (
+        "model.toml: [inputs.state] batch_axis: 3 is past the input's rank, 3"
+    )
+
+
+def test_state_table_sets_the_ttl_and_the_cap(compiled_repository: Path) -> None:
+    loaded = open_model(ModelDir(compiled_repository / "silero_vad"))
+    loaded.close()
+    config = ModelConfig.from_dict({"state": {"ttl": 5, "max_streams": 3}}, default_name="v")
+    plan = StreamPlan.of(config, loaded.io)
+    states = StreamStates(plan, loaded.io)
+    assert (plan.ttl, plan.cap, states.ttl, states.cap) == (5.0, 3, 5.0, 3)
+    default = StreamStates(StreamPlan.of(ModelConfig(name="v"), loaded.io), loaded.io)
+    assert (default.ttl, default.cap) == (300.0, 256)
 
 
 def test_streams_are_batched_together_and_stay_in_order(compiled_repository: Path) -> None:

@@ -369,7 +369,7 @@ def test_output_shape_override_names_the_batch_axis(
         ('[outputs.z]\nshape = ["batch", 4]', "output(s) z that the model does not have"),
         ('[outputs.y]\nshape = ["batch"]', "output 'y' shape ['batch'] of rank 1"),
         ('[outputs.y]\nshape = ["batch", 5]', "output 'y' axis 1 as 5, but the model fixes it"),
-        ("[outputs.y]\nshape = [true]", "outputs.y.shape must be a list of sizes"),
+        ("[outputs.y]\nshape = [true]", "[outputs.y] shape: expected a list of sizes and dim"),
     ],
 )
 def test_bad_output_shape_override(tmp_path: Path, toml: str, fragment: str) -> None:

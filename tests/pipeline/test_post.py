@@ -101,30 +101,89 @@ def test_no_section_is_none() -> None:
 
 
 @pytest.mark.parametrize(
-    ("post", "labels", "outputs", "match"),
+    ("post", "message"),
     [
-        ({"top_k": 1, "topk": 2}, None, (LOGITS,), "unknown key.*topk; known: .*top_k"),
-        ({}, None, (LOGITS,), "exactly one of top_k, threshold, detect"),
-        ({"top_k": 1, "threshold": 0.5}, None, (LOGITS,), "exactly one of"),
-        ({"top_k": 0}, None, (LOGITS,), "top_k must be a positive integer"),
-        ({"top_k": 1, "output": "nope"}, None, (LOGITS,), "no output 'nope'; outputs: logits"),
-        ({"top_k": 1}, ["a", "b"], (LOGITS,), "2 labels but the output has 3 classes"),
-        ({"threshold": 0.5}, None, (LOGITS,), "has 3 scores; say which with on_label"),
-        ({"threshold": 0.5, "on_label": "x"}, ["a", "b", "c"], (LOGITS,), "on_label 'x'"),
-        ({"threshold": 0.5, "softmax": True}, None, (PROB,), "always 1"),
-        ({"detect": "yolov9"}, None, (BOXES,), "detect is 'yolov9'; one of yolov5, yolov8"),
-        ({"detect": "yolov8"}, ["a", "b", "c"], (BOXES,), "3 labels but the output has 2"),
-        ({"detect": "yolov5"}, None, (LOGITS,), "must have rank 3"),
-        ({"detect": "end2end", "iou_threshold": 2}, None, (BOXES,), "iou_threshold .* \\[0.0"),
-        ({"top_k": 1, "iou_threshold": 0.5}, None, (LOGITS,), "only apply with detect"),
-        ({"softmax": "a", "output": "logits", "top_k": 1}, None, (LOGITS,), "softmax names 'a'"),
+        ({"top_k": 1, "topk": 2}, " topk: unknown key; did you mean [postprocess] top_k?"),
+        ({}, ": set exactly one of top_k, threshold, detect (got none)"),
+        (
+            {"top_k": 1, "threshold": 0.5},
+            " threshold: set exactly one of top_k, threshold, detect (got top_k and threshold)",
+        ),
+        ({"top_k": 0}, " top_k: expected an integer >= 1, got 0"),
+        (
+            {"detect": "yolov9"},
+            ' detect: expected one of "yolov5", "yolov8", "end2end", got "yolov9"',
+        ),
+        (
+            {"detect": "end2end", "iou_threshold": 2},
+            " iou_threshold: expected a number in [0, 1], got 2",
+        ),
+        ({"top_k": 1, "iou_threshold": 0.5}, " iou_threshold: applies with detect only"),
+        ({"detect": "yolov8", "softmax": True}, " softmax: does not apply with detect"),
+        ({"top_k": 1, "on_label": "a"}, " on_label: applies with threshold, not top_k"),
+        (
+            {"softmax": "a", "output": "logits", "top_k": 1},
+            ' softmax: names "a" but output is "logits"',
+        ),
+        ({"softmax": 1, "top_k": 1}, " softmax: expected true or false or a string, got 1"),
     ],
 )
-def test_config_errors(
-    post: dict[str, Any], labels: list[str] | None, outputs: tuple[TensorSpec, ...], match: str
+def test_file_errors(post: dict[str, Any], message: str) -> None:
+    """Refused when model.toml is read, whatever the outputs."""
+    with pytest.raises(ConfigError) as caught:
+        model(post)
+    assert caught.value.message == f"model.toml: [postprocess]{message}"
+
+
+@pytest.mark.parametrize(
+    ("post", "labels", "outputs", "message"),
+    [
+        (
+            {"top_k": 1, "output": "nope"},
+            None,
+            (LOGITS,),
+            " output: no output 'nope'; outputs: logits",
+        ),
+        ({"top_k": 1}, ["a", "b"], (LOGITS,), ": 2 labels but the output has 3 classes"),
+        (
+            {"threshold": 0.5},
+            None,
+            (LOGITS,),
+            " on_label: missing; output 'logits' has 3 scores: say which",
+        ),
+        (
+            {"threshold": 0.5, "on_label": "x"},
+            ["a", "b", "c"],
+            (LOGITS,),
+            " on_label: 'x' is not a label; labels: a, b, c",
+        ),
+        (
+            {"threshold": 0.5, "softmax": True},
+            None,
+            (PROB,),
+            " softmax: softmax over one score is always 1; use on_label",
+        ),
+        (
+            {"detect": "yolov8"},
+            ["a", "b", "c"],
+            (BOXES,),
+            ": 3 labels but the output has 2 classes",
+        ),
+        (
+            {"detect": "yolov5"},
+            None,
+            (LOGITS,),
+            " detect: yolov5 output 'logits' [batch, 3] must have rank 3",
+        ),
+    ],
+)
+def test_errors_against_the_outputs(
+    post: dict[str, Any], labels: list[str] | None, outputs: tuple[TensorSpec, ...], message: str
 ) -> None:
-    with pytest.raises(ConfigError, match=match):
+    """Refused when the model loads: they need the outputs' specs."""
+    with pytest.raises(ConfigError) as caught:
         Postprocess.of(model(post, labels), io(*outputs))
+    assert caught.value.message == f"model.toml: [postprocess]{message}"
 
 
 def test_one_score_with_two_labels_thresholds_to_the_second() -> None:
@@ -134,7 +193,7 @@ def test_one_score_with_two_labels_thresholds_to_the_second() -> None:
     assert post is not None
     assert post.apply({"p": np.array([[0.7]], np.float32)}) == {"state": True, "score": 0.7}
     assert post.apply({"p": np.array([[0.2]], np.float32)})["state"] is False
-    with pytest.raises(ConfigError, match="on_label is 'speech'"):
+    with pytest.raises(ConfigError, match=r"^model.toml: \[postprocess\] on_label: .* is 'speech'"):
         Postprocess.of(
             model({"threshold": 0.5, "on_label": "silence"}, ["silence", "speech"]), spec
         )
