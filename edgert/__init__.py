@@ -5,6 +5,7 @@ The public API is re-exported here; submodules are private.
 
 __version__ = "0.1.0"
 
+import importlib
 from typing import TYPE_CHECKING
 
 from edgert.config import ModelConfig
@@ -14,6 +15,7 @@ from edgert.errors import (
     BackendUnavailable,
     BuildError,
     ConfigError,
+    ConfigKeyError,
     EdgertError,
     IncompatibleArtifact,
     InferenceError,
@@ -21,6 +23,7 @@ from edgert.errors import (
     ModelCheckError,
     ModelError,
     ModelLoadError,
+    NotReady,
     ParityError,
     UnboundedDimError,
 )
@@ -29,18 +32,32 @@ from edgert.runtime import LoadedModel, open_model
 from edgert.spec import DimRange, DType, TensorSpec
 
 if TYPE_CHECKING:
+    from edgert.client import Client, RemoteError, Reply
     from edgert.compile import CompileOptions, CompileResult, compile_model
 
-_LAZY = {"CompileOptions", "CompileResult", "compile_model"}
+# Loaded on first use, each by its module: compiling needs the onnx package (~9 MB resident),
+# the client needs paho; serving, and the pure modules, need neither.
+_LAZY = {
+    "CompileOptions": "edgert.compile",
+    "CompileResult": "edgert.compile",
+    "compile_model": "edgert.compile",
+    "Client": "edgert.client",
+    "RemoteError": "edgert.client",
+    "Reply": "edgert.client",
+}
 
 
 def __getattr__(name: str) -> object:
-    # Compiling needs the onnx package (~9 MB resident); serving does not, so it loads on use.
-    if name in _LAZY:
-        from edgert import compile as _compile
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgert' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next use is a plain attribute
+    return value
 
-        return getattr(_compile, name)
-    raise AttributeError(f"module 'edgert' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -50,9 +67,11 @@ __all__ = [
     "BackendError",
     "BackendUnavailable",
     "BuildError",
+    "Client",
     "CompileOptions",
     "CompileResult",
     "ConfigError",
+    "ConfigKeyError",
     "DType",
     "DimRange",
     "EdgertError",
@@ -65,7 +84,10 @@ __all__ = [
     "ModelDir",
     "ModelError",
     "ModelLoadError",
+    "NotReady",
     "ParityError",
+    "RemoteError",
+    "Reply",
     "Repository",
     "TensorSpec",
     "UnboundedDimError",

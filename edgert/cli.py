@@ -460,12 +460,25 @@ def infer(
     broker: Annotated[str, typer.Option(help="Broker URL.")] = "mqtt://127.0.0.1:1883",
     node: Annotated[str | None, typer.Option(help="Send to this node only.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 10.0,
+    wait: Annotated[
+        float,
+        typer.Option(
+            help="Seconds to wait for a node's catalogue to list the model as ready before "
+            "sending; 0: send at once."
+        ),
+    ] = 30.0,
 ) -> None:
-    """Send one request to a serving daemon over MQTT and print the reply as JSON."""
+    """Send one request to a serving daemon over MQTT and print the reply as JSON.
+
+    Waits (`--wait`) until a node lists the model as ready, so a daemon still loading it, or
+    none at all, is named in one line rather than a silent timeout.
+    """
     from edgert.client import Client
 
     with _errors():
         raw = read_tensors(input)
         with Client(broker, node=node) as client:
+            if wait > 0:
+                client.wait_ready(model, wait)
             reply = client.infer(model, raw, timeout=timeout)
         print(json.dumps(reply.raw))

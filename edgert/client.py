@@ -3,6 +3,10 @@
 The client follows the protocol's end-to-end delivery rule: a request still unanswered after its
 re-send interval (or a reconnect) is published again with the same id; the daemon runs it once
 and answers repeats from its reply cache.
+
+It also follows every node's retained catalogue (``<prefix>/node/+/models``) and status: replies'
+JSON outputs take the dtypes the catalogue declares, and :meth:`Client.wait_ready` waits for a
+node to list a model as ``ready``.
 """
 
 from __future__ import annotations
@@ -12,16 +16,17 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from edgert.errors import EdgertError
+from edgert.errors import EdgertError, NotReady
 from edgert.mqtt import Message, MqttConnection
 from edgert.settings import BrokerConfig, parse_broker_url
+from edgert.spec import DType
 
 __all__ = ["Client", "RemoteError", "Reply"]
 
@@ -58,8 +63,22 @@ def encode_tensor(array: np.ndarray) -> dict[str, Any]:
     }
 
 
+def decode_tensor(obj: Mapping[str, Any]) -> np.ndarray:
+    """A ``{"dtype", "shape", "b64"}`` tensor (little-endian, C order) as a native array."""
+    try:
+        wire = DType(obj["dtype"]).numpy.newbyteorder("<")
+        flat = np.frombuffer(base64.b64decode(obj["b64"], validate=True), dtype=wire)
+        return flat.reshape(tuple(obj["shape"])).astype(wire.newbyteorder("="))
+    except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+        raise EdgertError(f"unreadable base64 tensor in a reply: {exc}") from exc
+
+
 class Client:
-    """A connection to the broker for calling models. Use as a context manager."""
+    """A connection to the broker for calling models. Use as a context manager.
+
+    :meth:`infer` sends a request and waits for its reply; :meth:`wait_ready` waits until a
+    node's catalogue lists a model as ready (``edgert infer`` calls it before sending).
+    """
 
     def __init__(
         self,
@@ -85,13 +104,22 @@ class Client:
         self.node = node
         self._pending: dict[bytes, list[bytes]] = {}
         self._lock = threading.Lock()
-        # Notified on every reply and every connect: a waiting request re-sends on a reconnect.
+        # Notified on every reply, connect, catalogue and status: a waiting request re-sends
+        # on a reconnect; wait_ready looks again at each catalogue and status.
         self._changed = threading.Condition(self._lock)
         self._connects = 0
+        # What each node's retained topics say (under _lock): its catalogue's entries by model
+        # name, and its status ("online", "offline").
+        self._catalogues: dict[str, dict[str, Mapping[str, Any]]] = {}
+        self._status: dict[str, str] = {}
         self._connection = MqttConnection(
-            config, on_message=self._on_reply, on_connect=self._on_connect
+            config, on_message=self._on_message, on_connect=self._on_connect
         )
         self._connection.subscribe(f"{prefix}/reply/{self._key}/#", qos=1)
+        # Status first: the broker sends retained messages in subscription order, so a node's
+        # "offline" is known before its (stale) catalogue that still says ready.
+        self._connection.subscribe(f"{prefix}/node/+/status", qos=1)
+        self._connection.subscribe(f"{prefix}/node/+/models", qos=1)
         self._connection.start()
         self._wait_connected(connect_timeout)
 
@@ -116,6 +144,85 @@ class Client:
 
     def close(self) -> None:
         self._connection.stop()
+
+    def wait_ready(self, model: str, timeout: float = 30.0) -> str:
+        """Block until a node's catalogue lists ``model`` as ``ready``; returns that node's id
+        (the client's ``node`` only, when it has one). A node whose status is ``offline`` does
+        not count. NotReady after ``timeout`` seconds, saying what the catalogues said.
+
+        The retained catalogues arrive just after connecting: a ``timeout`` near 0 may miss them.
+        """
+        end = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                node = self._ready_node(model)
+                if node is not None:
+                    return node
+                left = end - time.monotonic()
+                if left <= 0:
+                    why = self._why_not_ready(model)
+                    raise NotReady(
+                        f"model {model!r} is not ready after {timeout:g} s: {why}", model=model
+                    )
+                self._changed.wait(left)
+
+    def _nodes(self) -> list[str]:
+        """The nodes this client can send to (under ``_lock``): its own, or every one seen."""
+        return [self.node] if self.node else sorted(self._catalogues)
+
+    def _ready_node(self, model: str) -> str | None:
+        for node in self._nodes():
+            entry = self._catalogues.get(node, {}).get(model)
+            if entry is not None and _state(entry) == "ready" and not self._offline(node):
+                return node
+        return None
+
+    def _offline(self, node: str) -> bool:
+        return self._status.get(node) == "offline"
+
+    def _why_not_ready(self, model: str) -> str:
+        """What the catalogues say of ``model`` (under ``_lock``), for NotReady's message."""
+        states = []
+        for node in self._nodes():
+            entry = self._catalogues.get(node, {}).get(model)
+            if entry is None:
+                continue
+            state = _state(entry)
+            if self._offline(node):
+                states.append(f"node {node} is offline")
+            elif state == "failed":
+                states.append(f"node {node} says failed: {entry.get('reason') or 'no reason'}")
+            else:
+                states.append(f"node {node} says {state}")
+        if states:
+            return "; ".join(states)
+        if not self._catalogues:
+            return "no catalogue seen: is edgert serve running on this broker?"
+        seen = ", ".join(
+            f"{node} (serves {', '.join(sorted(entries)) or 'nothing'})"
+            for node, entries in sorted(self._catalogues.items())
+        )
+        if self.node and self.node not in self._catalogues:
+            return f"node {self.node} has published no catalogue; nodes seen: {seen}"
+        return f"no node lists it; nodes seen: {seen}"
+
+    def _declared_dtypes(self, model: str, version: str) -> dict[str, np.dtype[Any]]:
+        """The output dtypes a catalogue declares for ``model`` at ``version`` (a catalogue of
+        another version may declare others); empty if none is known."""
+        with self._lock:
+            entries = [self._catalogues.get(node, {}).get(model) for node in self._nodes()]
+        for entry in entries:
+            if entry is None or str(entry.get("version", version)) != version:
+                continue
+            dtypes = {}
+            for spec in entry.get("outputs") or ():
+                try:
+                    dtypes[str(spec["name"])] = DType(spec["dtype"]).numpy
+                except (KeyError, TypeError, ValueError):
+                    continue  # a spec this client cannot read: that output stays as it comes
+            if dtypes:
+                return dtypes
+        return {}
 
     def infer(
         self,
@@ -187,7 +294,20 @@ class Client:
         finally:
             with self._lock:
                 self._pending.pop(correlation, None)
-        return _parse_reply(box[0])
+        return _parse_reply(box[0], partial(self._declared_dtypes, model))
+
+    def _on_message(self, message: Message) -> bool:
+        node_root = f"{self.prefix}/node/"
+        if message.topic.startswith(node_root):
+            node, _, kind = message.topic[len(node_root) :].partition("/")
+            if kind == "models":
+                self._on_catalogue(node, message.payload)
+            elif kind == "status":
+                with self._changed:
+                    self._status[node] = message.payload.decode(errors="replace")
+                    self._changed.notify_all()
+            return True
+        return self._on_reply(message)
 
     def _on_reply(self, message: Message) -> bool:
         correlation = message.correlation
@@ -197,6 +317,24 @@ class Client:
                 box.append(message.payload)
                 self._changed.notify_all()
         return True
+
+    def _on_catalogue(self, node: str, payload: bytes) -> None:
+        """Keep ``node``'s catalogue; an empty payload (retained message cleared) forgets it,
+        an unreadable one is ignored."""
+        entries: dict[str, Mapping[str, Any]] | None = None
+        if payload:
+            try:
+                doc = json.loads(payload)
+                models = doc["models"]
+                entries = {str(m["name"]): m for m in models if isinstance(m, dict) and "name" in m}
+            except (ValueError, TypeError, KeyError):
+                return
+        with self._changed:
+            if entries is None:
+                self._catalogues.pop(node, None)
+            else:
+                self._catalogues[node] = entries
+            self._changed.notify_all()
 
     def _woken(self, box: list[bytes], connects: int) -> bool:
         """Whether a request waiting since connect number ``connects`` has its reply, or must
@@ -209,7 +347,16 @@ class Client:
             self._changed.notify_all()
 
 
-def _parse_reply(payload: bytes) -> Reply:
+def _state(entry: Mapping[str, Any]) -> str:
+    # Catalogues from before states were published listed only served (ready) models.
+    return str(entry.get("state", "ready"))
+
+
+def _parse_reply(
+    payload: bytes, declared: Callable[[str], Mapping[str, np.dtype[Any]]] | None = None
+) -> Reply:
+    """The reply in ``payload``; ``declared(version)`` gives the output dtypes the catalogue
+    declares, which JSON lists (read as float64 or int64) are converted to."""
     try:
         data = json.loads(payload)
     except ValueError as exc:
@@ -217,11 +364,23 @@ def _parse_reply(payload: bytes) -> Reply:
     if not data.get("ok"):
         error = data.get("error") or {}
         raise RemoteError(str(error.get("code", "internal")), str(error.get("message", "")))
-    outputs = {name: np.asarray(value) for name, value in (data.get("outputs") or {}).items()}
+    version = str(data.get("version"))
+    dtypes = declared(version) if declared is not None else {}
+    outputs = {}
+    for name, value in (data.get("outputs") or {}).items():
+        if isinstance(value, dict):  # {"dtype", "shape", "b64"}: carries its own dtype
+            outputs[name] = decode_tensor(value)
+            continue
+        dtype = dtypes.get(name)
+        try:
+            outputs[name] = np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError, OverflowError) as exc:
+            wanted = f"the catalogue's dtype {dtype}" if dtype is not None else "an array"
+            raise EdgertError(f"reply output {name!r} cannot be read as {wanted}: {exc}") from exc
     return Reply(
         id=str(data.get("id")),
         model=str(data.get("model")),
-        version=str(data.get("version")),
+        version=version,
         outputs=outputs,
         result=data.get("result"),
         latency_ms=data.get("latency_ms") or {},

@@ -6,12 +6,18 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+
+from tests.broker import Mosquitto
+from tests.test_client import FakeNode, entry, reply_with
 
 EDGERT = [sys.executable, "-m", "edgert"]
 
@@ -142,3 +148,94 @@ def test_uncompiled_run_names_the_compile_command(corpus: Callable[[str], Path])
     source = corpus("fixed_mlp")
     line = one_line_error(edgert("run", source.parent, "--input", "x.json"))
     assert f"run: edgert compile {source.parent}" in line
+
+
+# -- edgert infer: a fake daemon (tests/test_client.py) on a real mosquitto --------------------
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path).start()
+    yield server
+    server.kill()
+
+
+def _wait_for_client(broker: Mosquitto, timeout: float = 60) -> None:
+    """Until mosquitto logs an edgert client's connection (it logs each with its client id)."""
+    end = time.monotonic() + timeout
+    while "as edgert-client-" not in broker.log.read_text(errors="replace"):
+        assert time.monotonic() < end, "edgert infer never connected"
+        time.sleep(0.05)
+
+
+def _infer(broker: Mosquitto, tmp_path: Path, *args: str) -> list[str]:
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
+    return [
+        *map(str, EDGERT),
+        "infer",
+        "occupancy",
+        "-i",
+        str(tmp_path / "x.npy"),
+        "--broker",
+        broker.url,
+        "--timeout",
+        "5",
+        *args,
+    ]
+
+
+def test_infer_waits_until_a_node_lists_the_model_ready(broker: Mosquitto, tmp_path: Path) -> None:
+    node = FakeNode(broker)
+    ready = threading.Event()
+
+    def answer(request: Mapping[str, Any]) -> Mapping[str, Any]:
+        if not ready.is_set():  # as the daemon's error once it stops holding a request
+            return {"id": request["id"], "ok": False, "error": {"code": "loading", "message": ""}}
+        return reply_with({"probs": [[0.25, 0.75]]})(request)
+
+    node.answer = answer
+    try:
+        node.catalogue(entry(state="loading"))
+        process = subprocess.Popen(
+            _infer(broker, tmp_path, "--wait", "30"),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        _wait_for_client(broker)
+        time.sleep(0.5)  # connected and waiting: a request now would be answered `loading`
+        ready.set()
+        ready_at = node.catalogue(entry())
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        node.close()
+    assert process.returncode == 0, stderr
+    assert json.loads(stdout)["outputs"] == {"probs": [[0.25, 0.75]]}
+    assert node.requests and all(at >= ready_at - 0.05 for at, _ in node.requests)
+
+
+def test_infer_gives_up_waiting_in_one_line(broker: Mosquitto, tmp_path: Path) -> None:
+    node = FakeNode(broker, answer=reply_with({"probs": [[0.25, 0.75]]}))
+    try:
+        result = subprocess.run(
+            _infer(broker, tmp_path, "--wait", "0.5"), capture_output=True, text=True, timeout=60
+        )
+    finally:
+        node.close()
+    assert one_line_error(result) == (
+        "error: model 'occupancy' is not ready after 0.5 s: no catalogue seen: is edgert serve "
+        "running on this broker?"
+    )
+    assert not node.requests
+
+
+def test_infer_wait_0_sends_at_once(broker: Mosquitto, tmp_path: Path) -> None:
+    node = FakeNode(broker, answer=reply_with({"probs": [[0.25, 0.75]]}))
+    try:
+        result = subprocess.run(
+            _infer(broker, tmp_path, "--wait", "0"), capture_output=True, text=True, timeout=60
+        )
+    finally:
+        node.close()
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["outputs"] == {"probs": [[0.25, 0.75]]}
