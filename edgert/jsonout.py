@@ -101,7 +101,7 @@ def to_jsonable(value: Any) -> Any:
 
 
 def ok_reply(
-    id: str | None,
+    id: str | int | None,
     model: str,
     version: str,
     outputs: Mapping[str, np.ndarray],

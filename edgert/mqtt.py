@@ -46,6 +46,9 @@ class Message:
     content_type: str | None = None
     user: Mapping[str, str] = field(default_factory=dict)
     expiry: int | None = None
+    # MQTT 5 Subscription Identifiers of the subscriptions it came through: one client's
+    # overlapping shared subscriptions each deliver a copy, told apart by these.
+    subscriptions: tuple[int, ...] = ()
 
 
 def _convert(msg: paho.MQTTMessage) -> Message:
@@ -63,6 +66,7 @@ def _convert(msg: paho.MQTTMessage) -> Message:
         content_type=get("ContentType"),
         user=user,
         expiry=get("MessageExpiryInterval"),
+        subscriptions=tuple(get("SubscriptionIdentifier") or ()),
     )
 
 
@@ -80,6 +84,7 @@ def _from_publish(publish: Publish) -> Message:
         content_type=props.get("ContentType"),
         user=dict(props.get("UserProperty") or ()),
         expiry=props.get("MessageExpiryInterval"),
+        subscriptions=tuple(props.get("SubscriptionIdentifier") or ()),
     )
 
 
@@ -148,12 +153,17 @@ class MqttConnection:
         on_message: Callable[[Message], bool],
         on_connect: Callable[[], None] | None = None,
         after_read: Callable[[], None] | None = None,
+        on_refused: Callable[[str, str], None] | None = None,
     ) -> None:
-        """``after_read`` runs on the network thread after each burst of messages read."""
+        """``after_read`` runs on the network thread after each burst of messages read;
+        ``on_refused(topic, reason)`` when the broker's SUBACK refuses a subscription (an ACL),
+        which would otherwise look like a quiet topic."""
         self.config = config
         self._on_message = on_message
         self._on_connect_cb = on_connect
-        self._subscriptions: dict[str, int] = {}
+        self._on_refused = on_refused
+        self._subscriptions: dict[str, tuple[int, int | None]] = {}  # topic -> (qos, sub id)
+        self._pending_subacks: dict[int, str] = {}  # SUBSCRIBE mid -> topic
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
@@ -198,6 +208,7 @@ class MqttConnection:
         client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
+        client.on_subscribe = self._handle_suback
 
     @property
     def is_v5(self) -> bool:
@@ -236,12 +247,37 @@ class MqttConnection:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def subscribe(self, topic: str, qos: int = 1) -> None:
-        """Subscribe now (if connected) and again on every reconnect."""
+    def subscribe(self, topic: str, qos: int = 1, *, identifier: int | None = None) -> None:
+        """Subscribe now (if connected) and again on every reconnect. ``identifier`` (MQTT 5)
+        comes back in :attr:`Message.subscriptions` of what this subscription delivers."""
         with self._lock:  # the connect handler holds it too: neither misses the other
-            self._subscriptions[topic] = qos
+            self._subscriptions[topic] = (qos, identifier if self.is_v5 else None)
             if self.connected.is_set():
-                self._client.subscribe(topic, qos)
+                self._send_subscribe(self._client, topic)
+
+    def _send_subscribe(self, client: paho.Client, topic: str) -> None:
+        """SUBSCRIBE (under ``_lock``), remembering its mid to match the SUBACK."""
+        qos, identifier = self._subscriptions[topic]
+        props = None
+        if identifier is not None:
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = identifier
+        result, mid = client.subscribe(topic, qos, properties=props)
+        if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_subacks[mid] = topic
+
+    def _handle_suback(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        with self._lock:
+            topic = self._pending_subacks.pop(mid, None)
+        refused = [r for r in reasons if getattr(r, "is_failure", False)]
+        if topic is None or not refused:
+            return
+        reason = f"{refused[0]} (reason code 0x{int(refused[0].value):02x})"
+        log.error("the broker refused the subscription to %s: %s", topic, reason)
+        if self._on_refused is not None:
+            self._on_refused(topic, reason)
 
     def unsubscribe(self, topic: str) -> None:
         """Unsubscribe now (if connected), and not again on reconnects."""
@@ -351,8 +387,9 @@ class MqttConnection:
         self.refused.clear()
         self.max_packet_size = getattr(props, "MaximumPacketSize", None) if props else None
         with self._lock:
-            for topic, qos in self._subscriptions.items():
-                client.subscribe(topic, qos)
+            self._pending_subacks.clear()
+            for topic in self._subscriptions:
+                self._send_subscribe(client, topic)
             for topic, (payload, qos) in self._retained.items():
                 if self._fits(topic, payload, qos, None):
                     client.publish(topic, payload, qos=qos, retain=True)

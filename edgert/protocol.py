@@ -15,11 +15,14 @@ device gets. JSON ``NaN``/``Infinity`` tokens are accepted for float inputs (sen
 orjson (the standard library where orjson refuses: NaN tokens, lone surrogates), which reads an
 integer beyond 64 bits as the nearest float: a float input takes it, an id or an integer input
 refuses it.
+
+An ``id`` comes back exactly as it was sent: a JSON string as that string, an integer (up to 64
+bits) as that integer; any other type is ``bad_request``. ``1`` and ``"1"`` are two ids.
 """
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import json
 import math
 import reprlib
@@ -42,8 +45,18 @@ from edgert.codec import (
     decode_raw,
     sniff_format,
 )
-from edgert.errors import EdgertError, InputError
-from edgert.jsonout import dumps, ok_reply, to_jsonable
+from edgert.jsonout import ok_reply
+from edgert.replies import (
+    MAX_ID_CHARS,
+    MODEL_STATES,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    ProtocolError,
+    RequestId,
+    catalogue,
+    error_code,
+    error_reply,
+)
 from edgert.spec import TensorSpec
 from edgert.topics import RequestTopic, Topics, default_node_id, sanitize_node_id
 
@@ -51,13 +64,17 @@ if TYPE_CHECKING:  # annotation only: this layer does not import the onnx layer 
     from edgert.spec import ModelIO
 
 __all__ = [
+    "MAX_ID_CHARS",
+    "MODEL_STATES",
     "OFFLINE",
     "ONLINE",
     "PROTOCOL_VERSION",
+    "Envelope",
     "ErrorCode",
     "PayloadFormat",
     "ProtocolError",
     "Request",
+    "RequestId",
     "RequestTopic",
     "Topics",
     "catalogue",
@@ -69,65 +86,20 @@ __all__ = [
     "parse_json_request",
     "parse_npy",
     "parse_raw",
+    "peek_envelope",
     "preprocessed",
     "sanitize_node_id",
     "tensor_request",
 ]
 
-PROTOCOL_VERSION = 1
 ONLINE = "online"
 OFFLINE = "offline"
-MAX_ID_CHARS = 128
-MAX_MESSAGE_CHARS = 400  # error messages stay well inside a microcontroller's 1 KiB buffer
+# An integer id as orjson reads it: 64 bits, signed or unsigned (a larger one reads as a float).
+_ID_RANGE = (-(1 << 63), (1 << 64) - 1)
+
 
 _REQUEST_KEYS = {"v", "id", "reply_to", "deadline_ms", "stream", "reset", "compact", "inputs"}
 _PLAIN_KEYS = {"id", "inputs"}  # most requests: the optional keys need no checks
-
-
-class ErrorCode(str, enum.Enum):
-    """The ``error.code`` of an error reply."""
-
-    BAD_REQUEST = "bad_request"  # the envelope: not JSON, wrong field types, unknown format
-    BAD_INPUT = "bad_input"  # an input tensor: names, dtype, shape, encoding
-    TOO_LARGE = "too_large"
-    NO_MODEL = "no_model"
-    BUSY = "busy"
-    RATE_LIMITED = "rate_limited"
-    EXPIRED = "expired"
-    INTERNAL = "internal"
-
-
-class ProtocolError(EdgertError):
-    """A request that cannot be served; becomes an error reply with ``code``.
-
-    ``request_id`` and ``reply_to`` carry what was read of the request before it failed, so the
-    daemon can still answer (a remote caller gets a structured reply, never silence).
-    """
-
-    code: ErrorCode
-
-    def __init__(
-        self,
-        code: ErrorCode,
-        message: str,
-        *,
-        request_id: str | None = None,
-        reply_to: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.request_id = request_id
-        self.reply_to = reply_to
-
-
-def error_code(exc: BaseException) -> ErrorCode:
-    """The protocol code an exception is answered with: its own code where edgert gave it one
-    (ProtocolError, codec and input errors), else ``internal``."""
-    if isinstance(exc, ProtocolError):
-        return exc.code
-    if isinstance(exc, PayloadError | InputError):
-        return ErrorCode(exc.code)
-    return ErrorCode.INTERNAL
 
 
 # -------------------------------------------------------------------------------------- requests
@@ -139,7 +111,7 @@ class Request:
     MQTT 5 Correlation Data, echoed on the reply."""
 
     model: str
-    id: str | None
+    id: RequestId | None
     reply_to: str | None
     deadline_ms: float | None
     stream: str | None
@@ -160,7 +132,7 @@ class _answerable:
 
     __slots__ = ("reply_to", "request_id")
 
-    def __init__(self, request_id: str | None = None, reply_to: str | None = None) -> None:
+    def __init__(self, request_id: RequestId | None = None, reply_to: str | None = None) -> None:
         self.request_id, self.reply_to = request_id, reply_to
 
     def __enter__(self) -> None:
@@ -174,7 +146,7 @@ class _answerable:
 
 
 def _known(
-    exc: PayloadError | ProtocolError, request_id: str | None, reply_to: str | None
+    exc: PayloadError | ProtocolError, request_id: RequestId | None, reply_to: str | None
 ) -> ProtocolError:
     """``exc`` as a ProtocolError that carries what is known of the request."""
     if isinstance(exc, PayloadError):
@@ -185,8 +157,27 @@ def _known(
     return exc
 
 
+_ABSENT: Any = object()
+
+
+def _request_id(value: Any) -> RequestId | None:
+    """A request's id as sent: a string of 1..128 characters or a 64-bit integer; ``_ABSENT``
+    (no id key) is None. Anything else (float, bool, null, object, array) is bad_request."""
+    if value is _ABSENT:
+        return None
+    kind = type(value)
+    if kind is str and 0 < len(value) <= MAX_ID_CHARS:
+        return value  # type: ignore[no-any-return]
+    if kind is int and _ID_RANGE[0] <= value <= _ID_RANGE[1]:
+        return value  # type: ignore[no-any-return]
+    got = "null" if value is None else reprlib.repr(value)
+    raise _bad(
+        f"id must be a string of 1 to {MAX_ID_CHARS} characters or a 64-bit integer, got {got}"
+    )
+
+
 def _ident(value: Any, what: str) -> str | None:
-    """An id or stream id: a string or integer (made a string) of 1..128 characters."""
+    """A stream id: a string or integer (made a string) of 1..128 characters."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS):
@@ -245,9 +236,9 @@ def parse_json_request(
         raise _bad(f"a JSON request is an object, got {type(doc).__name__}")
     raw_reply = doc.get("reply_to")
     reply_to = response_topic or (raw_reply if isinstance(raw_reply, str) and raw_reply else None)
-    request_id = None
+    request_id: RequestId | None = None
     try:  # errors get what is known of the request (see _answerable), without a context manager
-        request_id = _ident(doc.get("id"), "id")  # on every request: a try costs nothing
+        request_id = _request_id(doc.get("id", _ABSENT))  # on every request: a try costs nothing
         deadline_ms = stream = None
         reset = compact = False
         if not doc.keys() <= _PLAIN_KEYS:  # more than the usual two: check the rest
@@ -323,7 +314,7 @@ def tensor_request(
     io: ModelIO,
     *,
     model: str,
-    id: str | None = None,
+    id: RequestId | None = None,
     stream: str | None = None,
     reset: bool = False,
     reply_to: str | None = None,
@@ -335,7 +326,7 @@ def tensor_request(
     properties or the topic's ``<key>`` and are checked as in JSON."""
     specs = io.inputs if request_specs is None else request_specs
     with _answerable(None, reply_to):
-        request_id = _ident(id, "id")
+        request_id = _request_id(_ABSENT if id is None else id)
     with _answerable(request_id, reply_to):
         if len(specs) != 1:
             names = ", ".join(s.name for s in specs)
@@ -370,22 +361,36 @@ def detect_format(
     return fmt
 
 
-# --------------------------------------------------------------------------------------- replies
+@dataclass(frozen=True)
+class Envelope:
+    """What can be read of a request before its model is loaded (see :func:`peek_envelope`)."""
+
+    id: RequestId | None = None
+    reply_to: str | None = None
+    deadline_ms: float | None = None
 
 
-def error_reply(id: str | None, code: ErrorCode, message: str) -> bytes:
-    """An error reply ``{"id", "ok": false, "error": {"code", "message"}}``."""
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-    return dumps({"id": id, "ok": False, "error": {"code": code.value, "message": message}})
-
-
-def catalogue(
-    node: str, models: Sequence[Mapping[str, Any]], failed: Mapping[str, str] | None = None
-) -> bytes:
-    """The retained catalogue: protocol version, node, one entry per served model, and the
-    models this node could not serve, with why."""
-    doc: dict[str, Any] = {"v": PROTOCOL_VERSION, "node": node, "models": to_jsonable(list(models))}
-    if failed:
-        doc["failed"] = [{"name": k, "reason": v} for k, v in sorted(failed.items())]
-    return dumps(doc)
+def peek_envelope(payload: bytes) -> Envelope:
+    """The id, reply_to and deadline_ms of a JSON request, as far as they can be read: a request
+    held while its model loads is answered with them if it waits too long. Anything unreadable
+    is left out; the request is checked whole once its model is ready."""
+    if not payload.startswith(b"{"):
+        return Envelope()
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        try:  # NaN tokens and lone surrogates, as parse_json_request reads them
+            doc = json.loads(payload)
+        except (ValueError, RecursionError):
+            return Envelope()
+    if not isinstance(doc, dict):
+        return Envelope()
+    found: dict[str, Any] = {}
+    with contextlib.suppress(ProtocolError):
+        found["id"] = _request_id(doc.get("id", _ABSENT))
+    reply_to = doc.get("reply_to")
+    if isinstance(reply_to, str) and reply_to:
+        found["reply_to"] = reply_to
+    with contextlib.suppress(ProtocolError):
+        found["deadline_ms"] = _deadline(doc.get("deadline_ms"))
+    return Envelope(**found)

@@ -140,6 +140,28 @@ class Topics:
         for answering ``no_model``)."""
         return f"{self._node_root}/infer/" + (f"{_level(model, 'model')}/#" if model else "#")
 
+    def all_infer(self) -> str:
+        """Subscription filter for every pooled request, of any model: a single daemon takes
+        them all, so a model it does not serve is answered ``no_model``, never silence."""
+        return f"{self.prefix}/infer/#"
+
+    def unserved_infer(self) -> str:
+        """In a pool: one more shared subscription over every pooled request, in a group of its
+        own, so exactly one node sees each request and answers those for a model no node lists."""
+        return f"$share/{self.share_group}-unserved/{self.prefix}/infer/#"
+
+    def node_topics(self, leaf: str) -> str:
+        """Subscription filter for one topic of every node (``status``, ``models``)."""
+        return f"{self.prefix}/node/+/{_level(leaf, 'topic')}"
+
+    def node_of(self, topic: str, leaf: str) -> str | None:
+        """The node whose ``leaf`` topic ``topic`` is (the ``+`` of :meth:`node_topics`)."""
+        head, tail = f"{self.prefix}/node/", f"/{leaf}"
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        node = topic[len(head) : len(topic) - len(tail)]
+        return node if _level_ok(node) else None
+
     def pooled_infer(self, model: str) -> str:
         """Subscription filter for pooled requests to ``model`` (``#`` also matches no key)."""
         filt = f"{self.prefix}/infer/{_level(model, 'model')}/#"

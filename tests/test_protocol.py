@@ -21,13 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgert import codec, jsonout, protocol
+from edgert import codec, jsonout, protocol, replies
 from edgert.codec import PayloadError
 from edgert.errors import ConfigError, EdgertError, InputError
 from edgert.jsonout import tensor_to_json, to_jsonable
 from edgert.onnx.model import ModelIO
 from edgert.protocol import (
     PROTOCOL_VERSION,
+    Envelope,
     ErrorCode,
     ProtocolError,
     Request,
@@ -41,6 +42,7 @@ from edgert.protocol import (
     ok_reply,
     parse_json_request,
     parse_npy,
+    peek_envelope,
     sanitize_node_id,
     tensor_request,
 )
@@ -113,6 +115,7 @@ def test_error_codes_are_exactly_the_designed_ones() -> None:
         "bad_input",
         "too_large",
         "no_model",
+        "loading",
         "busy",
         "rate_limited",
         "expired",
@@ -121,7 +124,7 @@ def test_error_codes_are_exactly_the_designed_ones() -> None:
     assert PROTOCOL_VERSION == 1
 
 
-@pytest.mark.parametrize("module", [protocol, codec, jsonout])
+@pytest.mark.parametrize("module", [protocol, replies, codec, jsonout])
 def test_exported_names_exist(module: Any) -> None:
     assert all(hasattr(module, name) for name in module.__all__)
 
@@ -137,9 +140,11 @@ def test_exported_names_exist(module: Any) -> None:
                 "edgert.config",
                 "edgert.codec",
                 "edgert.jsonout",
+                "edgert.replies",
                 "edgert.topics",
             },
         ),
+        ("edgert/replies.py", {"edgert.errors", "edgert.codec", "edgert.jsonout"}),
         ("edgert/topics.py", {"edgert.errors"}),
         ("edgert/codec.py", {"edgert.errors", "edgert.spec", "edgert.config"}),
         ("edgert/jsonout.py", set()),
@@ -222,6 +227,13 @@ def test_subscription_filters() -> None:
     shared = Topics(node="n1", share_group="home")
     assert shared.pooled_infer("vad") == "$share/home/edgert/infer/vad/#"
     assert shared.node_infer("vad") == "edgert/node/n1/infer/vad/#"  # streams are never shared
+    assert t.all_infer() == shared.all_infer() == "edgert/infer/#"
+    assert shared.unserved_infer() == "$share/home-unserved/edgert/infer/#"
+    assert t.node_topics("models") == "edgert/node/+/models"
+    assert t.node_of("edgert/node/other/models", "models") == "other"
+    assert t.node_of("edgert/node/other/status", "models") is None
+    assert t.node_of("edgert/node/a/b/models", "models") is None
+    assert t.node_of("elsewhere/node/a/models", "models") is None
 
 
 def test_custom_prefixes() -> None:
@@ -408,7 +420,7 @@ def test_full_envelope() -> None:
     assert req.inputs["x"].shape == (2, 4)
 
 
-def test_nulls_mean_absent_and_ints_are_ids() -> None:
+def test_nulls_mean_absent_and_ints_are_ids_kept_as_ints() -> None:
     req = parse(
         {
             "id": 42,
@@ -420,7 +432,7 @@ def test_nulls_mean_absent_and_ints_are_ids() -> None:
             "inputs": [[1, 2, 3, 4]],
         }
     )
-    assert (req.id, req.stream, req.reset, req.compact) == ("42", "7", False, False)
+    assert (req.id, req.stream, req.reset, req.compact) == (42, "7", False, False)
 
 
 def test_response_topic_takes_precedence_over_reply_to() -> None:
@@ -491,8 +503,33 @@ def test_integers_beyond_64_bits_read_as_floats() -> None:
     assert parse({"inputs": [[2**70, 2, 3, 4]]}).inputs["x"][0, 0] == np.float32(2.0**70)
     ints = ModelIO((TensorSpec("t", DType.INT64, (1,)),), (), {})
     assert "has float64 values" in refused({"inputs": [2**70]}, ints).message
-    assert "must be a string or integer" in refused({"id": 2**70, "inputs": [[1, 2, 3, 4]]}).message
-    assert parse({"id": 2**63 - 1, "inputs": [[1, 2, 3, 4]]}).id == str(2**63 - 1)
+    too_big = refused({"id": 2**70, "inputs": [[1, 2, 3, 4]]}).message
+    assert "or a 64-bit integer, got 1.1805916207174113e+21" in too_big
+    assert parse({"id": 2**63 - 1, "inputs": [[1, 2, 3, 4]]}).id == 2**63 - 1
+
+
+@pytest.mark.parametrize("sent", [0, -(2**63), 2**64 - 1, 7, "7", "x" * 128, "é"])
+def test_an_id_is_kept_as_sent(sent: int | str) -> None:
+    got = parse({"id": sent, "inputs": [[1, 2, 3, 4]]}).id
+    assert got == sent and type(got) is type(sent)
+
+
+@pytest.mark.parametrize("sent", [1.0, 1.5, True, False, None, [], {}, [1], "", "x" * 129])
+def test_an_id_of_another_type_is_bad_request_saying_what_is_taken(sent: object) -> None:
+    error = refused({"id": sent, "inputs": [[1, 2, 3, 4]]})
+    assert error.code is ErrorCode.BAD_REQUEST and error.request_id is None
+    assert "id must be a string of 1 to 128 characters or a 64-bit integer, got" in error.message
+
+
+def test_a_request_with_no_id_key_has_none() -> None:
+    assert parse({"inputs": [[1, 2, 3, 4]]}).id is None
+
+
+def test_peek_envelope_reads_what_it_can_of_a_request() -> None:
+    doc = {"id": 3, "reply_to": "edgert/reply/a", "deadline_ms": 50, "inputs": "junk"}
+    assert peek_envelope(json.dumps(doc).encode()) == Envelope(3, "edgert/reply/a", 50.0)
+    assert peek_envelope(b'{"id": 1.5, "deadline_ms": -1, "x": NaN}') == Envelope()
+    assert peek_envelope(b"\x93NUMPY") == Envelope() == peek_envelope(b"{not json")
 
 
 BAD_REQUEST = [
@@ -661,9 +698,9 @@ def test_errors_carry_the_request_id_and_reply_to() -> None:
     err = refused({"id": "r9", "reply_to": "edgert/reply/me", "inputs": {"z": 1}})
     assert (err.request_id, err.reply_to) == ("r9", "edgert/reply/me")
     err = refused({"id": 3, "reply_to": 5, "inputs": [[1, 2, 3, 4]]}, response_topic="t")
-    assert (err.request_id, err.reply_to) == ("3", "t")
+    assert (err.request_id, err.reply_to) == (3, "t")
     err = refused({"id": 3, "deadline_ms": -1}, response_topic="t")
-    assert (err.request_id, err.reply_to) == ("3", "t")
+    assert (err.request_id, err.reply_to) == (3, "t")
     err = refused({"id": True, "reply_to": "edgert/reply/me", "inputs": [[1, 2, 3, 4]]})
     assert (err.request_id, err.reply_to) == (None, "edgert/reply/me")
     assert refused(b"{").request_id is None
@@ -1172,7 +1209,11 @@ def _assert_valid(req: Request, specs: tuple[TensorSpec, ...], io_: ModelIO) -> 
     assert req.model == "m" and set(req.inputs) == {s.name for s in specs}
     for spec in specs:
         spec.check(req.inputs[spec.name], io_.dims)
-    assert req.id is None or 0 < len(req.id) <= 128
+    assert (
+        req.id is None
+        or (type(req.id) is str and 0 < len(req.id) <= 128)
+        or (type(req.id) is int and -(2**63) <= req.id < 2**64)
+    )
     assert req.deadline_ms is None or req.deadline_ms > 0
     assert not req.reset or req.stream is not None
 
@@ -1275,13 +1316,20 @@ def test_raw_bytes_tell_one_dynamic_dim_within_its_bounds() -> None:
         decode_raw(bytes(4), two, {"h": DimRange(1, 2, 4), "w": DimRange(1, 2, 4)})
 
 
-def test_catalogue_lists_failed_models_with_why() -> None:
-    doc = json.loads(catalogue("n1", [], {"vad": "stale", "cam": "build failed"}))
-    assert doc["failed"] == [
-        {"name": "cam", "reason": "build failed"},
-        {"name": "vad", "reason": "stale"},
-    ]
-    assert "failed" not in json.loads(catalogue("n1", []))
+def test_catalogue_lists_every_model_with_its_state_sorted_by_name() -> None:
+    doc = json.loads(
+        catalogue(
+            "n1",
+            [
+                {"name": "vad", "state": "failed", "reason": "stale"},
+                {"name": "cam", "state": "loading"},
+                {"name": "amp", "state": "ready", "version": "2"},
+            ],
+        )
+    )
+    assert [m["name"] for m in doc["models"]] == ["amp", "cam", "vad"]
+    assert doc["models"][2] == {"name": "vad", "state": "failed", "reason": "stale"}
+    assert "failed" not in doc
 
 
 @pytest.mark.parametrize("size", [1, 2, 47, 48, 49, 500])  # both sides of the small-array path

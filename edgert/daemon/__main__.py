@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         service.wait()
     finally:
         service.stop()
+    if service.fatal is not None:
+        sys.stderr.write(f"error: {service.fatal}\n")
+        return 1
     return 0
 
 

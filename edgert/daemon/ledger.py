@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 __all__ = ["Begin", "RequestLedger", "Waiter"]
 
-LedgerKey = tuple[str, str]
+# (reply destination, id): an integer id and its string are two keys, as a device sees them.
+LedgerKey = tuple[str, str | int]
 
 
 @dataclass(frozen=True)

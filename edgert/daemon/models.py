@@ -17,6 +17,7 @@ from typing import Any
 
 from edgert.codec import InputsDecoder
 from edgert.daemon.batcher import BatchPlan, BatchSettings
+from edgert.daemon.holding import Held, HeldRequests
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger
 from edgert.daemon.stats import ModelStats
@@ -72,7 +73,10 @@ class Models:
     handed to a model's worker and while a model is swapped or retired, so no request goes to a
     worker after it was swapped out (reentrant: the request path retries under it).
     ``on_result(model, stream, result)`` hears every result (sources); ``on_built(model, ok)``
-    each child build's end.
+    each child build's end. ``held`` says which models are loading (building, or being opened);
+    what it held for a model is handed to ``replay`` once the model is served or has failed.
+    In a pool, each model this node takes requests for (loading or served) has its own shared
+    subscription; a single daemon takes every model's through one (:meth:`Topics.all_infer`).
     """
 
     def __init__(
@@ -86,6 +90,8 @@ class Models:
         publish_reply: PublishFn,
         on_result: Callable[[str, str | None, Any], None],
         on_built: Callable[[str, bool], None],
+        held: HeldRequests,
+        replay: Callable[[list[Held]], None],
     ) -> None:
         self.config = config
         self.served: dict[str, Served] = {}
@@ -100,6 +106,9 @@ class Models:
         self._on_result = on_result
         self._on_built = on_built
         self._builds: dict[str, subprocess.Popen[str]] = {}  # compile children running now
+        self.held = held
+        self._replay = replay
+        self._pooled: dict[str, str] = {}  # shared subscription -> its model (pools only)
 
     def get(self, name: str) -> Served | None:
         with self.lock:
@@ -109,10 +118,43 @@ class Models:
         with self.lock:
             return list(self.served.values())
 
-    def fail(self, model: ModelDir, reason: str) -> None:
+    def fail(self, model: ModelDir | str, reason: str) -> None:
+        """Record why ``model`` is not served; what was held for it is answered now."""
+        name = model if isinstance(model, str) else model_name(model)
         with self.lock:
-            self.failed[model_name(model)] = reason
-        log.error("%s: not served: %s", model_name(model), reason)
+            self.failed[name] = reason
+            entry = self.served.get(name)
+        log.error("%s: not served: %s", name, reason)
+        if entry is None:
+            self._unsubscribe(name)  # the pool's other nodes (or its unserved group) answer
+        self._replay(self.held.finish(name))
+
+    def loading(self, model: ModelDir) -> None:
+        """``model`` is building or loading: its requests are held until it is ready."""
+        name = model_name(model)
+        with self.lock:
+            self.failed.pop(name, None)
+        self.held.start(name)
+        self._subscribe(name)
+
+    def model_of(self, subscription: str) -> str | None:
+        """The model whose shared subscription ``subscription`` is, if it is one."""
+        with self.lock:
+            return self._pooled.get(subscription)
+
+    def _subscribe(self, name: str) -> None:
+        if self.config.share_group:
+            topic = self._topics.pooled_infer(name)
+            with self.lock:
+                self._pooled[topic] = name
+            self._connection.subscribe(topic, self.config.qos)
+
+    def _unsubscribe(self, name: str) -> None:
+        if self.config.share_group:
+            topic = self._topics.pooled_infer(name)
+            with self.lock:
+                self._pooled.pop(topic, None)
+            self._connection.unsubscribe(topic)
 
     def update(self, models: Sequence[ModelDir]) -> None:
         """Serve ``models`` as they are on disk now: a changed one is loaded beside the one
@@ -192,7 +234,8 @@ class Models:
                 self.failed.pop(loaded.config.name, None)
             if old is not None:
                 old.worker.flush()  # what it kept back from the last read runs on the old one
-        self._connection.subscribe(self._topics.pooled_infer(loaded.config.name), self.config.qos)
+        self._subscribe(loaded.config.name)
+        self._replay(self.held.finish(loaded.config.name))
         if old is not None:
             log.info(
                 "%s: version %s swapped in for %s", model_name(model), entry.version, old.version
@@ -217,7 +260,7 @@ class Models:
 
     def retire(self, name: str) -> None:
         """Stop serving ``name`` (its directory is gone): what it took is still answered."""
-        self._connection.unsubscribe(self._topics.pooled_infer(name))
+        self._unsubscribe(name)
         with self.swap:
             with self.lock:
                 entry = self.served.pop(name, None)
@@ -229,6 +272,7 @@ class Models:
 
     def start_build(self, model: ModelDir) -> None:
         """Compile ``model`` in a child process, then serve it (or record why not)."""
+        self.loading(model)
         threading.Thread(
             target=self._build_then_serve, args=(model,), name="build", daemon=True
         ).start()

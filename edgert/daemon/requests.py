@@ -11,16 +11,32 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgert.daemon.holding import Held, Holding
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.limits import RateLimiter
 from edgert.daemon.models import Models, Served
+from edgert.daemon.pool import Pool
 from edgert.daemon.worker import Job
 from edgert.mqtt import Message, MqttConnection
 from edgert.pipeline import Transform
-from edgert.protocol import ErrorCode, ProtocolError, Request, Topics, error_reply
+from edgert.protocol import (
+    MAX_ID_CHARS,
+    Envelope,
+    ErrorCode,
+    ProtocolError,
+    Request,
+    RequestId,
+    Topics,
+    error_reply,
+    peek_envelope,
+)
 from edgert.settings import DaemonConfig
 
-__all__ = ["Requests"]
+__all__ = ["UNSERVED", "Requests"]
+
+# The Subscription Identifier of a pool's unserved group (Topics.unserved_infer): one node gets
+# every pooled request through it as well, and answers those for a model no node lists.
+UNSERVED = 2
 
 log = logging.getLogger("edgert.daemon")
 
@@ -44,8 +60,11 @@ class Requests:
         connection: MqttConnection,
         models: Models,
         stopping: threading.Event,
+        pool: Pool | None = None,
     ) -> None:
         self.config = config
+        self.held = models.held
+        self.pool = pool
         self.topics = topics
         self.ledger = ledger
         self.connection = connection
@@ -90,45 +109,37 @@ class Requests:
             '"compact": true, or for fewer items per request',
         )
 
-    def on_message(self, message: Message) -> bool:
+    def on_message(
+        self, message: Message, *, received: float | None = None, defer: bool = True
+    ) -> bool:
         """Take a request, or answer it with an error (True); False for a message that is not a
-        request to this node."""
+        request to this node. ``received`` is when it came (a held request's first arrival);
+        ``defer`` lets a fast model keep it for the burst's batch (the network thread only)."""
         route = self.topics.parse_request_topic(message.topic)
         if route is None:
             return False
         name, key, _pinned = route
-        received = time.monotonic()
-        keyed = self.topics.default_reply_topic(key, name) if key else None
-        fallback = message.response_topic or keyed
-        waiter_qos = min(message.qos, self.config.qos)
+        if UNSERVED in message.subscriptions and self._listed(name):
+            return True  # its model's own subscription brings it to a node that takes it
+        received = time.monotonic() if received is None else received
         served = self.models.get(name)
         try:
-            if len(message.payload) > self.config.max_payload:
-                raise ProtocolError(
-                    ErrorCode.TOO_LARGE,
-                    f"payload is {len(message.payload)} bytes; the limit is "
-                    f"{self.config.max_payload}",
-                )
+            self._check_limits(message, key)
             if served is None:
-                why = self.models.failed.get(name)
-                known = ", ".join(sorted(self.models.served)) or "none"
-                raise ProtocolError(
-                    ErrorCode.NO_MODEL,
-                    f"model '{name}' is not served here"
-                    + (f" ({why})" if why else f"; served: {known}"),
-                )
+                envelope = peek_envelope(message.payload)  # to answer with its id
+                if self._hold(message, name, received, envelope):
+                    return True
+                raise self._no_model(name, envelope)
             request, transform = served.decode(message, name, key, self.config.max_elements)
         except ProtocolError as exc:
-            request_id = exc.request_id or message.user.get("id") or key
-            candidates = [exc.reply_to, fallback, keyed]
-            if key is not None:  # a device's: never answered under another device's key
-                candidates = [t for t in candidates if t and self._under(t, key)]
-            self._reply_error(candidates, message, request_id, exc, waiter_qos)
+            self._refuse(message, name, key, exc)
             return True
-        destination = request.reply_to or fallback
+        keyed = self.topics.default_reply_topic(key, name) if key else None
+        destination = request.reply_to or message.response_topic or keyed
         if destination is None:
             log.warning("request on %s names no reply topic and has no key; dropped", message.topic)
             return True
+        waiter_qos = min(message.qos, self.config.qos)
         if not self.topics.reply_allowed(destination):
             error = ProtocolError(
                 ErrorCode.BAD_REQUEST,
@@ -147,8 +158,104 @@ class Requests:
             return True
         with self.models.swap:
             if self.models.served.get(name) is not served:  # swapped in while this was decoded
-                return self.on_message(message)
-            return self._take(message, served, request, transform, destination, received)
+                return self.on_message(message, received=received, defer=defer)
+            return self._take(message, served, request, transform, destination, received, defer)
+
+    def _check_limits(self, message: Message, key: str | None) -> None:
+        """ProtocolError for a topic key longer than an id may be, or a payload too large."""
+        if key is not None and len(key) > MAX_ID_CHARS:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"the topic's key is {len(key)} characters; keys, like ids, go up to "
+                f"{MAX_ID_CHARS}",
+            )
+        if len(message.payload) > self.config.max_payload:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"payload is {len(message.payload)} bytes; the limit is {self.config.max_payload}",
+            )
+
+    def _listed(self, name: str) -> bool:
+        """Whether some node takes requests for ``name`` (this one, or another in the pool)."""
+        return (
+            self.models.get(name) is not None
+            or self.held.is_loading(name)
+            or bool(self.pool is not None and self.pool.serving(name))
+        )
+
+    def _no_model(self, name: str, envelope: Envelope) -> ProtocolError:
+        why = self.models.failed.get(name)
+        if why:
+            text = f"model '{name}' is not served here ({why})"
+        else:
+            names = set(self.models.served) | set(self.held.loading())
+            if self.pool is not None:
+                names |= set(self.pool.served())
+            text = f"model '{name}' is not served; served: {', '.join(sorted(names)) or 'none'}"
+        return ProtocolError(
+            ErrorCode.NO_MODEL, text, request_id=envelope.id, reply_to=envelope.reply_to
+        )
+
+    def _hold(self, message: Message, name: str, received: float, envelope: Envelope) -> bool:
+        """Hold a request for a model still loading (True); ProtocolError ``loading`` when it
+        cannot be held; False when the model is not loading."""
+        outcome = self.held.hold(name, message, received, envelope)
+        if outcome is Holding.NOT_LOADING:
+            return False
+        if outcome is Holding.HELD:
+            return True
+        raise ProtocolError(
+            ErrorCode.LOADING,
+            f"model '{name}' is loading; {len(self.held)} requests are held "
+            f"(up to {self.held.capacity} a model, for {self.held.hold_s:g} s)",
+            request_id=envelope.id,
+            reply_to=envelope.reply_to,
+            retry_after_ms=self.held.retry_after_ms(name),
+        )
+
+    def replay(self, held: list[Held]) -> None:
+        """Take the requests held for a model that is now served (or answer them, if it
+        failed), as if they had just come, with their deadlines counted from their arrival."""
+        for item in held:
+            try:
+                self.on_message(item.message, received=item.received, defer=False)
+            except Exception:  # a bug must not reach the thread that served the model
+                log.exception("%s: a held request failed", item.model)
+
+    def expire_held(self, *, everything: bool = False) -> None:
+        """Answer the held requests that waited past their bound (``loading``) or deadline
+        (``expired``); ``everything`` when stopping."""
+        now = time.monotonic()
+        for item in self.held.expired(now, everything=everything):
+            envelope = item.envelope
+            if item.deadline is not None and item.deadline <= now:
+                code, text = ErrorCode.EXPIRED, f"its deadline passed while {item.model} loaded"
+            else:
+                code = ErrorCode.LOADING
+                text = f"model '{item.model}' is still loading; try again later"
+            error = ProtocolError(
+                code,
+                text,
+                request_id=envelope.id,
+                reply_to=envelope.reply_to,
+                retry_after_ms=self.held.retry_after_ms(item.model)
+                if code is ErrorCode.LOADING
+                else None,
+            )
+            route = self.topics.parse_request_topic(item.message.topic)
+            self._refuse(item.message, item.model, route.key if route else None, error)
+
+    def _refuse(self, message: Message, name: str, key: str | None, exc: ProtocolError) -> None:
+        """Answer ``exc`` where the request asked (within the reply prefix; a keyed request
+        only under its key), with the id it was sent with."""
+        keyed = self.topics.default_reply_topic(key, name) if key else None
+        request_id = exc.request_id
+        if request_id is None:
+            request_id = message.user.get("id", key)
+        candidates = [exc.reply_to, message.response_topic, keyed]
+        if key is not None:  # a device's: never answered under another device's key
+            candidates = [t for t in candidates if t and self._under(t, key)]
+        self._reply_error(candidates, message, request_id, exc, min(message.qos, self.config.qos))
 
     def _take(
         self,
@@ -158,6 +265,7 @@ class Requests:
         transform: Transform | None,
         destination: str,
         received: float,
+        defer: bool,
     ) -> bool:
         """Hand a decoded request to its model's worker (under the swap lock)."""
         waiter_qos = min(message.qos, self.config.qos)
@@ -195,7 +303,7 @@ class Requests:
             request.reset,
             transform,
         )
-        if not served.worker.offer(job, defer=True):
+        if not served.worker.offer(job, defer=defer):
             reply = error_reply(
                 request.id, ErrorCode.BUSY, f"{served.worker.name}'s queue is full; retry later"
             )
@@ -254,7 +362,7 @@ class Requests:
         self,
         candidates: list[str | None],
         message: Message,
-        request_id: str | None,
+        request_id: RequestId | None,
         error: ProtocolError,
         qos: int,
     ) -> None:
@@ -268,5 +376,7 @@ class Requests:
                 error.message,
             )
             return
-        reply = error_reply(request_id, error.code, error.message)
+        reply = error_reply(
+            request_id, error.code, error.message, retry_after_ms=error.retry_after_ms
+        )
         self.publish_reply(Waiter(topic, message.correlation, qos), reply)

@@ -21,13 +21,16 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from edgert.daemon.catalogue import model_states
 from edgert.daemon.discovery import ModelEntity, SourceEntity
+from edgert.daemon.holding import HeldRequests
 from edgert.daemon.homeassistant import HomeAssistant
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.models import Models, model_name
-from edgert.daemon.requests import Requests
+from edgert.daemon.pool import Pool
+from edgert.daemon.requests import UNSERVED, Requests
 from edgert.daemon.sources import Sources
-from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
+from edgert.errors import ArtifactError, ConfigError, EdgertError, IncompatibleArtifact
 from edgert.mqtt import Message, MqttConnection
 from edgert.protocol import (
     Topics,
@@ -56,7 +59,10 @@ class Service:
             reply_prefix=config.reply_prefix or None,
             share_group=config.share_group or None,
         )
+        _check_pool(config)
         self.ledger = RequestLedger(config.reply_cache)
+        self.fatal: str | None = None  # why the daemon stopped itself (exit non-zero)
+        self.pool = Pool(self.topics) if config.share_group else None
         self._stopping = threading.Event()
         self._reload = threading.Event()
         self._stats_thread: threading.Thread | None = None
@@ -73,6 +79,7 @@ class Service:
             will=(self.topics.status, b"offline"),
             on_message=self._on_message,
             after_read=self._flush,
+            on_refused=self._refused,
         )
         self.models = Models(
             config,
@@ -83,9 +90,17 @@ class Service:
             publish_reply=self._publish_reply,
             on_result=self._sources.on_result,
             on_built=self._built,
+            held=HeldRequests(config.hold_while_loading, config.queue_size),
+            replay=lambda held: self.requests.replay(held),
         )
         self.requests = Requests(
-            config, self.topics, self.ledger, self.connection, self.models, self._stopping
+            config,
+            self.topics,
+            self.ledger,
+            self.connection,
+            self.models,
+            self._stopping,
+            self.pool,
         )
         self.homeassistant = (
             HomeAssistant(self.node, self.topics, self.connection, self._entities)
@@ -96,10 +111,16 @@ class Service:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load what is compiled, connect, announce; start builds for the rest in children."""
+        """Load what is compiled, connect, announce; start builds for the rest in children.
+
+        Models still to build are ``loading`` in the catalogue from the first publish, and
+        their requests are held, so a device that sends when it sees ``online`` is answered."""
         repository = Repository(self.config.repository)
+        configured = self._configured(repository)
+        for model in configured:
+            model.config  # noqa: B018 - a broken model.toml refuses to start, in one line
         pending: list[ModelDir] = []
-        for model in self._configured(repository):
+        for model in configured:
             try:
                 self.models.serve(model, open_model(model, self.config.backend))
             except IncompatibleArtifact as exc:
@@ -113,16 +134,13 @@ class Service:
                 pending.append(model)
             except EdgertError as exc:
                 self.models.fail(model, exc.message)
-        self.connection.start()
-        # Pinned requests for any model (so an unknown one is answered no_model); pooled ones
-        # per served model, so daemons sharing a broker never answer for each other's models.
-        self.connection.subscribe(self.topics.node_infer(), self.config.qos)
-        if self.homeassistant is not None:
-            self.homeassistant.subscribe()
-        for trigger in self._sources.triggers:
-            self.connection.subscribe(trigger, 0)
-        self.connection.publish_retained(self.topics.status, b"online")
+        for model in pending:
+            self.models.loading(model)
+        self._subscribe()
+        # The catalogue before `online`: a device that sees `online` finds every model's state.
         self._publish_catalogue()
+        self.connection.publish_retained(self.topics.status, b"online")
+        self.connection.start()
         self._sources.start(list(self.models.served), [model_name(m) for m in pending])
         for model in pending:
             self.models.start_build(model)
@@ -138,9 +156,31 @@ class Service:
             self.config.broker.port,
         )
 
+    def _subscribe(self) -> None:
+        """What the daemon listens to (made on connect, again on every reconnect).
+
+        Pinned requests for any model, and every pooled request: a single daemon takes them all
+        (one subscription), so a model it does not serve is answered ``no_model``. In a pool,
+        each model has a shared subscription of its own (see Models), and the unserved group
+        gives one node each request too, to answer for a model no node lists."""
+        self.connection.subscribe(self.topics.node_infer(), self.config.qos)
+        if self.pool is None:
+            self.connection.subscribe(self.topics.all_infer(), self.config.qos)
+        else:
+            for topic in self.pool.subscriptions:  # their retained state first
+                self.connection.subscribe(topic, 1)
+            self.connection.subscribe(
+                self.topics.unserved_infer(), self.config.qos, identifier=UNSERVED
+            )
+        if self.homeassistant is not None:
+            self.homeassistant.subscribe()
+        for trigger in self._sources.triggers:
+            self.connection.subscribe(trigger, 0)
+
     def wait(self) -> None:
         """Block until :meth:`request_stop` (SIGTERM/SIGINT); reload on :meth:`request_reload`."""
         while not self._stopping.wait(0.1):
+            self.requests.expire_held()
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
@@ -182,6 +222,7 @@ class Service:
         _notify_systemd("STOPPING=1")
         self._sources.stop()  # no new pulls; then what was taken is answered
         self.models.end_builds()
+        self.requests.expire_held(everything=True)  # held for a model not ready: `loading`
         served = self.models.entries()
         for entry in served:
             if not entry.worker.drain(drain_timeout):
@@ -198,35 +239,38 @@ class Service:
             self._sources.model_served(name, list(self.models.served))
         self._publish_catalogue()
 
+    def _refused(self, topic: str, reason: str) -> None:
+        """The broker refused a subscription (network thread). A model's own: that model is
+        ``failed``. Any other request subscription: this daemon cannot answer, so it stops."""
+        name = self.models.model_of(topic)
+        if name is not None:
+            why = f"the broker refused the subscription to {topic}: {reason}"
+            # Off the network thread: retiring drains what the model took.
+            threading.Thread(target=self._drop, args=(name, why), name="refused").start()
+            return
+        requests = {self.topics.node_infer(), self.topics.all_infer()}
+        if self.pool is not None:
+            requests.add(self.topics.unserved_infer())
+        if topic in requests:
+            self.fatal = (
+                f"the broker refused the subscription to {topic} ({reason}): requests would go "
+                "unanswered; let the daemon's user subscribe it (the broker's ACL)"
+            )
+            log.error("%s; stopping", self.fatal)
+            self.request_stop()
+
     # -- catalogue, Home Assistant and stats ----------------------------------------------
 
+    def _drop(self, name: str, why: str) -> None:
+        """Stop serving ``name``, which cannot get its requests, and say why."""
+        self.models.retire(name)
+        self.models.fail(name, why)
+        self._publish_catalogue()
+
     def _publish_catalogue(self) -> None:
-        with self.models.lock:
-            entries = []
-            for name, entry in self.models.served.items():
-                loaded = entry.worker.loaded
-                manifest = loaded.artifact.manifest
-                entries.append(
-                    {
-                        "name": name,
-                        "version": loaded.config.version,
-                        "backend": manifest.key.backend,
-                        "precision": manifest.key.precision,
-                        "inputs": [s.to_dict() for s in entry.specs],  # what a device sends
-                        "outputs": [
-                            s.to_dict()
-                            for s in loaded.runner.io.outputs
-                            if entry.worker.streams is None
-                            or s.name not in entry.worker.streams.plan.internal_outputs
-                        ],
-                        "stateful": entry.worker.streams is not None,
-                        "parity": manifest.parity,
-                    }
-                )
-                if manifest.fallback:  # why not the preferred backend (e.g. ONNX-ML ops)
-                    entries[-1]["fallback"] = manifest.fallback
-            failed = dict(self.models.failed)
-        self.connection.publish_retained(self.topics.models, catalogue(self.node, entries, failed))
+        """Every repository model with its state; re-published on every change."""
+        payload = catalogue(self.node, model_states(self.models))
+        self.connection.publish_retained(self.topics.models, payload)
         if self.homeassistant is not None:
             self.homeassistant.publish()
 
@@ -284,6 +328,8 @@ class Service:
             message.topic, message.payload
         ):
             return True
+        if self.pool is not None and self.pool.on_message(message.topic, message.payload):
+            return True
         if self._stopping.is_set():
             return False  # not taken: the broker redelivers it to our next session
         if not self.requests.on_message(message):
@@ -306,6 +352,14 @@ class Service:
 
     def _event(self, topic: str, payload: bytes) -> None:
         self.connection.publish(topic, payload, qos=0)
+
+
+def _check_pool(config: DaemonConfig) -> None:
+    if config.share_group and config.broker.protocol != 5:
+        raise ConfigError(
+            "[node] share_group needs [broker] protocol = 5: shared subscriptions, and the "
+            "subscription identifiers a pool tells its copies of a request apart by, are MQTT 5"
+        )
 
 
 def _release_freed_memory() -> None:

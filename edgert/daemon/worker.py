@@ -37,7 +37,7 @@ INLINE_S = 0.001
 class Job:
     """A request taken from the broker, waiting for its model."""
 
-    id: str | None
+    id: str | int | None  # as the device sent it
     key: LedgerKey | None
     waiter: Waiter
     feeds: Mapping[str, np.ndarray]

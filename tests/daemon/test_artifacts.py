@@ -48,7 +48,9 @@ BROKEN = {
 
 
 def _failed(catalogue: Catalogue) -> dict[str, str]:
-    return {f["name"]: f["reason"] for f in catalogue.latest.get("failed", [])}
+    return {
+        m["name"]: m["reason"] for m in catalogue.latest.get("models", []) if m["state"] == "failed"
+    }
 
 
 def test_broken_artifacts_are_refused_and_the_rest_served(

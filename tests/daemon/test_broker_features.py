@@ -335,8 +335,8 @@ def copy_model(source: Path, target: Path, name: str) -> None:
     toml.write_text(toml.read_text().replace('name = "occupancy"', f'name = "{name}"'))
 
 
-def catalogue_names(seen: Seen) -> set[str]:
-    return {m["name"] for m in seen.json()["models"]}
+def catalogue_names(seen: Seen, state: str = "ready") -> set[str]:
+    return {m["name"] for m in seen.json()["models"] if m["state"] == state}
 
 
 def test_uncompiled_models_build_in_a_child_while_the_compiled_one_serves(
@@ -352,7 +352,7 @@ def test_uncompiled_models_build_in_a_child_while_the_compiled_one_serves(
     (repository / "badsample" / "samples" / "short.json").write_text(
         json.dumps({"readings": [[1.0, 2.0, 3.0]]})
     )
-    # Not even loadable: reported at start, never built.
+    # Not even loadable: its build fails.
     (repository / "broken").mkdir()
     source = (compiled_repository / "occupancy" / "model.onnx").read_bytes()
     (repository / "broken" / "model.onnx").write_bytes(source[: len(source) // 3])
@@ -366,8 +366,11 @@ def test_uncompiled_models_build_in_a_child_while_the_compiled_one_serves(
             first = client.infer("occupancy", readings, timeout=10)
             served_at = time.monotonic()
             announced = watch.wait(lambda: watch.on("edgert/node/"), 5, "a catalogue")
-            # Online, and announced with the compiled model only: the build runs afterwards.
+            # Online, and announced with the compiled model ready and the others loading: the
+            # builds run afterwards (and two of them fail, below).
             assert catalogue_names(announced[0]) == {"occupancy"}
+            loading = {"occupancy_b", "badsample", "broken"}
+            assert catalogue_names(announced[0], "loading") == loading
             with_b = watch.wait(
                 lambda: [
                     m for m in watch.on("edgert/node/") if "occupancy_b" in catalogue_names(m)
@@ -402,8 +405,9 @@ def test_uncompiled_models_build_in_a_child_while_the_compiled_one_serves(
             reply = watch.wait(asked, 5, f"the {name} reply")[0].json()
             assert reply["error"]["code"] == "no_model" and why in reply["error"]["message"]
 
-        final = catalogue_names(watch.on("edgert/node/")[-1])
-        assert final == {"occupancy", "occupancy_b"}
+        final = watch.on("edgert/node/")[-1]
+        assert catalogue_names(final) == {"occupancy", "occupancy_b"}
+        assert catalogue_names(final, "failed") == {"badsample", "broken"}
         assert daemon.process is not None and daemon.process.poll() is None
         assert daemon.terminate() == 0
     finally:
@@ -542,9 +546,9 @@ def test_stale_artifact_is_refused_unless_rebuild_stale(
             )
         else:
             announced = watch.wait(lambda: watch.on("edgert/node/"), 5, "a catalogue")[0].json()
-            assert announced["models"] == []
-            (failed,) = announced["failed"]
-            assert failed["name"] == "occupancy" and "stale" in failed["reason"]
+            (failed,) = announced["models"]
+            assert failed["name"] == "occupancy" and failed["state"] == "failed"
+            assert "stale" in failed["reason"]
             assert "--rebuild-stale" in failed["reason"] and "edgert compile" in failed["reason"]
             # Pinned: pooled topics are subscribed per served model only.
             watch.send("edgert/node/stale/infer/occupancy/dev1", {"id": "s1", "inputs": READING})

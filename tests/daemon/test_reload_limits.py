@@ -44,7 +44,7 @@ class Catalogue:
             self.changed.notify_all()
 
     def versions(self) -> dict[str, str]:
-        return {m["name"]: m["version"] for m in self.latest.get("models", [])}
+        return {m["name"]: m["version"] for m in self.latest.get("models", []) if "version" in m}
 
     def wait_for(self, model: str, version: str, timeout: float = 30) -> None:
         with self.changed:

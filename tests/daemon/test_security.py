@@ -374,7 +374,8 @@ def test_daemon_serves_devices_over_tls_under_the_acl(
     kitchen = peers(broker, "kitchen", "edgert/reply/kitchen/#", f"edgert/node/{NODE}/#")
     # Retained status and catalogue: readable by a device.
     kitchen.wait(lambda: kitchen.on(f"edgert/node/{NODE}/models"), 5, "the catalogue")
-    assert (f"edgert/node/{NODE}/status", b"online", True) in kitchen.messages
+    online = (f"edgert/node/{NODE}/status", b"online", True)
+    kitchen.wait(lambda: online in kitchen.messages, 5, "the retained online")
     assert not kitchen.on(f"edgert/node/{NODE}/stats")  # not granted to devices
 
     # Keyed (3.1.1 style), pinned to the node, and an MQTT 5 response topic below its own key.

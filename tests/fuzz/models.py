@@ -122,7 +122,11 @@ class Target:
             array = request.inputs[spec.name]
             spec.check(array, self.io.dims)
             assert array.dtype.isnative and array.flags.c_contiguous
-        assert request.id is None or 0 < len(request.id) <= 128
+        assert (
+            request.id is None
+            or (type(request.id) is str and 0 < len(request.id) <= 128)
+            or (type(request.id) is int and -(2**63) <= request.id < 2**64)
+        )
         assert request.stream is None or 0 < len(request.stream) <= 128
         assert request.deadline_ms is None or request.deadline_ms > 0
         assert not request.reset or request.stream is not None

@@ -1,0 +1,52 @@
+"""The retained catalogue's entries: every repository model with its state.
+
+``ready`` (with what a device needs: version, backend, precision, the inputs it sends, the
+outputs, parity), ``loading`` (building or being opened; its requests are held), or ``failed``
+with the ``reason``. A model served and failed at once (a rebuild that failed) is ``ready``: its
+old version still answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgert.daemon.models import Models, Served
+
+__all__ = ["model_states"]
+
+
+def model_states(models: Models) -> list[dict[str, Any]]:
+    """One entry per model ``models`` knows of, in any state."""
+    entries: dict[str, dict[str, Any]] = {}
+    for name in models.held.loading():
+        entries[name] = {"name": name, "state": "loading"}
+    with models.lock:
+        for name, reason in models.failed.items():
+            entries.setdefault(name, {"name": name, "state": "failed", "reason": reason})
+        for name, entry in models.served.items():
+            entries[name] = _ready(name, entry)
+    return list(entries.values())
+
+
+def _ready(name: str, entry: Served) -> dict[str, Any]:
+    loaded = entry.worker.loaded
+    manifest = loaded.artifact.manifest
+    found: dict[str, Any] = {
+        "name": name,
+        "state": "ready",
+        "version": loaded.config.version,
+        "backend": manifest.key.backend,
+        "precision": manifest.key.precision,
+        "inputs": [s.to_dict() for s in entry.specs],  # what a device sends
+        "outputs": [
+            s.to_dict()
+            for s in loaded.runner.io.outputs
+            if entry.worker.streams is None
+            or s.name not in entry.worker.streams.plan.internal_outputs
+        ],
+        "stateful": entry.worker.streams is not None,
+        "parity": manifest.parity,
+    }
+    if manifest.fallback:  # why not the preferred backend (e.g. ONNX-ML ops)
+        found["fallback"] = manifest.fallback
+    return found
