@@ -249,8 +249,8 @@ class Service:
             threading.Thread(target=self._drop, args=(name, why), name="refused").start()
             return
         requests = {self.topics.node_infer(), self.topics.all_infer()}
-        if self.pool is not None:
-            requests.add(self.topics.unserved_infer())
+        if self.pool is not None:  # without the others' catalogues it would answer for them
+            requests |= {self.topics.unserved_infer(), *self.pool.subscriptions}
         if topic in requests:
             self.fatal = (
                 f"the broker refused the subscription to {topic} ({reason}): requests would go "

@@ -491,3 +491,22 @@ def test_a_refused_request_subscription_stops_the_daemon_with_one_line(
     finally:
         daemon.stop()
         broker.kill()
+
+
+def test_a_model_toml_with_a_typo_stops_serve_at_start_in_one_line(
+    broker: Mosquitto, compiled_repository: Path, tmp_path: Path
+) -> None:
+    repository = tmp_path / "engines"
+    shutil.copytree(compiled_repository / "occupancy", repository / "occupancy")
+    toml = repository / "occupancy" / "model.toml"
+    toml.write_text(toml.read_text() + "\n[batching]\nmax_batchs = 8\n")
+    daemon = Daemon(broker, repository, tmp_path / "d").start(wait=False)
+    try:
+        assert daemon.process is not None
+        assert daemon.process.wait(30) == 1
+        lines = daemon.log.read_text().splitlines()
+        assert lines == [
+            f"error: {toml}: [batching] max_batchs: unknown key; did you mean [batching] max_batch?"
+        ], lines
+    finally:
+        daemon.stop()
