@@ -2,10 +2,16 @@
 
 - ``procs``: /proc readings (CPU seconds, RSS, peak RSS), mosquitto, server subprocesses.
 - ``workloads``: the models measured, their request payloads, the temporary model repository.
-- ``loadgen``: closed-loop load from several processes, one paho client each.
+- ``loadgen``: closed-loop load from one or several processes, one paho client each; its
+  ``Transport``: MQTT 5 or 3.1.1 (JSON reply_to), tuned or at paho's defaults.
 - ``probe``: the bench's own client: readiness requests, edgert's stats messages.
-- ``runner``: one run: every workload x server x concurrency, and the idle RSS of each server.
-- ``report``: results.json, results.md (values, ratios, targets) and plot.png.
+- ``runner``: the several-process points: every workload x server x concurrency, and the idle
+  RSS of each server.
+- ``matrix``: the devices' matrix: edgert at its defaults vs a plain loop at paho's defaults,
+  {QoS 0, 1} x {3.1.1 reply_to, MQTT 5 Response Topic} x {1, 16 in flight}, one load process.
+- ``matrixreport``: the matrix's medians, targets (PASS/FAIL) and ~40 ms stalls, in results.md.
+- ``report``: results.json, results.md (the header, values, ratios, targets); ``plot``: plot.png;
+  ``markdown``: the table and number formats the reports share.
 - ``soak``: --soak: edgert serve alone under a steady load, its RSS and latency per window.
 - ``soakreport``: the soak's verdict (RSS growth and slope, latency drift), results.md, plot.png.
 """

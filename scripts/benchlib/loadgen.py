@@ -1,12 +1,18 @@
 """Closed-loop load from several processes (paho is one core's worth of Python per process).
 
-Each process has one paho client (MQTT 5) and a reply topic of its own, and runs some of the
-virtual clients: a virtual client sends one request and sends the next as soon as the reply
-arrives, from inside paho's callback, so concurrency N is N requests outstanding in all.
-Requests carry MQTT 5 Response Topic and Correlation Data (the request id); a reply is matched by
-its Correlation Data, which every server echoes. Latency is measured in the generator, from just
-before the publish to the reply's arrival. Only replies that arrive inside the measured window
-count; a reply to an earlier point or to a request already given up on is ignored.
+Each process has one paho client and a reply topic of its own, and runs some of the virtual
+clients: a virtual client sends one request and sends the next as soon as the reply arrives, from
+inside paho's callback, so concurrency N is N requests outstanding in all. Latency is measured in
+the generator, from just before the publish to the reply's arrival. Only replies that arrive
+inside the measured window count; a reply to an earlier point or to a request already given up
+on is ignored.
+
+How the clients talk is a :class:`Transport`. Over MQTT 5 a request carries Response Topic and
+Correlation Data (the request id), and a reply is matched by its Correlation Data, which every
+server echoes. Over MQTT 3.1.1 (JSON requests only) it names its reply topic in the JSON
+``reply_to``, and a reply is matched by the ``id`` in its JSON. ``tuned`` turns Nagle's
+algorithm off on the client's socket and lifts paho's limit of 20 QoS 1 messages in flight;
+untuned, the client is paho's defaults, as a device's.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import re
 import socket
 import threading
 import time
@@ -26,9 +33,26 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-__all__ = ["LoadGenerator", "PointSpec", "WorkerResult"]
+__all__ = ["TUNED", "LoadGenerator", "PointSpec", "Transport", "WorkerResult"]
 
-_ERROR_MARK = b'"ok":false'  # edgert's and the plain loop's error replies
+_ERROR_MARK = re.compile(rb'"ok":\s*false')  # edgert's and the plain loop's error replies
+_REPLY_ID = re.compile(rb'"id":\s*"([^"]*)"')  # a reply's id, where there is no Correlation Data
+
+
+@dataclass(frozen=True)
+class Transport:
+    """How a generator's client talks: MQTT "5" (Response Topic) or "3.1.1" (JSON reply_to);
+    ``tuned``: TCP_NODELAY and up to 1,000 QoS 1 messages in flight (else paho's defaults)."""
+
+    protocol: str = "5"
+    tuned: bool = True
+
+    @property
+    def v5(self) -> bool:
+        return self.protocol == "5"
+
+
+TUNED = Transport()  # the several-process points' generators
 
 
 @dataclass(frozen=True)
@@ -62,10 +86,13 @@ class WorkerResult:
 
 
 class _Worker:
-    def __init__(self, client: paho.Client, tag: str, reply_topic: str) -> None:
+    def __init__(self, client: paho.Client, tag: str, reply_topic: str, v5: bool) -> None:
         self.client = client
         self.tag = tag
         self.reply_topic = reply_topic
+        self.v5 = v5
+        # Over 3.1.1 the reply topic goes into the JSON, between the id and the inputs.
+        self.reply_field = b'","reply_to":"' + reply_topic.encode()
         self.lock = threading.Lock()
         self.spec: PointSpec | None = None
         self.result = WorkerResult()
@@ -81,7 +108,12 @@ class _Worker:
         assert spec is not None
         self.seq[index] += 1
         request_id = f"{self.tag}-{spec.point}-{index}-{self.seq[index]}"
-        props = Properties(PacketTypes.PUBLISH)
+        if not self.v5:
+            payload = spec.json_head + request_id.encode() + self.reply_field + spec.json_tail
+            self.sent[index] = time.monotonic()
+            self.client.publish(spec.topic, payload, qos=spec.qos)
+            return
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = self.reply_topic
         props.CorrelationData = request_id.encode()
         props.ContentType = spec.content_type
@@ -103,7 +135,10 @@ class _Worker:
         now = time.monotonic()
         correlation = getattr(msg.properties, "CorrelationData", None)
         if not correlation:
-            return
+            found = _REPLY_ID.search(msg.payload)
+            if found is None:
+                return
+            correlation = found.group(1)
         try:
             _tag, point_text, index_text, seq_text = correlation.decode().split("-")
             point, index, seq = int(point_text), int(index_text), int(seq_text)
@@ -116,7 +151,7 @@ class _Worker:
             if seq != self.seq[index] or not self.active[index]:
                 return  # late: a request already given up on
             if spec.measure <= now <= spec.end:
-                if _ERROR_MARK in msg.payload:
+                if _ERROR_MARK.search(msg.payload):
                     self.result.errors += 1
                     self.result.error_sample = self.result.error_sample or msg.payload[:300].decode(
                         errors="replace"
@@ -163,21 +198,30 @@ def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _worker_main(index: int, host: str, port: int, tag: str, conn: Connection) -> None:
+def _client(client_id: str, transport: Transport) -> paho.Client:
+    if transport.v5:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    else:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)  # 3.1.1
+    if transport.tuned:
+        client.max_inflight_messages_set(1000)  # never the generator's own queue that limits
+        # Nagle's algorithm would hold back a request while an earlier packet waits for the
+        # broker's delayed ACK (40 ms): the generator must not add that to what it measures.
+        client.on_socket_open = _no_delay
+    return client
+
+
+def _worker_main(
+    index: int, host: str, port: int, tag: str, transport: Transport, conn: Connection
+) -> None:
     """One generator process: connect, then run points until told to stop."""
     reply_topic = f"edgert/reply/bench{tag}g{index}"
-    client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"bench{tag}g{index}", protocol=paho.MQTTv5
-    )
-    client.max_inflight_messages_set(1000)  # never the generator's own queue that limits
-    worker = _Worker(client, f"{tag}g{index}", reply_topic)
+    client = _client(f"bench{tag}g{index}", transport)
+    worker = _Worker(client, f"{tag}g{index}", reply_topic, transport.v5)
     subscribed = threading.Event()
     client.on_message = worker.on_message
     client.on_subscribe = lambda *args: subscribed.set()
     client.on_connect = lambda c, *args: c.subscribe(reply_topic, qos=1)
-    # Nagle's algorithm would hold back a request while an earlier packet waits for the
-    # broker's delayed ACK (40 ms): the generator must not add that to what it measures.
-    client.on_socket_open = _no_delay
     client.connect(host, port)
     client.loop_start()
     if not subscribed.wait(20):
@@ -198,7 +242,10 @@ def _worker_main(index: int, host: str, port: int, tag: str, conn: Connection) -
 class LoadGenerator:
     """``processes`` generator processes, connected and waiting for points."""
 
-    def __init__(self, processes: int, host: str, port: int, tag: str) -> None:
+    def __init__(
+        self, processes: int, host: str, port: int, tag: str, transport: Transport = TUNED
+    ) -> None:
+        self.transport = transport
         context = multiprocessing.get_context("spawn")  # no forking a process with threads
         self._conns: list[Connection] = []
         self._procs: list[multiprocessing.process.BaseProcess] = []
@@ -206,7 +253,7 @@ class LoadGenerator:
         for index in range(processes):
             parent, child = context.Pipe()
             proc = context.Process(
-                target=_worker_main, args=(index, host, port, tag, child), daemon=True
+                target=_worker_main, args=(index, host, port, tag, transport, child), daemon=True
             )
             proc.start()
             self._conns.append(parent)
@@ -226,6 +273,8 @@ class LoadGenerator:
 
     def start(self, spec: PointSpec, concurrency: int) -> None:
         """Spread ``concurrency`` virtual clients over the processes and start the point."""
+        if not self.transport.v5 and spec.npy:
+            raise ValueError("over MQTT 3.1.1 the generator sends JSON requests only")
         used = min(concurrency, len(self._conns))
         self._busy = []
         for index in range(used):

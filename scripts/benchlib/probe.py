@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -48,19 +49,23 @@ class Probe:
             with self._lock:
                 self._stats[msg.topic.split("/")[2]] = (time.monotonic(), doc)
             return
-        correlation = getattr(msg.properties, "CorrelationData", None)
+        correlation: bytes | None = getattr(msg.properties, "CorrelationData", None)
+        if not correlation:  # a server on MQTT 3.1.1: the id in the JSON reply (or echo)
+            with contextlib.suppress(ValueError, AttributeError):
+                correlation = str(json.loads(msg.payload).get("id", "")).encode()
         if correlation:
             with self._lock:
-                self._replies[correlation] = msg.payload
+                self._replies[correlation] = bytes(msg.payload)
 
     def ask(self, workload: Workload, server: Server) -> bytes:
         """Send ``workload``'s request (a new id each second) until ``server`` answers; the
-        reply's payload."""
+        reply's payload. A JSON request names the probe's reply topic both as Response Topic
+        and as ``reply_to``, so a server on MQTT 3.1.1 answers it too."""
         end = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < end:
             server.check_alive()
             request_id = f"probe{uuid.uuid4().hex[:12]}"
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ResponseTopic = self.topic
             props.CorrelationData = request_id.encode()
             props.ContentType = workload.content_type
@@ -68,7 +73,7 @@ class Probe:
                 props.UserProperty = ("id", request_id)
             self._client.publish(
                 f"edgert/infer/{workload.model}",
-                workload.payload(request_id),
+                workload.payload(request_id, self.topic),
                 qos=1,
                 properties=props,
             )

@@ -114,9 +114,11 @@ class Server:
 
 
 class Broker(Server):
-    """mosquitto on a free loopback port, with a config of its own (no persistence)."""
+    """mosquitto on a free loopback port, with a config of its own (no persistence).
+    ``nodelay``: the broker's sockets turn Nagle's algorithm off (``set_tcp_nodelay``); else
+    they are mosquitto's defaults, as on a device."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, nodelay: bool = True) -> None:
         self.port = free_port()
         config = directory / "mosquitto.conf"
         # As root, mosquitto would otherwise drop to the `mosquitto` user.
@@ -128,10 +130,11 @@ class Broker(Server):
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+        ]
+        if nodelay:
             # Nagle's algorithm on the broker's sockets would add 40 ms delayed-ACK stalls to
             # every server alike; the servers' own sockets are left as they set them.
-            "set_tcp_nodelay true",
-        ]
+            lines.append("set_tcp_nodelay true")
         config.write_text("\n".join(lines) + "\n")
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():

@@ -1,4 +1,5 @@
-"""results.json, results.md (values, ratios, targets with PASS/FAIL) and plot.png."""
+"""results.json and results.md: the header, the devices' matrix (``matrixreport``), and the
+several-process points' values, ratios and targets with PASS/FAIL (plot.png: ``plot``)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchlib import matrixreport
+from benchlib.markdown import fmt as _fmt
+from benchlib.markdown import table
+
 __all__ = [
     "evaluate",
     "evaluate_targets",
     "idle_readings",
     "markdown",
-    "plot",
-    "table",
     "write_json",
 ]
 
@@ -39,7 +42,8 @@ def _find(points: Points, workload: str, server: str, concurrency: int) -> dict[
 def _servers(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Server key -> {"name", "events", "targets"}: events is edgert's [serve] events (None for
     the servers that are not edgert); targets marks the edgert the targets compare."""
-    return results["servers"]
+    servers: dict[str, dict[str, Any]] = results["servers"]
+    return servers
 
 
 def _edgerts(results: dict[str, Any]) -> list[str]:
@@ -54,7 +58,7 @@ def _short(results: dict[str, Any], kind: str) -> str:
     """A server's name in ratio labels: "edgert (events off)" and the like."""
     events = _servers(results)[kind]["events"]
     if events is None:
-        return _servers(results)[kind]["name"]
+        return str(_servers(results)[kind]["name"])
     return f"edgert (events {'on' if events else 'off'})"
 
 
@@ -67,10 +71,6 @@ def _ratio(
     if found is None or theirs is None or not theirs[metric] or found[metric] is None:
         return math.nan
     return float(found[metric]) / float(theirs[metric])
-
-
-def _fmt(value: float, digits: int = 2) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _target(
@@ -99,42 +99,20 @@ def _idle(idle: list[dict[str, Any]], server: str, models: list[str]) -> float:
 
 
 def evaluate_targets(results: dict[str, Any], server: str | None = None) -> list[dict[str, Any]]:
-    """The issue's targets for one edgert server (default: events off), each with what was
-    measured and PASS, FAIL or not measured."""
+    """The issue's targets for the several-process points, for one edgert server (default:
+    events off), each with what was measured and PASS, FAIL or not measured: the CNN's and idle
+    RSS. The tiny MLP's targets are the devices' matrix's (``matrixreport``)."""
     server = server or _target_server(results)
     points: Points = results["points"]
-    mlp_c = sorted({p["concurrency"] for p in points if p["workload"] == "mlp"}) or [1]
 
     def ratio(workload: str, c: int, metric: str) -> float:
         return _ratio(points, workload, c, metric, "plain", server)
 
-    per_c = {
-        metric: {f"c={c}": ratio("mlp", c, metric) for c in mlp_c}
-        for metric in ("cpu_s_per_1k", "throughput_rps")
-    }
     idle = results["idle_rss"]
     examples = _idle(idle, server, ["occupancy", "silero_vad"]) / _idle(
         idle, "plain", ["occupancy"]
     )
     return [
-        _target(
-            "tiny MLP: CPU per request, edgert / plain loop <= 1.0x, every concurrency",
-            "MLP CPU per request",
-            per_c["cpu_s_per_1k"],
-            lambda r: r <= 1.0,
-        ),
-        _target(
-            "tiny MLP: throughput, edgert / plain loop >= 1.0x, every concurrency",
-            "MLP throughput",
-            per_c["throughput_rps"],
-            lambda r: r >= 1.0,
-        ),
-        _target(
-            "tiny MLP: p50 latency at c=1, edgert / plain loop <= 1.15x",
-            "MLP p50 latency",
-            {"c=1": ratio("mlp", 1, "p50_ms")},
-            lambda r: r <= 1.15,
-        ),
         _target(
             "medium CNN: throughput at c=64, edgert / plain loop >= 1.3x",
             "CNN throughput",
@@ -180,9 +158,15 @@ def idle_readings(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def evaluate(results: dict[str, Any]) -> dict[str, Any]:
-    """What results.json adds to the measurements: ``targets`` (edgert with events off),
-    ``targets_events_on`` (the same targets for edgert with events on; [] if it was not run)
-    and ``idle_rss_readings`` (idle RSS ratios that are not targets)."""
+    """What results.json adds to the measurements: ``matrix.summary`` (the devices' matrix's
+    cells, medians and targets) where the matrix ran; where the several-process points ran,
+    ``targets`` (edgert with events off), ``targets_events_on`` (the same targets for edgert
+    with events on; [] if it was not run) and ``idle_rss_readings`` (idle RSS ratios that are
+    not targets)."""
+    if "matrix" in results:
+        results["matrix"]["summary"] = matrixreport.evaluate(results["matrix"])
+    if "points" not in results:
+        return {}
     on = [k for k in _edgerts(results) if _servers(results)[k]["events"]]
     return {
         "targets": evaluate_targets(results),
@@ -219,16 +203,9 @@ def _events_statement(results: dict[str, Any]) -> str:
     )
 
 
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown table's lines."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def _workload_section(results: dict[str, Any], key: str, info: dict[str, Any]) -> list[str]:
     points: Points = results["points"]
     servers = _servers(results)
-    edgerts = _edgerts(results)
     mine = [p for p in points if p["workload"] == key]
     concurrencies = sorted({p["concurrency"] for p in mine})
     cost = info.get("onnxruntime_ms_per_request", {})
@@ -239,7 +216,7 @@ def _workload_section(results: dict[str, Any], key: str, info: dict[str, Any]) -
     else:
         agree = said[agreed]
     lines = [
-        f"## {key}: {info['title']}",
+        f"### {key}: {info['title']}",
         "",
         f"ONNX Runtime alone (no MQTT), median per request: {cost.get('1_thread', 'n/a')} ms on "
         f"1 thread, {cost.get('default_threads', 'n/a')} ms on the default threads. "
@@ -272,55 +249,85 @@ def _workload_section(results: dict[str, Any], key: str, info: dict[str, Any]) -
         "",
         "Ratios (edgert over the other server; for req/s higher is better, else lower):",
         "",
+        *table(["c", "ratio", *(t for _, t, _ in METRICS)], _ratio_rows(results, key)),
     ]
+    return [*lines, *_headroom(results, key), ""]
+
+
+def _ratio_rows(results: dict[str, Any], key: str) -> list[list[str]]:
+    """Each edgert over the plain loop and the floor (and events on over off), per concurrency."""
+    mine = [p for p in results["points"] if p["workload"] == key]
+    edgerts = _edgerts(results)
     pairs = [(e, other) for e in edgerts for other in ("plain", "floor")]
     if len(edgerts) == 2:
         pairs.append((edgerts[1], edgerts[0]))  # the events topic's own cost
     rows = []
-    for c in concurrencies:
+    for c in sorted({p["concurrency"] for p in mine}):
         for server, other in pairs:
             rows.append(
                 [str(c), f"{_short(results, server)} / {_short(results, other)}"]
                 + [_fmt(_ratio(mine, key, c, m, other, server)) + "x" for m, _, _ in METRICS]
             )
-    lines += table(["c", "ratio", *(t for _, t, _ in METRICS)], rows)
+    return rows
+
+
+def _headroom(results: dict[str, Any], key: str) -> list[str]:
+    """The generators' headroom line: echo floor req/s over the faster server's."""
+    mine = [p for p in results["points"] if p["workload"] == key]
     headroom = []
-    for c in concurrencies:
+    for c in sorted({p["concurrency"] for p in mine}):
         floor = _find(mine, key, "floor", c)
         best = max(
-            (p["throughput_rps"] for s in ["plain", *edgerts] if (p := _find(mine, key, s, c))),
+            (
+                p["throughput_rps"]
+                for s in ["plain", *_edgerts(results)]
+                if (p := _find(mine, key, s, c))
+            ),
             default=0.0,
         )
         if floor and best:
             headroom.append(f"c={c}: {floor['throughput_rps'] / best:.1f}x")
-    if headroom:
-        lines += [
-            "",
-            "Generator headroom (echo floor req/s over the faster server's): "
-            + ", ".join(headroom)
-            + ".",
-        ]
-    return [*lines, ""]
+    if not headroom:
+        return []
+    return [
+        "",
+        "Generator headroom (echo floor req/s over the faster server's): "
+        + ", ".join(headroom)
+        + ".",
+    ]
 
 
-def markdown(results: dict[str, Any]) -> str:
+def _header(results: dict[str, Any]) -> list[str]:
     meta = results["meta"]
-    lines = [
+    return [
         f"# edgert bench, {meta['started']}",
         "",
-        f"{meta['cpu']}, {meta['cores']} cores, {meta['memory_gib']} GiB; {meta['versions']}, "
+        f"Command: `{meta['command']}`",
+        "",
+        f"{meta['cpu']}, {meta['cores']} cores, {meta['memory_gib']} GiB; {meta['versions']}. "
+        "The broker, the server and the load share the machine's cores.",
+        "",
+    ]
+
+
+def _points_section(results: dict[str, Any]) -> list[str]:
+    """results.md on the several-process points: targets, workloads, idle RSS."""
+    meta = results["meta"]
+    lines = [
+        "## Several load processes (MQTT 5, tuned clients)",
+        "",
         f"mosquitto {meta['mosquitto']}. {meta['duration_s']:g} s measured per point after "
         f"{meta['warmup_s']:g} s of warm-up; closed loop from {meta['generators']} generator "
-        f"processes, QoS {meta['qos']}. The broker, the server and the generator share the "
-        "machine's cores. The broker, the generator, the echo floor and the plain loop turn "
-        "Nagle's algorithm off (TCP_NODELAY); edgert serve's sockets are as the daemon sets them.",
+        f"processes, QoS {meta['qos']}. The broker, the generator, the echo floor and the plain "
+        "loop turn Nagle's algorithm off (TCP_NODELAY); edgert serve's sockets are as the daemon "
+        "sets them.",
         "",
         _events_statement(results),
         "",
-        "## Targets",
+        "### Targets",
         "",
         f"edgert here is {_servers(results)[_target_server(results)]['name']}; the baseline is "
-        "the plain loop.",
+        "the plain loop. The tiny MLP's targets are the devices' matrix's.",
         "",
     ]
     rows = [[t["target"], t["measured"], t["result"]] for t in results["targets"]]
@@ -332,7 +339,7 @@ def markdown(results: dict[str, Any]) -> str:
     for key, info in results["workloads"].items():
         lines += _workload_section(results, key, info)
     lines += [
-        "## Idle RSS (loaded, one request answered per bench model; silero_vad loaded, not asked)",
+        "### Idle RSS (loaded, one request answered per bench model; silero_vad loaded, not asked)",
         "",
     ]
     servers = _servers(results)
@@ -351,6 +358,17 @@ def markdown(results: dict[str, Any]) -> str:
         "replies and timeouts.",
         "",
     ]
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """results.md: the header (with the command), the devices' matrix where it ran, then the
+    several-process points where they ran."""
+    lines = _header(results)
+    if "matrix" in results:
+        lines += matrixreport.markdown(results["matrix"])
+    if "points" in results:
+        lines += _points_section(results)
     return "\n".join(lines)
 
 
@@ -365,57 +383,3 @@ def write_json(results: dict[str, Any], path: Path) -> None:
         return value
 
     path.write_text(json.dumps(clean(results), indent=2) + "\n")
-
-
-def plot(results: dict[str, Any], path: Path) -> str | None:
-    """Write plot.png; None, or why it was not written."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install matplotlib)"
-    points: Points = results["points"]
-    workloads = list(results["workloads"])
-    panels = [
-        ("throughput_rps", "throughput (req/s)"),
-        ("p50_ms", "latency (ms): p50 solid, p99 dashed"),
-        ("cpu_s_per_1k", "server CPU s per 1,000 requests"),
-    ]
-    servers = _servers(results)
-    palette = {"floor": "tab:gray", "plain": "tab:blue"}
-    edgert_colours = {False: "tab:orange", True: "tab:red"}  # events off, on
-    colours = {k: palette.get(k) or edgert_colours[bool(v["events"])] for k, v in servers.items()}
-    fig, axes = plt.subplots(
-        len(workloads), len(panels), figsize=(15, 4.2 * len(workloads)), squeeze=False
-    )
-    for row, key in enumerate(workloads):
-        for col, (metric, title) in enumerate(panels):
-            ax = axes[row][col]
-            for server, colour in colours.items():
-                mine = sorted(
-                    (p for p in points if p["workload"] == key and p["server"] == server),
-                    key=lambda p: p["concurrency"],
-                )
-                if not mine:
-                    continue
-                xs = [p["concurrency"] for p in mine]
-                label = servers[server]["name"]
-                ax.plot(xs, [p[metric] for p in mine], "o-", color=colour, label=label)
-                if metric == "p50_ms":
-                    ax.plot(xs, [p["p99_ms"] for p in mine], "o--", color=colour, alpha=0.7)
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted({p["concurrency"] for p in points}))
-            ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-            if metric != "throughput_rps":
-                ax.set_yscale("log")
-            ax.set_title(f"{key}: {title}", fontsize=10)
-            ax.set_xlabel("concurrency (requests outstanding)")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.suptitle(f"edgert bench, {results['meta']['started']}", fontsize=12)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return None

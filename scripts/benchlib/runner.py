@@ -35,7 +35,9 @@ __all__ = [
     "Options",
     "machine_busy",
     "run",
+    "sleep_until",
     "summarise_load",
+    "summarise_point",
 ]
 
 # Every server measured at every point, in this order: key -> the name the report gives it.
@@ -74,7 +76,7 @@ def machine_busy() -> tuple[int, int]:
     return total - idle, total
 
 
-def _sleep_until(when: float) -> None:
+def sleep_until(when: float) -> None:
     time.sleep(max(0.0, when - time.monotonic()))
 
 
@@ -172,11 +174,11 @@ class Bench:
         reset_peak_rss(server.pid)
         self.gen.start(spec, concurrency)
         pids = {"server": [server.pid], "broker": [self.broker.pid], "gen": self.gen.pids}
-        _sleep_until(measure)
+        sleep_until(measure)
         cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
         busy0 = machine_busy()
         stats0 = self.probe.stats(node) if node else None
-        _sleep_until(end)
+        sleep_until(end)
         cpu1 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
         busy1 = machine_busy()
         peak = peak_rss_mib(server.pid)
@@ -187,7 +189,7 @@ class Bench:
             "workload": workload.key,
             "server": kind,
             "concurrency": concurrency,
-            **_summarise(results, opts.duration, cpu0, cpu1),
+            **summarise_point(results, opts.duration, cpu0, cpu1),
             "peak_rss_mib": round(peak, 1),
             "machine_busy_pct": round(100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 1),
             "mean_batch": None,
@@ -347,9 +349,11 @@ def summarise_load(results: list[WorkerResult], duration: float) -> dict[str, An
     }
 
 
-def _summarise(
+def summarise_point(
     results: list[WorkerResult], duration: float, cpu0: dict[str, float], cpu1: dict[str, float]
 ) -> dict[str, Any]:
+    """:func:`summarise_load` and the CPU seconds per 1,000 replies of the server, the generator
+    and the broker (``cpu0``/``cpu1``: their CPU seconds at the window's start and end)."""
     load = summarise_load(results, duration)
     ok = load["ok"]
     per_1k = 1000 / ok if ok else float("nan")

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchlib.report import table
+from benchlib.markdown import table
 
 __all__ = [
     "GROWTH_LIMIT_PCT",

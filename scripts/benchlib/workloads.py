@@ -18,6 +18,7 @@ __all__ = [
     "Workload",
     "available",
     "daemon_config",
+    "default_config",
     "inference_ms",
     "prepare_repository",
 ]
@@ -60,9 +61,12 @@ class Workload:
         np.save(buffer, self.feed, allow_pickle=False)
         return buffer.getvalue()
 
-    def payload(self, request_id: str) -> bytes:
+    def payload(self, request_id: str, reply_to: str = "") -> bytes:
+        """The request with ``request_id``; a JSON one names ``reply_to`` (if given) too, for a
+        server on MQTT 3.1.1, where there is no Response Topic."""
         if self.is_json:
-            return self.json_head + request_id.encode() + self.json_tail
+            field = b'","reply_to":"' + reply_to.encode() if reply_to else b""
+            return self.json_head + request_id.encode() + field + self.json_tail
         return self.npy
 
 
@@ -166,6 +170,13 @@ def daemon_config(
         f"stats_interval = {stats_interval}\n"
         f"events = {'true' if events else 'false'}\n"
     )
+    return path
+
+
+def default_config(path: Path, broker_url: str, repository: Path) -> Path:
+    """A config for ``edgert serve`` at its defaults: only the broker and the repository (its
+    models, backend, events topic, session and the rest are the daemon's own defaults)."""
+    path.write_text(f'[broker]\nurl = "{broker_url}"\n\n[serve]\nrepository = "{repository}"\n')
     return path
 
 
