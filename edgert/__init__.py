@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from edgert.client import Client, RemoteError, Reply
     from edgert.compile import CompileOptions, CompileResult, compile_model
 
-# Loaded on first use, each by its module: compiling needs the onnx package (~9 MB resident),
-# the client needs paho; serving, and the pure modules, need neither.
+# Loaded on first use, each by its module: compiling needs the onnx package (a large import that
+# stays resident), the client needs paho; serving, and the pure modules, need neither.
 _LAZY = {
     "CompileOptions": "edgert.compile",
     "CompileResult": "edgert.compile",

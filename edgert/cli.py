@@ -413,7 +413,7 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     # The daemon runs in a lean process (same pid, so systemd and signals see no difference)
-    # without the CLI's libraries: Typer, Click, Rich and pydantic are ~12 MB it never needs.
+    # without the CLI's libraries: Typer, Click, Rich and pydantic hold memory it never uses.
     # The settings travel in the environment: a broker password must not show in `ps`.
     environment = {**os.environ, SETTINGS_VARIABLE: argument}
     os.execve(sys.executable, [sys.executable, "-m", "edgert.daemon"], environment)

@@ -2,7 +2,7 @@
 
 Pure functions, no I/O. Float16/float32 values are written with the fewest digits that read back
 to the same value (``0.1``, not ``0.10000000149011612``); NaN and infinities become ``null``.
-JSON is orjson's (UTF-8, numpy arrays written in C, ~10x the standard library's speed); what
+JSON is orjson's (UTF-8, numpy arrays written in C, far faster than the standard library); what
 orjson refuses (a lone surrogate, an integer beyond 64 bits) goes out through the standard
 library's ASCII encoder instead.
 """
@@ -25,7 +25,7 @@ _SMALL = 48  # up to this many floats, per-element repr beats the vectorised pas
 def _short_floats(array: np.ndarray) -> np.ndarray:
     """float64 values whose ``repr`` is the shortest decimal that reads back, in ``array``'s own
     (narrower) float type, as the same value; vectorised, since numpy's per-element shortest
-    formatting is ~20x slower than ``tolist()``."""
+    formatting is far slower than ``tolist()``."""
     narrow = array.dtype
     target = array.ravel()
     x = target.astype(np.float64)
@@ -67,7 +67,7 @@ def tensor_to_json(array: np.ndarray) -> Any:
         return array.tolist()
     if array.size <= _SMALL and array.dtype.itemsize < 8:
         # numpy's own shortest repr per element, in plain Python: cheaper than the vectorised
-        # passes' fixed cost on the small outputs most sensor models have (~2 us against ~150).
+        # passes' fixed cost on the small outputs most sensor models have.
         flat = [float(str(v)) for v in array.ravel()]
         return _nest([v if math.isfinite(v) else None for v in flat], array.shape)
     values = _short_floats(array) if array.dtype.itemsize < 8 else array.astype(np.float64)
@@ -147,6 +147,6 @@ def dumps(obj: Any) -> bytes:
         encoded = orjson.dumps(obj, default=_orjson_default, option=orjson.OPT_SERIALIZE_NUMPY)
     except orjson.JSONEncodeError:
         return _ENCODER.encode(to_jsonable(obj)).encode("ascii")
-    # orjson's bytes keep its whole output buffer (4 KiB for a 124-byte reply): copied to their
-    # own size, the 4,096 replies the ledger keeps take 0.7 MiB, not 16.5 (0.1 us a reply).
+    # orjson's bytes keep its whole output buffer, many times a short reply's size: copied to
+    # their own size, the replies the ledger caches hold only themselves, for a cheap copy.
     return memoryview(encoded).tobytes()

@@ -1,12 +1,6 @@
 """The MQTT protocol as pure values: topics, request envelopes, replies and error codes. No paho.
 
-Topics (prefix ``edgert``, see DESIGN.md "Protocol")::
-
-    <prefix>/node/<node>/status | models | stats | events/<model>
-    <prefix>/node/<node>/infer/<model>[/<key>]     requests pinned to one daemon
-    <prefix>/infer/<model>[/<key>]                 pooled requests ($share/<group>/... when shared)
-    <prefix>/reply/<key>/<model>                   default reply topic of a keyed request
-    homeassistant/device/<node>/config             Home Assistant device discovery
+The topic tree is :mod:`edgert.topics`'s (see DESIGN.md "Protocol"), re-exported here.
 
 A request is decoded into a :class:`Request`; anything wrong with it raises :class:`ProtocolError`,
 whose ``code`` is one of :class:`ErrorCode` and which :func:`error_reply` turns into the reply the
@@ -127,8 +121,8 @@ def _bad(message: str) -> ProtocolError:
 
 class _answerable:
     """Map codec errors to ProtocolError, and give every ProtocolError what is known of the
-    request, so the daemon can still answer it. (A class: a generator-based context manager
-    costs a few microseconds a request, twice per request.)"""
+    request, so the daemon can still answer it. (A class: it is entered twice per request, and a
+    generator-based context manager costs several times as much.)"""
 
     __slots__ = ("reply_to", "request_id")
 
@@ -150,9 +144,7 @@ def _known(
 ) -> ProtocolError:
     """``exc`` as a ProtocolError that carries what is known of the request."""
     if isinstance(exc, PayloadError):
-        return ProtocolError(
-            ErrorCode(exc.code), exc.message, request_id=request_id, reply_to=reply_to
-        )
+        return ProtocolError(error_code(exc), exc.message, request_id=request_id, reply_to=reply_to)
     exc.request_id, exc.reply_to = request_id, reply_to
     return exc
 
@@ -202,6 +194,41 @@ def _deadline(value: Any) -> float | None:
     return float(value)
 
 
+def _json_object(payload: bytes) -> dict[str, Any]:
+    """The request's JSON object; bad_request for anything else."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        # orjson refuses NaN and Infinity tokens (sensors send them) and lone surrogates; the
+        # standard library reads them, and words the errors of what is not JSON at all.
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
+            raise _bad(f"not a JSON request: {str(exc)[:200] or type(exc).__name__}") from exc
+    if not isinstance(doc, dict):
+        raise _bad(f"a JSON request is an object, got {type(doc).__name__}")
+    return doc
+
+
+def _options(doc: dict[str, Any], raw_reply: Any) -> tuple[float | None, str | None, bool, bool]:
+    """The envelope's optional keys, checked: deadline_ms, stream, reset and compact."""
+    if raw_reply is not None and not (isinstance(raw_reply, str) and raw_reply):
+        raise _bad("reply_to must be a topic string")
+    if not doc.keys() <= _REQUEST_KEYS:
+        unknown = ", ".join(sorted(set(doc) - _REQUEST_KEYS))
+        raise _bad(f"unknown key(s) {unknown}; known: {', '.join(sorted(_REQUEST_KEYS))}")
+    version = doc.get("v", PROTOCOL_VERSION)
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        shown = reprlib.repr(version)  # a value of any depth: repr() could recurse too deep
+        raise _bad(f"protocol version {shown} is not supported; this daemon speaks 1")
+    deadline_ms = _deadline(doc.get("deadline_ms"))
+    stream = _ident(doc.get("stream"), "stream")
+    reset, compact = _flag(doc, "reset"), _flag(doc, "compact")
+    if reset and stream is None:
+        raise _bad("reset needs a stream")
+    return deadline_ms, stream, reset, compact
+
+
 def parse_json_request(
     payload: bytes,
     io: ModelIO,
@@ -223,17 +250,7 @@ def parse_json_request(
     ``max_elements`` bounds the elements of all inputs together. Unknown keys are refused, so a
     typo (``deadline`` for ``deadline_ms``) does not silently do nothing.
     """
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        # orjson refuses NaN and Infinity tokens (sensors send them) and lone surrogates; the
-        # standard library reads them, and words the errors of what is not JSON at all.
-        try:
-            doc = json.loads(payload)
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
-            raise _bad(f"not a JSON request: {str(exc)[:200] or type(exc).__name__}") from exc
-    if not isinstance(doc, dict):
-        raise _bad(f"a JSON request is an object, got {type(doc).__name__}")
+    doc = _json_object(payload)
     raw_reply = doc.get("reply_to")
     reply_to = response_topic or (raw_reply if isinstance(raw_reply, str) and raw_reply else None)
     request_id: RequestId | None = None
@@ -242,21 +259,7 @@ def parse_json_request(
         deadline_ms = stream = None
         reset = compact = False
         if not doc.keys() <= _PLAIN_KEYS:  # more than the usual two: check the rest
-            if raw_reply is not None and not (isinstance(raw_reply, str) and raw_reply):
-                raise _bad("reply_to must be a topic string")
-            if not doc.keys() <= _REQUEST_KEYS:
-                unknown = ", ".join(sorted(set(doc) - _REQUEST_KEYS))
-                known = ", ".join(sorted(_REQUEST_KEYS))
-                raise _bad(f"unknown key(s) {unknown}; known: {known}")
-            version = doc.get("v", PROTOCOL_VERSION)
-            if type(version) is not int or version != PROTOCOL_VERSION:
-                shown = reprlib.repr(version)  # a value of any depth: repr() could recurse too deep
-                raise _bad(f"protocol version {shown} is not supported; this daemon speaks 1")
-            deadline_ms = _deadline(doc.get("deadline_ms"))
-            stream = _ident(doc.get("stream"), "stream")
-            reset, compact = _flag(doc, "reset"), _flag(doc, "compact")
-            if reset and stream is None:
-                raise _bad("reset needs a stream")
+            deadline_ms, stream, reset, compact = _options(doc, raw_reply)
         if doc.get("inputs") is None:
             raise _bad("missing inputs")
         # The envelope is checked first: decoding tensors is the expensive part.

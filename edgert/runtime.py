@@ -63,8 +63,8 @@ def rebuild_command(model: ModelDir, backend: str, precision: Precision) -> str:
 class _Source:
     """What this machine would build from ``model`` now: the source's sha256 and the dim bounds,
     read from the files a manifest names and from model.toml, so serving never parses the ONNX
-    (the onnx package alone is ~9 MB of a daemon's memory). Manifests written before edgert
-    recorded their source files fall back to parsing it."""
+    (the onnx package alone would be a large part of a daemon's memory). Manifests written before
+    edgert recorded their source files fall back to parsing it."""
 
     def __init__(self, model: ModelDir, config: ModelConfig) -> None:
         self.model, self.config = model, config

@@ -22,6 +22,7 @@ from msgspec import Meta
 
 from edgert.errors import ConfigError, ConfigKeyError
 from edgert.schema import Table, decode, load_toml, located, show
+from edgert.topics import filter_ok
 
 __all__ = [
     "BrokerConfig",
@@ -173,7 +174,7 @@ class SourceConfig(Table, forbid_unknown_fields=True, frozen=True):
                 "url",
                 f"expected an http:// or https:// URL, got {show(redact_url(self.url or ''))}",
             )
-        if self.trigger is not None and not _topic_filter_ok(self.trigger):
+        if self.trigger is not None and not filter_ok(self.trigger):
             raise ConfigKeyError(
                 "trigger", f"expected an MQTT topic filter, got {show(self.trigger)}"
             )
@@ -362,19 +363,6 @@ def _broker(section: BrokerSection, given: set[str], where: str, base_dir: Path)
         if changes.get(key) is not None:
             changes[key] = str(base_dir / changes[key])
     return BrokerConfig(**changes)
-
-
-def _topic_filter_ok(text: str) -> bool:
-    """An MQTT subscription filter: '+' alone in a level, '#' alone and last."""
-    if not text or "\0" in text:
-        return False
-    levels = text.split("/")
-    for i, level in enumerate(levels):
-        if ("+" in level and level != "+") or (
-            "#" in level and (level != "#" or i < len(levels) - 1)
-        ):
-            return False
-    return True
 
 
 def redact_url(url: str) -> str:

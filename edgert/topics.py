@@ -1,4 +1,5 @@
-"""MQTT topics as pure values: one node's topic tree, validated when built. No paho.
+"""MQTT topics as pure values: one node's topic tree, validated when built, and the one topic
+grammar (a name's levels, a filter's ``+``/``#``, matching a name against a filter). No paho.
 
 ::
 
@@ -18,7 +19,15 @@ from typing import NamedTuple
 
 from edgert.errors import ConfigError
 
-__all__ = ["MAX_TOPIC_BYTES", "RequestTopic", "Topics", "default_node_id", "sanitize_node_id"]
+__all__ = [
+    "MAX_TOPIC_BYTES",
+    "RequestTopic",
+    "Topics",
+    "default_node_id",
+    "filter_ok",
+    "sanitize_node_id",
+    "topic_matches",
+]
 
 MAX_TOPIC_BYTES = 65535  # MQTT's limit on a topic name's UTF-8 length
 
@@ -49,6 +58,32 @@ def _levels_ok(levels: str) -> bool:
 
 def _level_ok(level: str) -> bool:
     return "/" not in level and _levels_ok(level)
+
+
+def filter_ok(topic_filter: str) -> bool:
+    """Whether ``topic_filter`` is an MQTT subscription filter: non-empty, no NUL, ``+`` alone in
+    its level, ``#`` alone in the last level. (A filter's levels may be empty: MQTT allows it.)"""
+    if not topic_filter or "\0" in topic_filter:
+        return False
+    levels = topic_filter.split("/")
+    last = len(levels) - 1
+    return all(
+        ("+" not in level or level == "+") and ("#" not in level or (level == "#" and i == last))
+        for i, level in enumerate(levels)
+    )
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches the subscription filter ``topic_filter``: ``+`` is one level,
+    a last ``#`` the parent level and everything below it."""
+    levels = topic.split("/")
+    parts = topic_filter.split("/")
+    for i, part in enumerate(parts):
+        if part == "#":
+            return True
+        if i >= len(levels) or (part != "+" and part != levels[i]):
+            return False
+    return len(parts) == len(levels)
 
 
 def _check_topic_root(value: str, what: str) -> None:

@@ -1097,6 +1097,34 @@ def test_error_code_mapping() -> None:
     assert error_code(RuntimeError("x")) is ErrorCode.INTERNAL
 
 
+def _hand_mappings(tree: ast.AST) -> list[int]:
+    """Lines that turn an error into a protocol code by hand: ``ErrorCode(...)`` built from a
+    value, or an error's ``.code`` compared with a protocol code."""
+    codes = {code.value for code in ErrorCode}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("ErrorCode"):
+            found.append(node.lineno)
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            named = any(isinstance(x, ast.Attribute) and x.attr == "code" for x in sides)
+            if named and any(isinstance(x, ast.Constant) and x.value in codes for x in sides):
+                found.append(node.lineno)
+    return found
+
+
+def test_errors_become_codes_only_in_error_code() -> None:
+    """One mapping from exceptions to error codes (replies.error_code); the daemon, the decoders
+    and the client use it rather than one of their own."""
+    assert _hand_mappings(ast.parse('code = ErrorCode(exc.code)\nif exc.code == "bad_input": 0'))
+    found = {
+        str(path.relative_to(ROOT)): lines
+        for path in sorted((ROOT / "edgert").rglob("*.py"))
+        if path.name != "replies.py" and (lines := _hand_mappings(ast.parse(path.read_text())))
+    }
+    assert found == {}
+
+
 def test_protocol_error_is_an_edgert_error() -> None:
     err = ProtocolError(ErrorCode.BUSY, "full")
     assert isinstance(err, EdgertError) and err.message == "full" and err.code == "busy"

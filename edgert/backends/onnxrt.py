@@ -31,8 +31,8 @@ __all__ = ["KIND", "OnnxRuntimeBackend", "OnnxRuntimeKind", "reference_session"]
 
 ARTIFACT = "model.ort"
 _PROVIDERS = ["CPUExecutionProvider"]
-# ALL: its layout transforms (NCHWc convolutions, blocked by the CPU's vector width) take a
-# third off the bench CNN's CPU per image. They tie the artifact to the instruction set, so the
+# ALL: its layout transforms (NCHWc convolutions, blocked by the CPU's vector width) make
+# convolutions cheaper on the CPU. They tie the artifact to the instruction set, so the
 # device in the artifact key names it (cpu_isa) and another CPU's artifact is refused.
 _OPT_LEVEL = "all"
 # The instruction-set features ONNX Runtime's kernels choose by, first match wins.

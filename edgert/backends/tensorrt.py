@@ -234,8 +234,9 @@ class TensorRTBackend(Backend):
                         f"input '{info.name}' of shape {list(array.shape)} is outside the "
                         f"engine's profile (max {list(info.profile_max or info.shape)})"
                     )
-                # Through pinned memory: pageable copies ran at 8-16 GB/s on an H200, pinned
-                # at 54 GB/s (scripts/gpu-check), and only pinned ones are truly asynchronous.
+                # Through pinned memory: the GPU reads it directly, where pageable memory is
+                # staged through a driver buffer first, and only pinned copies are truly
+                # asynchronous.
                 staged = self._stage(info.name, array.nbytes).view(info.dtype, array.shape)
                 staged[...] = array
                 buffer = buffers.ensure(info.name, array.nbytes)

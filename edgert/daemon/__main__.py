@@ -3,8 +3,8 @@
 ``python -m edgert.daemon``, with ``$EDGERT_SERVE_SETTINGS`` holding (as JSON) the config file
 and the overrides ``edgert serve`` was given; the environment, not argv, so a broker password in
 ``--broker`` does not show in ``ps``. A thin main (settings → logging → config → service → signals)
-in a process that never imports the CLI's libraries (Typer, Click, Rich and Typer's pydantic: about
-12 MB of a daemon's memory, which an 8 GB Jetson shares with the GPU).
+in a process that never imports the CLI's libraries (Typer, Click, Rich and Typer's pydantic:
+memory a daemon never uses, on a Jetson whose memory is shared with the GPU).
 """
 
 from __future__ import annotations

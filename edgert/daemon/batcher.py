@@ -1,5 +1,6 @@
 """Dynamic batching as pure logic: which requests can share one inference, how to stack their
-inputs along the batch axis, and how to split the outputs back, in order.
+inputs along the batch axis, and how to split the outputs back, in order
+(:mod:`edgert.daemon.stacking`, shared with stateful streams).
 
 A model batches when every request input and every output starts with the same named dynamic
 dim (``batch``) whose upper bound is above 1; requests may carry several rows each. Requests whose
@@ -9,7 +10,6 @@ other dims differ (two sequence lengths) cannot be stacked and go in separate ba
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +17,7 @@ import msgspec
 import numpy as np
 
 from edgert.config import ModelConfig
+from edgert.daemon import stacking
 from edgert.spec import ModelIO
 
 __all__ = ["BatchPlan", "BatchSettings"]
@@ -81,25 +82,14 @@ class BatchPlan:
 
     def fits(self, first: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray]) -> bool:
         """Whether ``other`` can be stacked with ``first``: same dtypes, same dims past axis 0."""
-        return self.batches and all(
-            first[n].shape[1:] == other[n].shape[1:] and first[n].dtype == other[n].dtype
-            for n in self.inputs
-        )
+        return self.batches and stacking.stackable(first, other, self.inputs)
 
     def stack(self, requests: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """One feed of all ``requests``' rows, in order."""
-        if len(requests) == 1:
-            return dict(requests[0])
-        return {n: np.concatenate([r[n] for r in requests], axis=0) for n in self.inputs}
+        return stacking.stack(requests, self.inputs)
 
     def split(
         self, outputs: Mapping[str, np.ndarray], rows: Sequence[int]
     ) -> list[dict[str, np.ndarray]]:
         """``outputs`` of a stacked run, back to each request's rows (in ``rows`` order)."""
-        if len(rows) == 1:
-            return [dict(outputs)]
-        bounds = np.cumsum([0, *rows])
-        return [
-            {n: outputs[n][start:end] for n in self.outputs}
-            for start, end in itertools.pairwise(bounds)
-        ]
+        return stacking.split(outputs, rows, self.outputs)

@@ -27,6 +27,7 @@ from edgert.protocol import (
     Request,
     RequestId,
     Topics,
+    error_code,
     error_reply,
     peek_envelope,
 )
@@ -330,7 +331,7 @@ class Requests:
             message = Message("", payload, 0, False, 0, content_type=content_type)
             request, transform = served.decode(message, model, None, self.config.max_elements)
         except ProtocolError as exc:
-            return dict(json.loads(error_reply(None, exc.code, exc.message)))
+            return dict(json.loads(error_reply(None, error_code(exc), exc.message)))
         replies: list[bytes] = []
         answered = threading.Event()
 

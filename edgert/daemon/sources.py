@@ -21,8 +21,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from edgert.settings import SourceConfig, redact_url
+from edgert.topics import topic_matches
 
-__all__ = ["Infer", "Publish", "Source", "Sources", "announcements", "topic_matches"]
+__all__ = ["Infer", "Publish", "Source", "Sources", "announcements"]
 
 log = logging.getLogger("edgert.daemon.sources")
 
@@ -35,18 +36,6 @@ _IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/p
 
 class SourceError(Exception):
     """A pull or an inference that failed; logged (rate-limited) and counted, never raised on."""
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """Whether ``topic`` matches an MQTT subscription filter (``+`` one level, ``#`` the rest)."""
-    levels = topic.split("/")
-    parts = topic_filter.split("/")
-    for i, part in enumerate(parts):
-        if part == "#":
-            return True
-        if i >= len(levels) or (part != "+" and part != levels[i]):
-            return False
-    return len(parts) == len(levels)
 
 
 def announcements(

@@ -15,7 +15,6 @@ model.toml's ``[state] ttl`` and ``max_streams``.
 
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from edgert.config import ModelConfig
+from edgert.daemon import stacking
 from edgert.errors import InputError
 from edgert.spec import ModelIO, TensorSpec
 
@@ -112,30 +112,16 @@ class StreamPlan:
     def stack(self, fulls: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Several streams' full inputs as one run: carried inputs along their batch axis, the
         others along axis 0 (as the model's batch dim)."""
-        if len(fulls) == 1:
-            return dict(fulls[0])
-        axes = {c.name: c.batch_axis for c in self.carried}
-        return {
-            name: np.concatenate([f[name] for f in fulls], axis=axes.get(name, 0))
-            for name in fulls[0]
-        }
+        return stacking.stack(fulls, axes={c.name: c.batch_axis for c in self.carried})
 
     def split(
         self, outputs: Mapping[str, np.ndarray], rows: Sequence[int]
     ) -> list[dict[str, np.ndarray]]:
         """A stacked run's outputs back to each stream: carried outputs along their input's
         batch axis, the others along axis 0."""
-        if len(rows) == 1:
-            return [dict(outputs)]
-        axes = {c.from_output: c.batch_axis for c in self.carried}
-        bounds = np.cumsum([0, *rows])
-        return [
-            {
-                name: np.take(array, range(start, end), axis=axes.get(name, 0))
-                for name, array in outputs.items()
-            }
-            for start, end in itertools.pairwise(bounds)
-        ]
+        return stacking.split(
+            outputs, rows, axes={c.from_output: c.batch_axis for c in self.carried}
+        )
 
     def request_specs(self, specs: Sequence[TensorSpec]) -> tuple[TensorSpec, ...]:
         """What a device sends: no carried inputs; windowed ones a chunk long."""
@@ -176,7 +162,7 @@ class StreamStates:
     ) -> dict[str, np.ndarray]:
         """The model's full inputs for one request: what was sent, plus the stream's state."""
         state = self._state(stream, reset)
-        rows = next(iter(sent.values())).shape[0] if sent else 1
+        rows = stacking.row_count(sent)
         full = dict(sent)
         for c in self.plan.carried:
             held = state.carried.get(c.name)

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from edgert.daemon import stacking
 from edgert.daemon.batcher import BatchPlan
 from edgert.daemon.ledger import LedgerKey, RequestLedger, Waiter
 from edgert.daemon.stats import ModelStats
 from edgert.daemon.streams import StreamStates
 from edgert.errors import EdgertError
 from edgert.pipeline import Postprocess
-from edgert.protocol import ErrorCode, error_reply, ok_reply
+from edgert.protocol import ErrorCode, error_code, error_reply, ok_reply
 from edgert.runtime import LoadedModel
 
 __all__ = ["Job", "ModelWorker"]
@@ -27,9 +28,9 @@ __all__ = ["Job", "ModelWorker"]
 log = logging.getLogger("edgert.daemon")
 
 PublishFn = Callable[[Waiter, bytes], None]
-# A model whose runs take less than this is run on the network thread when it is idle: below
-# ~1 ms, handing a request to another thread and waking the network thread to send the reply
-# costs more than the inference (scripts/bench: tiny MLP, 0.01 ms per run).
+# A model whose runs take less than this is run on the network thread when it is idle: for so
+# short a run, handing the request to another thread and waking the network thread to send the
+# reply costs more than the inference itself.
 INLINE_S = 0.001
 
 
@@ -205,8 +206,8 @@ class ModelWorker:
         rows = plan.rows(batch[0].feeds)
         # With several instances, one takes its share of a backlog, not all of it: a batch of
         # everything would keep the last of it waiting a whole long run while the other
-        # instances go idle (p99 at c=64 in scripts/bench's CNN). No backlog: it waits the
-        # queue delay for more, up to max batch, as one instance does.
+        # instances go idle. No backlog: it waits the queue delay for more, up to max batch, as
+        # one instance does.
         limit = plan.max_batch
         queued = self._queue.qsize()
         if len(self.instances) > 1 and queued:
@@ -232,7 +233,7 @@ class ModelWorker:
 
     def _gather_streams(self, batch: list[Job]) -> Job | None:
         first = batch[0].feeds
-        rows = next(iter(first.values())).shape[0] if first else 1
+        rows = stacking.row_count(first)
         streams = {batch[0].stream}
         while rows < self.stream_rows:
             try:
@@ -243,12 +244,8 @@ class ModelWorker:
                 self._queue.put(None)
                 self._queue.task_done()
                 return None
-            job_rows = next(iter(job.feeds.values())).shape[0] if job.feeds else 1
-            fits = all(
-                job.feeds[n].shape[1:] == first[n].shape[1:]
-                and job.feeds[n].dtype == first[n].dtype
-                for n in first
-            )
+            job_rows = stacking.row_count(job.feeds)
+            fits = stacking.stackable(first, job.feeds, first)
             if not fits or job.stream in streams or rows + job_rows > self.stream_rows:
                 return job  # the next batch starts with it: a stream's requests stay in order
             batch.append(job)
@@ -261,36 +258,20 @@ class ModelWorker:
         live = []
         for job in batch:
             if job.deadline is not None and start > job.deadline:
-                message = "deadline passed in queue"
-                self._answer(job, error_reply(job.id, ErrorCode.EXPIRED, message), code="expired")
+                expired = error_reply(job.id, ErrorCode.EXPIRED, "deadline passed in queue")
+                self._answer(job, expired, code=ErrorCode.EXPIRED.value)
             else:
                 live.append(job)
         if not live:
             return
         try:
-            # Decoding validated each request against the specs: no second pass here.
-            if self.streams is not None:  # each stream's state in, stacked, and back out
-                plan = self.streams.plan
-                fulls = [self.streams.feeds(j.stream, j.reset, j.feeds) for j in live]
-                rows = [next(iter(j.feeds.values())).shape[0] if j.feeds else 1 for j in live]
-                results = plan.split(instance.infer(plan.stack(fulls), check=False), rows)
-                outputs = []
-                for job, full, result in zip(live, fulls, results, strict=True):
-                    self.streams.update(job.stream, full, result)
-                    outputs.append(
-                        {k: v for k, v in result.items() if k not in plan.internal_outputs}
-                    )
-            else:
-                feeds = self.plan.stack([j.feeds for j in live])
-                outputs = self.plan.split(
-                    instance.infer(feeds, check=False), [self.plan.rows(j.feeds) for j in live]
-                )
+            outputs = self._infer(instance, live)
         except EdgertError as exc:
             if len(live) > 1:  # one request may spoil a batch: run each alone to find it
                 for job in live:
                     self._serve(instance, [job])
                 return
-            code = ErrorCode.BAD_INPUT if exc.code == "bad_input" else ErrorCode.INTERNAL
+            code = error_code(exc)
             self._answer(live[0], error_reply(live[0].id, code, exc.message), code=code.value)
             return
         done = time.monotonic()
@@ -298,29 +279,53 @@ class ModelWorker:
         ewma = self._infer_ewma
         self._infer_ewma = took if ewma is None else 0.8 * ewma + 0.2 * took
         for job, result in zip(live, outputs, strict=True):
-            latency = {  # ms; ok_reply rounds them
-                "queue": (start - job.received) * 1000,
-                "infer": (done - start) * 1000,
-                "total": (done - job.received) * 1000,
-            }
-            try:
-                summary = self.post.apply(result, job.transform) if self.post else None
-            except EdgertError as exc:
-                failed = error_reply(job.id, ErrorCode.INTERNAL, f"post-processing: {exc.message}")
-                self._answer(job, failed, code=ErrorCode.INTERNAL.value)
-                continue
-            reply = ok_reply(
-                job.id, self.name, self.version, result, summary, latency, compact=job.compact
-            )
-            self.stats.record_ok(done - job.received, done - start)
-            self._answer(job, reply, code=None)
-            if self._events is not None:
-                self._events(reply, job.stream, summary)
+            self._reply(job, result, start, done)
         self.stats.record_batch(len(live))
+
+    def _infer(self, instance: LoadedModel, live: list[Job]) -> list[dict[str, np.ndarray]]:
+        """One run of ``live``'s requests, stacked; each request's outputs, in order."""
+        # Decoding validated each request against the specs: no second pass here.
+        if self.streams is None:
+            feeds = self.plan.stack([j.feeds for j in live])
+            rows = [self.plan.rows(j.feeds) for j in live]
+            return self.plan.split(instance.infer(feeds, check=False), rows)
+        # Each stream's state in, stacked, and back out.
+        plan = self.streams.plan
+        fulls = [self.streams.feeds(j.stream, j.reset, j.feeds) for j in live]
+        rows = [stacking.row_count(j.feeds) for j in live]
+        results = plan.split(instance.infer(plan.stack(fulls), check=False), rows)
+        outputs = []
+        for job, full, result in zip(live, fulls, results, strict=True):
+            self.streams.update(job.stream, full, result)
+            outputs.append({k: v for k, v in result.items() if k not in plan.internal_outputs})
+        return outputs
+
+    def _reply(self, job: Job, result: dict[str, np.ndarray], start: float, done: float) -> None:
+        """Post-process one request's outputs and answer it (and the events hook)."""
+        latency = {  # ms; ok_reply rounds them
+            "queue": (start - job.received) * 1000,
+            "infer": (done - start) * 1000,
+            "total": (done - job.received) * 1000,
+        }
+        try:
+            summary = self.post.apply(result, job.transform) if self.post else None
+        except EdgertError as exc:
+            # The request ran: whatever post-processing its outputs fails on is the model's
+            # configuration, not the device's request.
+            failed = error_reply(job.id, ErrorCode.INTERNAL, f"post-processing: {exc.message}")
+            self._answer(job, failed, code=ErrorCode.INTERNAL.value)
+            return
+        reply = ok_reply(
+            job.id, self.name, self.version, result, summary, latency, compact=job.compact
+        )
+        self.stats.record_ok(done - job.received, done - start)
+        self._answer(job, reply, code=None)
+        if self._events is not None:
+            self._events(reply, job.stream, summary)
 
     def _answer(self, job: Job, reply: bytes, *, code: str | None) -> None:
         # Error replies a retry could fix (busy, expired) are not cached.
-        cache = code != "expired"
+        cache = code != ErrorCode.EXPIRED.value
         if code is not None:
             self.stats.record_error(code)
         for waiter in self._ledger.finish(job.key, job.waiter, reply, cache):

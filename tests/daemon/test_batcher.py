@@ -6,6 +6,7 @@ starts, and the flush test only bounds how long a partial batch may wait.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -16,12 +17,14 @@ import numpy as np
 import pytest
 
 from edgert import ModelDir, compile_model, open_model
+from edgert.codec import PayloadError
 from edgert.config import ModelConfig
 from edgert.daemon.batcher import BatchPlan, BatchSettings
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.stats import ModelStats
 from edgert.daemon.worker import Job, ModelWorker
-from edgert.errors import ConfigError
+from edgert.errors import ConfigError, EdgertError, InferenceError, InputError, ModelError
+from edgert.protocol import ErrorCode, ProtocolError, error_code
 from edgert.runtime import LoadedModel
 
 
@@ -76,8 +79,6 @@ def occupancy(compiled_repository: Path) -> LoadedModel:
 
 
 def _outputs(reply: bytes) -> np.ndarray:
-    import json
-
     doc = json.loads(reply)
     assert doc["ok"], doc
     return np.asarray(doc["outputs"]["probabilities"], np.float32)
@@ -189,6 +190,38 @@ def test_a_bad_request_does_not_spoil_its_batch(occupancy: LoadedModel) -> None:
     replies.wait_for(3)
     assert b'"ok":true' in replies.by_topic["r/0"] and b'"ok":true' in replies.by_topic["r/2"]
     assert b'"ok":false' in replies.by_topic["r/1"]
+    worker.stop()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InputError("rows do not fit"),
+        InferenceError("ONNX Runtime inference failed"),
+        PayloadError("too_large", "too many elements"),
+        ProtocolError(ErrorCode.BUSY, "no room"),
+        ModelError("broken"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_a_failed_run_is_answered_with_the_code_error_code_gives(
+    occupancy: LoadedModel, monkeypatch: pytest.MonkeyPatch, error: EdgertError
+) -> None:
+    """The worker has no error mapping of its own: a run's error is answered with
+    replies.error_code's code for it."""
+
+    def failing(feeds: object, *, check: bool = True) -> dict[str, np.ndarray]:
+        raise error
+
+    monkeypatch.setattr(occupancy, "infer", failing)
+    replies = Replies()
+    worker = _worker(occupancy, replies, max_batch=8)
+    worker.submit(_job(0, {"readings": np.ones((1, 4), np.float32)}))
+    worker.start()
+    replies.wait_for(1)
+    reply = json.loads(replies.by_topic["r/0"])
+    assert reply["error"] == {"code": error_code(error).value, "message": error.message}
+    assert worker.stats.snapshot(0)["errors"] == {error_code(error).value: 1}
     worker.stop()
 
 

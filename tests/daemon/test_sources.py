@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from edgert.daemon.sources import announcements, topic_matches
+from edgert.daemon.sources import announcements
 from edgert.errors import ConfigError
 from edgert.settings import DaemonConfig, SourceConfig
 from tests.broker import Mosquitto
@@ -138,15 +138,6 @@ def test_sources_config_refuses_missing_keys_and_twice_the_name() -> None:
         caught.value.message
         == 'config: [[sources]]: expected [[sources]] tables, got {name = "cam"}'
     )
-
-
-def test_topic_filters_match_like_mqtt() -> None:
-    assert topic_matches("home/motion", "home/motion")
-    assert topic_matches("home/+/motion", "home/hall/motion")
-    assert topic_matches("home/#", "home/hall/motion")
-    assert topic_matches("home/#", "home")
-    assert not topic_matches("home/+", "home/hall/motion")
-    assert not topic_matches("home/motion", "home/motion/x")
 
 
 def test_what_a_result_announces() -> None:
