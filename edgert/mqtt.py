@@ -23,11 +23,17 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgert.acks import PendingAcks
 from edgert.errors import ConfigError
 from edgert.mqttwire import Publish, PublishProperties, WireClient, packet_size
 from edgert.settings import BrokerConfig
+from edgert.tls import tls_context
 
-__all__ = ["Message", "MqttConnection"]
+__all__ = ["AFTER_REPLY", "Message", "MqttConnection"]
+
+# What ``on_message`` returns for a request whose acknowledgement waits for its reply's (see
+# :mod:`edgert.acks`); True takes a message and acknowledges it now, False leaves it.
+AFTER_REPLY = 2
 
 log = logging.getLogger("edgert.mqtt")
 
@@ -88,48 +94,6 @@ def _from_publish(publish: Publish) -> Message:
     )
 
 
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """Closes itself when its handshake fails: paho (2.2) drops such a socket unclosed on every
-    failed attempt (an untrusted or expired certificate), leaving it to the garbage collector."""
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
-
-
-class _TlsContext(ssl.SSLContext):
-    sslsocket_class = _ClosingSSLSocket
-
-
-def _tls_context(config: BrokerConfig) -> ssl.SSLContext:
-    """What paho's ``tls_set`` builds (server certificate and host name verified against
-    ``ca_file``, else the system's CAs; an optional client certificate), with unreadable files
-    as a ConfigError naming them."""
-    context = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)
-    try:
-        if config.ca_file is not None:
-            context.load_verify_locations(config.ca_file)
-        else:
-            context.load_default_certs()
-        if config.cert_file is not None:
-            context.load_cert_chain(config.cert_file, config.key_file)
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        files = ", ".join(
-            f"{name} {path}"
-            for name, path in (
-                ("ca_file", config.ca_file),
-                ("cert_file", config.cert_file),
-                ("key_file", config.key_file),
-            )
-            if path is not None
-        )
-        raise ConfigError(f"broker TLS files ({files or 'system CAs'}): {exc}") from exc
-    return context
-
-
 def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
     """TCP_NODELAY on the broker socket. Replies leave from model threads right after the
     network thread acknowledged the request; with Nagle on, each would wait for the broker's
@@ -157,7 +121,7 @@ def _wire_client(config: BrokerConfig, will: tuple[str, bytes] | None) -> WireCl
     elif config.password is not None:
         raise ConfigError("a broker password is set but no username: set [broker] username")
     if config.tls:
-        client.tls_set_context(_tls_context(config))
+        client.tls_set_context(tls_context(config))
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
     client.reconnect_delay_set(
@@ -174,7 +138,9 @@ class MqttConnection:
     """One paho client with its network loop in one thread; every publish goes through it.
 
     ``on_message`` runs in the network thread and must be quick; it returns True when it has
-    taken the message, and only then is a QoS 1 message acknowledged to the broker.
+    taken the message, and only then is a QoS 1 message acknowledged to the broker; or
+    :data:`AFTER_REPLY`, when the acknowledgement waits for the reply's (a :meth:`publish` with
+    ``ack``) or :meth:`ack_overdue`'s time.
     """
 
     def __init__(
@@ -182,7 +148,7 @@ class MqttConnection:
         config: BrokerConfig,
         *,
         will: tuple[str, bytes] | None = None,
-        on_message: Callable[[Message], bool],
+        on_message: Callable[[Message], bool | int],
         on_connect: Callable[[], None] | None = None,
         after_read: Callable[[], None] | None = None,
         on_refused: Callable[[str, str], None] | None = None,
@@ -194,6 +160,7 @@ class MqttConnection:
         self._on_message = on_message
         self._on_connect_cb = on_connect
         self._on_refused = on_refused
+        self._acks: PendingAcks[Message] = PendingAcks(self.ack)
         self._subscriptions: dict[str, tuple[int, int | None]] = {}  # topic -> (qos, sub id)
         self._pending_subacks: dict[int, str] = {}  # SUBSCRIBE mid -> topic
         self._retained: dict[str, tuple[bytes, int]] = {}
@@ -216,6 +183,7 @@ class MqttConnection:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_subscribe = self._handle_suback
+        client.on_publish = lambda c, u, mid, reason, props: self._acks.published(mid)
 
     @property
     def is_v5(self) -> bool:
@@ -340,15 +308,19 @@ class MqttConnection:
         correlation: bytes | None = None,
         content_type: str | None = None,
         response_topic: str | None = None,
+        ack: Message | None = None,
     ) -> bool:
         """Queue a publish; False if it was refused (paho's queue full, or larger than the
         broker's Maximum Packet Size: a broker disconnects a client that sends such a packet,
-        and paho would re-send it after every reconnect).
+        and paho would re-send it after every reconnect). ``ack``: the request this publish
+        answers, acknowledged once the broker has this one (see :mod:`edgert.acks`).
 
         The MQTT 5 properties are dropped on a 3.1.1 connection.
         """
         props = self._properties(correlation, content_type, response_topic)
         if not self._fits(topic, payload, qos, props):
+            if ack is not None:
+                self._acks.replied(ack, None)
             return False
         info = self._client.publish(
             topic,
@@ -357,10 +329,12 @@ class MqttConnection:
             retain=retain,
             properties=props,  # type: ignore[arg-type]
         )
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        ok = info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+        if ack is not None:
+            self._acks.replied(ack, info.mid if ok and qos > 0 else None)
+        if not ok:
             log.warning("publish to %s refused: %s", topic, paho.error_string(info.rc))
-            return False
-        return True
+        return ok
 
     def _fits(self, topic: str, payload: bytes, qos: int, props: PublishProperties | None) -> bool:
         limit = self.max_packet_size
@@ -380,6 +354,11 @@ class MqttConnection:
     def ack(self, message: Message) -> None:
         if message.qos > 0:
             self._client.ack(message.mid, message.qos)
+
+    def ack_overdue(self, *, everything: bool = False) -> None:
+        """Acknowledge the requests taken AFTER_REPLY that have waited long enough for it
+        (``everything``: all of them, before a clean disconnect)."""
+        self._acks.overdue(float("inf") if everything else None)
 
     def _handle_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -420,6 +399,7 @@ class MqttConnection:
     ) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        self._acks.reset()
         if was_connected:
             level = logging.WARNING if getattr(reason, "is_failure", True) else logging.INFO
             log.log(level, "disconnected from the broker: %s", reason)
@@ -445,5 +425,7 @@ class MqttConnection:
         except Exception:  # a bug upstream must not kill the network thread
             log.exception("handling a message on %s failed", message.topic)
             taken = True
-        if taken:
+        if taken == AFTER_REPLY:
+            self._acks.taken(message)
+        elif taken:
             self.ack(message)

@@ -11,6 +11,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from edgert.mqtt import Message
+
 __all__ = ["Begin", "RequestLedger", "Waiter"]
 
 # (reply destination, id): an integer id and its string are two keys, as a device sees them.
@@ -19,11 +21,13 @@ LedgerKey = tuple[str, str | int]
 
 @dataclass(frozen=True)
 class Waiter:
-    """Someone to answer: where, with which correlation data, at which QoS."""
+    """Someone to answer: where, with which correlation data, at which QoS; ``ack`` is the
+    request acknowledged once the broker has the reply (see :mod:`edgert.acks`)."""
 
     topic: str
     correlation: bytes | None
     qos: int
+    ack: Message | None = field(default=None, compare=False)
 
 
 @dataclass

@@ -46,7 +46,7 @@ log = logging.getLogger("edgert.daemon")
 class _LocalWaiter(Waiter):
     """A reply for the daemon itself (a source's pull), not for an MQTT topic."""
 
-    deliver: Callable[[bytes], None] = field(compare=False)
+    deliver: Callable[[bytes], None] = field(compare=False, kw_only=True)
 
 
 class Requests:
@@ -82,7 +82,9 @@ class Requests:
         reply = self._fitting(waiter, reply)
         # No Content Type: a reply is always JSON (DESIGN.md), and each property costs every
         # requester's MQTT client a decode.
-        self.connection.publish(waiter.topic, reply, qos=waiter.qos, correlation=waiter.correlation)
+        self.connection.publish(
+            waiter.topic, reply, qos=waiter.qos, correlation=waiter.correlation, ack=waiter.ack
+        )
 
     def _fitting(self, waiter: Waiter, reply: bytes) -> bytes:
         """``reply``, or a too_large error in its place when it exceeds the payload limit or the
@@ -283,7 +285,7 @@ class Requests:
                 )
                 self._reply_error([destination], message, request.id, error, waiter_qos)
                 return True
-        waiter = Waiter(destination, message.correlation, waiter_qos)
+        waiter = Waiter(destination, message.correlation, waiter_qos, ack=message)
         ledger_key = (destination, request.id) if request.id is not None else None
         begin = self.ledger.begin(ledger_key, waiter)
         if begin.cached is not None:
@@ -340,7 +342,7 @@ class Requests:
             answered.set()
 
         received = time.monotonic()
-        waiter = _LocalWaiter("", None, 0, deliver)
+        waiter = _LocalWaiter("", None, 0, deliver=deliver)
         deadline = received + timeout
         job = Job(None, None, waiter, request.inputs, received, deadline, True, transform=transform)
         served.worker.stats.record_request()
@@ -380,4 +382,4 @@ class Requests:
         reply = error_reply(
             request_id, error.code, error.message, retry_after_ms=error.retry_after_ms
         )
-        self.publish_reply(Waiter(topic, message.correlation, qos), reply)
+        self.publish_reply(Waiter(topic, message.correlation, qos, ack=message), reply)

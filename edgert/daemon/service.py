@@ -31,7 +31,7 @@ from edgert.daemon.pool import Pool
 from edgert.daemon.requests import UNSERVED, Requests
 from edgert.daemon.sources import Sources
 from edgert.errors import ArtifactError, ConfigError, EdgertError, IncompatibleArtifact
-from edgert.mqtt import Message, MqttConnection
+from edgert.mqtt import AFTER_REPLY, Message, MqttConnection
 from edgert.protocol import (
     Topics,
     catalogue,
@@ -181,6 +181,7 @@ class Service:
         """Block until :meth:`request_stop` (SIGTERM/SIGINT); reload on :meth:`request_reload`."""
         while not self._stopping.wait(0.1):
             self.requests.expire_held()
+            self.connection.ack_overdue()
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
@@ -229,6 +230,8 @@ class Service:
                 log.warning("%s: drain timed out", entry.worker.name)
         self.connection.publish_retained(self.topics.status, b"offline")
         time.sleep(0.2)  # let the network thread flush the replies and offline
+        self.connection.ack_overdue(everything=True)  # what was answered is not redelivered
+        time.sleep(0.05)
         self.connection.stop()
         for entry in served:
             entry.worker.stop()
@@ -322,7 +325,7 @@ class Service:
 
     # -- requests (network thread) ----------------------------------------------------------
 
-    def _on_message(self, message: Message) -> bool:
+    def _on_message(self, message: Message) -> bool | int:
         """Take a request, or answer it with an error. False leaves it unacknowledged."""
         if self.homeassistant is not None and self.homeassistant.on_message(
             message.topic, message.payload
@@ -332,8 +335,9 @@ class Service:
             return True
         if self._stopping.is_set():
             return False  # not taken: the broker redelivers it to our next session
-        if not self.requests.on_message(message):
-            self._sources.on_message(message.topic)  # a source's trigger, maybe
+        if self.requests.on_message(message):
+            return AFTER_REPLY  # acknowledged once the broker has its reply (edgert.acks)
+        self._sources.on_message(message.topic)  # a source's trigger, maybe
         return True
 
     def _publish_reply(self, waiter: Waiter, reply: bytes) -> None:

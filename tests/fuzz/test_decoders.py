@@ -164,8 +164,9 @@ def test_decode_request_gives_a_request_or_a_structured_error(
         return
     request, transform = result
     target.check(request)
-    # MQTT 5 takes precedence; Correlation Data is carried to the reply.
-    assert message.response_topic is None or request.reply_to == message.response_topic
+    # MQTT 5 takes precedence (an empty Response Topic names none); Correlation Data is carried
+    # to the reply.
+    assert not message.response_topic or request.reply_to == message.response_topic
     assert request.correlation == message.correlation
     assert transform is None or target.pre is not None
 
