@@ -2,7 +2,8 @@
 
 Pure functions, no I/O. Every decoding failure is a :class:`PayloadError` whose ``code`` names the
 protocol error it becomes (``bad_request``, ``bad_input`` or ``too_large``); ``edgert.protocol``
-maps it to a ``ProtocolError`` at its boundary. Wire conventions:
+maps it to a ``ProtocolError`` at its boundary. The ``.npy`` and raw decoders, and the checks all
+codecs share, live in ``bytecodec`` and are re-exported here. Wire conventions:
 
 - base64 tensors (``{"dtype", "shape", "b64"}``) are little-endian, C order, standard alphabet
   with padding; ``bool`` elements are bytes 0 or 1.
@@ -14,16 +15,26 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import math
 import reprlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import numpy.lib.format as npy_format
 
-from edgert.errors import ConfigError, EdgertError, InputError, first_line
+from edgert.bytecodec import (
+    DEFAULT_MAX_ELEMENTS,
+    MAX_RANK,
+    NPY_MAGIC,
+    PayloadError,
+    check_array,
+    decode_npy,
+    decode_raw,
+    element_count,
+    from_bytes,
+    too_large,
+)
+from edgert.errors import ConfigError, InputError
 from edgert.spec import DimRange, DType, TensorSpec, check_shared_dims
 
 if TYPE_CHECKING:  # annotation only: pure codecs do not import the onnx layer at run time
@@ -46,12 +57,8 @@ __all__ = [
     "sniff_format",
 ]
 
-DEFAULT_MAX_ELEMENTS = 1 << 24  # 16M elements: 64 MiB of float32, far beyond any sane request
 MAX_NESTING = 64
-MAX_RANK = 32  # numpy 1.x's limit; no model input comes near it
-NPY_MAGIC = b"\x93NUMPY"
 
-PayloadCode = Literal["bad_request", "bad_input", "too_large"]
 PayloadFormat = Literal["json", "npy", "raw", "jpeg", "png", "wav"]
 _DECLARABLE: dict[str, PayloadFormat] = {f: f for f in ("raw", "jpeg", "png", "wav", "npy")}
 _CONTENT_TYPES: dict[str, PayloadFormat] = {
@@ -64,61 +71,6 @@ _CONTENT_TYPES: dict[str, PayloadFormat] = {
     "audio/x-wav": "wav",
     "audio/wave": "wav",
 }
-
-
-class PayloadError(EdgertError):
-    """A payload or tensor cannot be decoded; ``code`` is the protocol error code it maps to."""
-
-    def __init__(self, code: PayloadCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _too_large(what: str, count: int, max_elements: int) -> PayloadError:
-    return PayloadError("too_large", f"{what} has {count} elements; the limit is {max_elements}")
-
-
-def _element_count(shape: Sequence[int], what: str, max_elements: int) -> int:
-    """The elements of a declared ``shape``, refused (too_large) beyond ``max_elements``. A
-    zero-size shape's other dims are bounded too: numpy cannot even make ``[0, 2**64]``."""
-    count = math.prod(shape)
-    if count > max_elements:
-        raise _too_large(what, count, max_elements)
-    if math.prod(d or 1 for d in shape) > max_elements:
-        raise PayloadError(
-            "too_large", f"{what} has shape {list(shape)}, beyond the limit of {max_elements}"
-        )
-    return count
-
-
-def _check_dtype(dtype: np.dtype[Any], what: str) -> None:
-    """A bad_input PayloadError unless edgert carries ``dtype`` (any byte order)."""
-    if dtype.hasobject:
-        raise PayloadError("bad_input", f"{what} is an object array (pickled data); refused")
-    try:
-        if dtype.names is not None or dtype.subdtype is not None:
-            raise ConfigError(f"unsupported dtype {dtype}")
-        DType.of(dtype)
-    except ConfigError as exc:
-        supported = ", ".join(d.value for d in DType)
-        raise PayloadError(
-            "bad_input", f"{what} has dtype {dtype.str}; supported: {supported}"
-        ) from exc
-
-
-def _from_bytes(
-    data: bytes, wire: np.dtype[Any], shape: tuple[int, ...], fortran: bool, what: str
-) -> np.ndarray:
-    """A C-order, native-endian copy of ``data`` read as ``wire`` elements of ``shape``."""
-    native = wire.newbyteorder("=")
-    if math.prod(shape) == 0:
-        return np.zeros(shape, dtype=native)
-    flat = np.frombuffer(data, dtype=wire)
-    if native.kind == "b" and flat.view(np.uint8).max() > 1:
-        # Any non-zero byte would read as True but compare oddly; demand canonical bools.
-        raise PayloadError("bad_input", f"{what} has bool bytes other than 0 and 1")
-    array = flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
-    return np.array(array, dtype=native, order="C", copy=True)
 
 
 def decode_b64(
@@ -147,7 +99,7 @@ def decode_b64(
             f"{what}: shape must be a list of at most {MAX_RANK} sizes >= 0, got "
             f"{reprlib.repr(shape)}",
         )
-    count = _element_count(shape, what, max_elements)
+    count = element_count(shape, what, max_elements)
     if not isinstance(text, str):
         raise PayloadError("bad_input", f"{what}: b64 must be a string")
     wire = np.dtype(dtype_name).newbyteorder("<")
@@ -169,7 +121,7 @@ def decode_b64(
             f"{what}: b64 holds {len(data)} bytes; dtype {dtype_name} and shape {shape} need "
             f"{expected}",
         )
-    return _from_bytes(data, wire, tuple(shape), False, what)
+    return from_bytes(data, wire, tuple(shape), False, what)
 
 
 def sniff_format(
@@ -240,7 +192,7 @@ def decode_input(
             what = f"input '{spec.name}'"
             raise PayloadError("bad_input", f"{what} is not a rectangular array: {exc}") from exc
         if array.size > max_elements:
-            raise _too_large(f"input '{spec.name}'", array.size, max_elements)
+            raise too_large(f"input '{spec.name}'", array.size, max_elements)
         if array.size == 0 and array.dtype.kind in "biuf":
             array = array.astype(spec.dtype.numpy)  # [] parses as float64; empty fits any dtype
     elif isinstance(value, Mapping):
@@ -363,99 +315,3 @@ class InputsDecoder:
 
 def _dim_limits(bound: DimRange | None) -> tuple[int, float]:
     return (bound.min, bound.max) if bound is not None else (0, math.inf)
-
-
-def check_array(array: np.ndarray, spec: TensorSpec, bounds: Mapping[str, DimRange]) -> np.ndarray:
-    """``array`` cast to ``spec``'s dtype (same kind only) and checked against its shape."""
-    try:
-        # Overflow in a narrowing cast (1e300 → float32) would silently give inf: refuse it.
-        with np.errstate(over="raise"):
-            array = spec.coerce(array)
-        spec.check(array, bounds)
-    except FloatingPointError as exc:
-        raise PayloadError(
-            "bad_input", f"input '{spec.name}' has values outside {spec.dtype.value}'s range"
-        ) from exc
-    except InputError as exc:
-        raise PayloadError("bad_input", exc.message) from exc
-    return array
-
-
-def _bad_header(exc: BaseException) -> PayloadError:
-    return PayloadError("bad_request", f"invalid .npy header: {first_line(exc)}")
-
-
-def _npy_header(fp: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    # numpy's header parser raises ValueError, SyntaxError, tokenize errors, RecursionError, ...
-    # on hostile headers; whatever it raises, the payload is not a usable .npy.
-    try:
-        version = npy_format.read_magic(fp)
-    except Exception as exc:
-        raise _bad_header(exc) from exc
-    if version not in ((1, 0), (2, 0)):
-        # 3.0 exists only for structured dtypes with non-latin-1 names, which edgert refuses.
-        raise PayloadError("bad_request", f".npy format {version} is not supported; use 1.0 or 2.0")
-    read = (
-        npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-    )
-    try:
-        shape, fortran, dtype = read(fp)
-    except Exception as exc:
-        raise _bad_header(exc) from exc
-    return tuple(shape), bool(fortran), dtype
-
-
-def decode_npy(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> np.ndarray:
-    """Decode a ``.npy`` payload (format 1.0 or 2.0) without ever unpickling."""
-    if not payload.startswith(NPY_MAGIC):
-        raise PayloadError("bad_request", "not a .npy payload (no \\x93NUMPY magic)")
-    fp = io.BytesIO(payload)
-    shape, fortran, dtype = _npy_header(fp)
-    _check_dtype(dtype, ".npy payload")
-    wire: np.dtype[Any] = dtype  # read in the file's byte order; _from_bytes makes it native
-    if any(d < 0 for d in shape) or len(shape) > MAX_RANK:
-        raise PayloadError("bad_request", f".npy shape {list(shape)} is invalid")
-    count = _element_count(shape, ".npy payload", max_elements)
-    data = payload[fp.tell() :]
-    expected = count * wire.itemsize
-    if len(data) != expected:
-        state = "truncated" if len(data) < expected else "has trailing bytes"
-        raise PayloadError(
-            "bad_request",
-            f".npy payload {state}: shape {list(shape)} of {wire.name} needs {expected} bytes of "
-            f"data, got {len(data)}",
-        )
-    return _from_bytes(data, wire, tuple(shape), bool(fortran), ".npy payload")
-
-
-def decode_raw(
-    payload: bytes,
-    spec: TensorSpec,
-    bounds: Mapping[str, DimRange],
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
-) -> np.ndarray:
-    """Raw little-endian bytes as ``spec``'s tensor: its shape when fixed, or with its one dynamic
-    dim told by the payload's length (e.g. a stream of uint8 samples)."""
-    dtype = spec.dtype.numpy.newbyteorder("<")
-    dynamic = [i for i, d in enumerate(spec.shape) if not isinstance(d, int)]
-    fixed = math.prod(d for d in spec.shape if isinstance(d, int)) * dtype.itemsize
-    described = f"input '{spec.name}' {spec.dtype.value}{list(spec.shape)}"
-    if len(dynamic) > 1:
-        raise PayloadError(
-            "bad_request", f"raw bytes cannot tell the shape of {described}: send .npy or JSON"
-        )
-    if not dynamic and len(payload) != fixed:
-        raise PayloadError(
-            "bad_input", f"raw payload is {len(payload)} bytes; {described} takes {fixed}"
-        )
-    if dynamic and (fixed == 0 or len(payload) % fixed):
-        raise PayloadError(
-            "bad_input",
-            f"raw payload is {len(payload)} bytes; {described} takes a multiple of {fixed}",
-        )
-    count = len(payload) // dtype.itemsize
-    if count > max_elements:
-        raise _too_large("raw payload", count, max_elements)
-    shape = tuple(d if isinstance(d, int) else len(payload) // max(fixed, 1) for d in spec.shape)
-    array = _from_bytes(payload, dtype, shape, False, "raw payload")
-    return check_array(array, spec, bounds)

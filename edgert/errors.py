@@ -18,7 +18,7 @@ with :func:`mapped`, which re-raises them ``from`` the original.
     │   ├── BuildError          building an artifact failed (carries the backend's log)
     │   └── InferenceError      running the artifact failed
     ├── InputError              inference inputs do not match the model's specs
-    ├── PayloadError            (codec.py) a payload cannot be decoded: bad_request/bad_input/…
+    ├── PayloadError            (bytecodec.py) a payload cannot be decoded: bad_request/bad_input/…
     ├── ProtocolError           (protocol.py) a request is refused; carries an ErrorCode
     ├── ArtifactError           an artifact is missing, broken or for another machine
     │   └── IncompatibleArtifact

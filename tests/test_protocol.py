@@ -146,7 +146,8 @@ def test_exported_names_exist(module: Any) -> None:
         ),
         ("edgert/replies.py", {"edgert.errors", "edgert.codec", "edgert.jsonout"}),
         ("edgert/topics.py", {"edgert.errors"}),
-        ("edgert/codec.py", {"edgert.errors", "edgert.spec", "edgert.config"}),
+        ("edgert/codec.py", {"edgert.errors", "edgert.spec", "edgert.config", "edgert.bytecodec"}),
+        ("edgert/bytecodec.py", {"edgert.errors", "edgert.spec"}),
         ("edgert/jsonout.py", set()),
     ],
 )

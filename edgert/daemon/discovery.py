@@ -38,6 +38,7 @@ from typing import Any
 
 from edgert import __version__
 from edgert.config import ModelConfig
+from edgert.daemon.components import NODE_ID, model_components, node_components, source_components
 from edgert.errors import ConfigError
 from edgert.sections import ENTITY_KINDS, EntityKind
 from edgert.topics import Topics
@@ -67,7 +68,6 @@ _ROLE_PLATFORM = {
     "seen": "event",  # a source's events
     "detected": "binary_sensor",  # on while a source keeps seeing something
 }
-_NODE_ID = "node"  # component-id stem of the node's own diagnostic sensors
 
 
 def _sanitize(text: str) -> str:
@@ -154,9 +154,9 @@ def component_platforms(
     """Every component id the payload for ``models`` and ``sources`` holds, with its platform:
     what a caller keeps to find, next time, the ids to pass as ``removed``."""
     platforms = {
-        f"{_NODE_ID}_requests": "sensor",
-        f"{_NODE_ID}_rate": "sensor",
-        f"{_NODE_ID}_errors": "sensor",
+        f"{NODE_ID}_requests": "sensor",
+        f"{NODE_ID}_rate": "sensor",
+        f"{NODE_ID}_errors": "sensor",
     }
     for source in sources:
         platforms[f"{source.component_id}_seen"] = "event"
@@ -193,143 +193,6 @@ def _platform_of(component_id: str) -> str:
     return _ROLE_PLATFORM[role]
 
 
-# Templates read the daemon's reply JSON (value_json). A template that renders nothing makes
-# Home Assistant ignore the message, so a reply without the expected key changes no state.
-# A top-k result is a list, best first: its first entry is the one entities show.
-_RESULT = (
-    "{% set r = value_json.result if value_json.ok else none %}"
-    "{% if r is not mapping and r is iterable and r is not string %}"
-    "{% set r = (r | first) if r else none %}{% endif %}"
-)
-
-
-def _event_template(model: ModelEntity) -> str:
-    if model.labels:
-        return (
-            _RESULT + "{% if r is mapping and 'label' in r %}"
-            '{{ {"event_type": r.label, "score": r.get("score"), '
-            '"version": value_json.version} | tojson }}{% endif %}'
-        )
-    return (
-        '{% if value_json.ok %}{{ {"event_type": "result", "result": value_json.result, '
-        '"version": value_json.version} | tojson }}{% endif %}'
-    )
-
-
-_LABEL_TEMPLATE = _RESULT + "{% if r is mapping and 'label' in r %}{{ r.label }}{% endif %}"
-_SCORE_TEMPLATE = (
-    _RESULT + "{% if r is mapping and 'label' in r %}"
-    '{{ {"score": r.get("score"), "version": value_json.version} | tojson }}{% endif %}'
-)
-_STATE_TEMPLATE = (
-    _RESULT + "{% if r is mapping and 'state' in r %}{{ 'ON' if r.state else 'OFF' }}{% endif %}"
-)
-_REQUESTS_TEMPLATE = "{{ value_json.models.values() | map(attribute='requests') | sum }}"
-_RATE_TEMPLATE = (
-    "{{ (value_json.models.values() | map(attribute='rate', default=0) | sum) | round(3) }}"
-)
-_ERRORS_TEMPLATE = (
-    "{% set n = namespace(errors=0) %}{% for m in value_json.models.values() %}"
-    "{% set n.errors = n.errors + (m.errors.values() | sum) %}{% endfor %}{{ n.errors }}"
-)
-
-
-def _latency_template(name: str) -> str:
-    # json.dumps gives an ASCII, backslash-escaped literal that Jinja reads as the same string.
-    # "None" (no model entry or no latency yet) makes the sensor unknown.
-    return (
-        f"{{% set m = value_json.models.get({json.dumps(name)}) %}}"
-        "{{ m.latency_ms.p50 if m and m.latency_ms and m.latency_ms.p50 is not none "
-        "else 'None' }}"
-    )
-
-
-def _model_components(unique: str, topics: Topics, model: ModelEntity) -> dict[str, dict[str, Any]]:
-    stem = model.component_id
-    title = model.title or model.name
-    events = topics.events(model.name)
-    main: dict[str, Any] = {}
-    if model.device_class:
-        main["dev_cla"] = model.device_class
-    if model.icon:
-        main["ic"] = model.icon
-    event: dict[str, Any] = {
-        "p": "event",
-        "name": title if model.kind == "event" else f"{title} result",
-        "uniq_id": f"{unique}_{stem}_event",
-        "stat_t": events,
-        "event_types": list(model.labels) or ["result"],
-        "val_tpl": _event_template(model),
-    }
-    if model.kind == "event":
-        event.update(main)
-    cmps: dict[str, dict[str, Any]] = {f"{stem}_event": event}
-    if model.kind == "sensor":
-        sensor: dict[str, Any] = {
-            "p": "sensor",
-            "name": title,
-            "uniq_id": f"{unique}_{stem}_label",
-            "stat_t": events,
-            "val_tpl": _LABEL_TEMPLATE,
-            "json_attr_t": events,
-            "json_attr_tpl": _SCORE_TEMPLATE,
-        }
-        if model.labels and not model.device_class:
-            sensor.update({"dev_cla": "enum", "ops": list(model.labels)})
-        cmps[f"{stem}_label"] = sensor | main
-    elif model.kind == "binary_sensor":
-        cmps[f"{stem}_state"] = {
-            "p": "binary_sensor",
-            "name": title,
-            "uniq_id": f"{unique}_{stem}_state",
-            "stat_t": events,
-            "val_tpl": _STATE_TEMPLATE,
-            "pl_on": "ON",
-            "pl_off": "OFF",
-            "off_dly": model.off_delay,
-        } | main
-    cmps[f"{stem}_latency"] = {
-        "p": "sensor",
-        "name": f"{title} latency p50",
-        "uniq_id": f"{unique}_{stem}_latency",
-        "stat_t": topics.stats,
-        "val_tpl": _latency_template(model.name),
-        "unit_of_meas": "ms",
-        "dev_cla": "duration",
-        "stat_cla": "measurement",
-        "ent_cat": "diagnostic",
-    }
-    return cmps
-
-
-def _source_components(
-    unique: str, topics: Topics, source: SourceEntity
-) -> dict[str, dict[str, Any]]:
-    stem, events = source.component_id, topics.events(source.name)
-    return {
-        f"{stem}_seen": {
-            "p": "event",
-            "name": f"{source.name}",
-            "uniq_id": f"{unique}_{stem}_seen",
-            "stat_t": events,
-            "event_types": list(source.event_types),
-            "val_tpl": (
-                '{{ {"event_type": value_json.event_type, "score": value_json.score, '
-                '"model": value_json.model} | tojson }}'
-            ),
-        },
-        f"{stem}_detected": {
-            "p": "binary_sensor",
-            "name": f"{source.name} detection",
-            "uniq_id": f"{unique}_{stem}_detected",
-            "stat_t": events,
-            "val_tpl": "ON",  # every source event means something was seen; off_dly ends it
-            "pl_on": "ON",
-            "off_dly": source.off_delay,
-        },
-    }
-
-
 def device_discovery(
     node: str,
     topics: Topics,
@@ -349,50 +212,15 @@ def device_discovery(
         raise ConfigError(f"node {node!r} differs from the topics' node {topics.node!r}")
     unique = f"edgert_{node}"
     platforms = component_platforms(models, sources)
-    cmps: dict[str, dict[str, Any]] = {
-        f"{_NODE_ID}_requests": {
-            "p": "sensor",
-            "name": "Requests",
-            "uniq_id": f"{unique}_{_NODE_ID}_requests",
-            "stat_t": topics.stats,
-            "val_tpl": _REQUESTS_TEMPLATE,
-            "stat_cla": "total_increasing",
-            "ent_cat": "diagnostic",
-            "ic": "mdi:counter",
-        },
-        f"{_NODE_ID}_rate": {
-            "p": "sensor",
-            "name": "Request rate",
-            "uniq_id": f"{unique}_{_NODE_ID}_rate",
-            "stat_t": topics.stats,
-            "val_tpl": _RATE_TEMPLATE,
-            "unit_of_meas": "req/s",
-            "stat_cla": "measurement",
-            "ent_cat": "diagnostic",
-            "ic": "mdi:speedometer",
-        },
-        f"{_NODE_ID}_errors": {
-            "p": "sensor",
-            "name": "Errors",
-            "uniq_id": f"{unique}_{_NODE_ID}_errors",
-            "stat_t": topics.stats,
-            "val_tpl": _ERRORS_TEMPLATE,
-            "stat_cla": "total_increasing",
-            "ent_cat": "diagnostic",
-            "ic": "mdi:alert-circle-outline",
-        },
-    }
+    cmps = node_components(unique, topics)
     for model in models:
-        cmps.update(_model_components(unique, topics, model))
+        cmps.update(model_components(unique, topics, model))
     for source in sources:
-        cmps.update(_source_components(unique, topics, source))
+        cmps.update(source_components(unique, topics, source))
     for component_id in removed:
         if component_id in platforms:
             raise ConfigError(f"component {component_id!r} is both served and removed")
         cmps[component_id] = {"p": _platform_of(component_id)}
-    origin: dict[str, str] = {"name": "edgert", "sw": __version__}
-    if support_url:
-        origin["url"] = support_url
     payload: Mapping[str, Any] = {
         "dev": {
             "ids": [unique],
@@ -401,8 +229,15 @@ def device_discovery(
             "mdl": "edgert inference node",
             "sw": __version__,
         },
-        "o": origin,
+        "o": _origin(support_url),
         "avty": [{"t": topics.status, "pl_avail": "online", "pl_not_avail": "offline"}],
         "cmps": cmps,
     }
     return topics.discovery, json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _origin(support_url: str | None) -> dict[str, str]:
+    origin: dict[str, str] = {"name": "edgert", "sw": __version__}
+    if support_url:
+        origin["url"] = support_url
+    return origin

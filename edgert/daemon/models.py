@@ -191,6 +191,37 @@ class Models:
 
     def serve(self, model: ModelDir, loaded: LoadedModel) -> None:
         """Serve ``loaded`` (opened from ``model``), in place of a version serving now."""
+        worker, loaded, streams = self._start_worker(model, loaded)
+        specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
+        pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
+        inputs = InputsDecoder(specs, loaded.runner.io)
+        entry = Served(
+            model, worker, inputs, declared_format(loaded.config, specs), pre, _fingerprint(model)
+        )
+        old = self._swap_in(loaded.config.name, entry)
+        self._subscribe(loaded.config.name)
+        self._replay(self.held.finish(loaded.config.name))
+        if old is not None:
+            log.info(
+                "%s: version %s swapped in for %s", model_name(model), entry.version, old.version
+            )
+            self._retire_worker(old)
+        key = loaded.artifact.manifest.key
+        log.info(
+            "%s %s: loaded (%s, %s, max batch %d, %d instance(s))",
+            loaded.config.name,
+            loaded.config.version,
+            key.backend,
+            key.precision,
+            worker.plan.max_batch,
+            len(worker.instances),
+        )
+
+    def _start_worker(
+        self, model: ModelDir, loaded: LoadedModel
+    ) -> tuple[ModelWorker, LoadedModel, StreamPlan]:
+        """A started worker for ``loaded`` (reopened with its share of the cores where its batch
+        settings ask), the model it runs, and the model's stream plan."""
         settings = BatchSettings.of(loaded.config)
         streams = StreamPlan.of(loaded.config, loaded.io)
         if streams.stateful:  # a stream's requests run in order, on one runner
@@ -221,36 +252,19 @@ class Models:
             ),
         )
         worker.start()
-        specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
-        pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
-        inputs = InputsDecoder(specs, loaded.runner.io)
-        entry = Served(
-            model, worker, inputs, declared_format(loaded.config, specs), pre, _fingerprint(model)
-        )
+        return worker, loaded, streams
+
+    def _swap_in(self, name: str, entry: Served) -> Served | None:
+        """Serve ``entry`` as ``name``; the entry it replaces, if any, after running what that one
+        kept back from the last read."""
         with self.swap:
             with self.lock:
-                old = self.served.get(loaded.config.name)
-                self.served[loaded.config.name] = entry
-                self.failed.pop(loaded.config.name, None)
+                old = self.served.get(name)
+                self.served[name] = entry
+                self.failed.pop(name, None)
             if old is not None:
                 old.worker.flush()  # what it kept back from the last read runs on the old one
-        self._subscribe(loaded.config.name)
-        self._replay(self.held.finish(loaded.config.name))
-        if old is not None:
-            log.info(
-                "%s: version %s swapped in for %s", model_name(model), entry.version, old.version
-            )
-            self._retire_worker(old)
-        key = loaded.artifact.manifest.key
-        log.info(
-            "%s %s: loaded (%s, %s, max batch %d, %d instance(s))",
-            loaded.config.name,
-            loaded.config.version,
-            key.backend,
-            key.precision,
-            worker.plan.max_batch,
-            len(worker.instances),
-        )
+        return old
 
     def flush(self) -> None:
         """Run what each model's worker kept back from the last read (network thread)."""

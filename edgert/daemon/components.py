@@ -1,0 +1,192 @@
+"""The components (``cmps``) of a node's Home Assistant device discovery payload, as pure values.
+
+``discovery`` assembles them into the payload; each builder here gives one part's components by
+component id: the node's diagnostic sensors, a model's entities, a source's entities.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from edgert.topics import Topics
+
+if TYPE_CHECKING:  # annotation only: discovery imports this module
+    from edgert.daemon.discovery import ModelEntity, SourceEntity
+
+__all__ = ["NODE_ID", "model_components", "node_components", "source_components"]
+
+NODE_ID = "node"  # component-id stem of the node's own diagnostic sensors
+
+# Templates read the daemon's reply JSON (value_json). A template that renders nothing makes
+# Home Assistant ignore the message, so a reply without the expected key changes no state.
+# A top-k result is a list, best first: its first entry is the one entities show.
+_RESULT = (
+    "{% set r = value_json.result if value_json.ok else none %}"
+    "{% if r is not mapping and r is iterable and r is not string %}"
+    "{% set r = (r | first) if r else none %}{% endif %}"
+)
+
+
+def _event_template(model: ModelEntity) -> str:
+    if model.labels:
+        return (
+            _RESULT + "{% if r is mapping and 'label' in r %}"
+            '{{ {"event_type": r.label, "score": r.get("score"), '
+            '"version": value_json.version} | tojson }}{% endif %}'
+        )
+    return (
+        '{% if value_json.ok %}{{ {"event_type": "result", "result": value_json.result, '
+        '"version": value_json.version} | tojson }}{% endif %}'
+    )
+
+
+_LABEL_TEMPLATE = _RESULT + "{% if r is mapping and 'label' in r %}{{ r.label }}{% endif %}"
+_SCORE_TEMPLATE = (
+    _RESULT + "{% if r is mapping and 'label' in r %}"
+    '{{ {"score": r.get("score"), "version": value_json.version} | tojson }}{% endif %}'
+)
+_STATE_TEMPLATE = (
+    _RESULT + "{% if r is mapping and 'state' in r %}{{ 'ON' if r.state else 'OFF' }}{% endif %}"
+)
+_REQUESTS_TEMPLATE = "{{ value_json.models.values() | map(attribute='requests') | sum }}"
+_RATE_TEMPLATE = (
+    "{{ (value_json.models.values() | map(attribute='rate', default=0) | sum) | round(3) }}"
+)
+_ERRORS_TEMPLATE = (
+    "{% set n = namespace(errors=0) %}{% for m in value_json.models.values() %}"
+    "{% set n.errors = n.errors + (m.errors.values() | sum) %}{% endfor %}{{ n.errors }}"
+)
+
+
+def _latency_template(name: str) -> str:
+    # json.dumps gives an ASCII, backslash-escaped literal that Jinja reads as the same string.
+    # "None" (no model entry or no latency yet) makes the sensor unknown.
+    return (
+        f"{{% set m = value_json.models.get({json.dumps(name)}) %}}"
+        "{{ m.latency_ms.p50 if m and m.latency_ms and m.latency_ms.p50 is not none "
+        "else 'None' }}"
+    )
+
+
+def model_components(unique: str, topics: Topics, model: ModelEntity) -> dict[str, dict[str, Any]]:
+    stem = model.component_id
+    title = model.title or model.name
+    events = topics.events(model.name)
+    main: dict[str, Any] = {}
+    if model.device_class:
+        main["dev_cla"] = model.device_class
+    if model.icon:
+        main["ic"] = model.icon
+    event: dict[str, Any] = {
+        "p": "event",
+        "name": title if model.kind == "event" else f"{title} result",
+        "uniq_id": f"{unique}_{stem}_event",
+        "stat_t": events,
+        "event_types": list(model.labels) or ["result"],
+        "val_tpl": _event_template(model),
+    }
+    if model.kind == "event":
+        event.update(main)
+    cmps: dict[str, dict[str, Any]] = {f"{stem}_event": event}
+    if model.kind == "sensor":
+        sensor: dict[str, Any] = {
+            "p": "sensor",
+            "name": title,
+            "uniq_id": f"{unique}_{stem}_label",
+            "stat_t": events,
+            "val_tpl": _LABEL_TEMPLATE,
+            "json_attr_t": events,
+            "json_attr_tpl": _SCORE_TEMPLATE,
+        }
+        if model.labels and not model.device_class:
+            sensor.update({"dev_cla": "enum", "ops": list(model.labels)})
+        cmps[f"{stem}_label"] = sensor | main
+    elif model.kind == "binary_sensor":
+        cmps[f"{stem}_state"] = {
+            "p": "binary_sensor",
+            "name": title,
+            "uniq_id": f"{unique}_{stem}_state",
+            "stat_t": events,
+            "val_tpl": _STATE_TEMPLATE,
+            "pl_on": "ON",
+            "pl_off": "OFF",
+            "off_dly": model.off_delay,
+        } | main
+    cmps[f"{stem}_latency"] = {
+        "p": "sensor",
+        "name": f"{title} latency p50",
+        "uniq_id": f"{unique}_{stem}_latency",
+        "stat_t": topics.stats,
+        "val_tpl": _latency_template(model.name),
+        "unit_of_meas": "ms",
+        "dev_cla": "duration",
+        "stat_cla": "measurement",
+        "ent_cat": "diagnostic",
+    }
+    return cmps
+
+
+def source_components(
+    unique: str, topics: Topics, source: SourceEntity
+) -> dict[str, dict[str, Any]]:
+    stem, events = source.component_id, topics.events(source.name)
+    return {
+        f"{stem}_seen": {
+            "p": "event",
+            "name": f"{source.name}",
+            "uniq_id": f"{unique}_{stem}_seen",
+            "stat_t": events,
+            "event_types": list(source.event_types),
+            "val_tpl": (
+                '{{ {"event_type": value_json.event_type, "score": value_json.score, '
+                '"model": value_json.model} | tojson }}'
+            ),
+        },
+        f"{stem}_detected": {
+            "p": "binary_sensor",
+            "name": f"{source.name} detection",
+            "uniq_id": f"{unique}_{stem}_detected",
+            "stat_t": events,
+            "val_tpl": "ON",  # every source event means something was seen; off_dly ends it
+            "pl_on": "ON",
+            "off_dly": source.off_delay,
+        },
+    }
+
+
+def node_components(unique: str, topics: Topics) -> dict[str, dict[str, Any]]:
+    """The node's own diagnostic sensors, read from its stats topic."""
+    return {
+        f"{NODE_ID}_requests": {
+            "p": "sensor",
+            "name": "Requests",
+            "uniq_id": f"{unique}_{NODE_ID}_requests",
+            "stat_t": topics.stats,
+            "val_tpl": _REQUESTS_TEMPLATE,
+            "stat_cla": "total_increasing",
+            "ent_cat": "diagnostic",
+            "ic": "mdi:counter",
+        },
+        f"{NODE_ID}_rate": {
+            "p": "sensor",
+            "name": "Request rate",
+            "uniq_id": f"{unique}_{NODE_ID}_rate",
+            "stat_t": topics.stats,
+            "val_tpl": _RATE_TEMPLATE,
+            "unit_of_meas": "req/s",
+            "stat_cla": "measurement",
+            "ent_cat": "diagnostic",
+            "ic": "mdi:speedometer",
+        },
+        f"{NODE_ID}_errors": {
+            "p": "sensor",
+            "name": "Errors",
+            "uniq_id": f"{unique}_{NODE_ID}_errors",
+            "stat_t": topics.stats,
+            "val_tpl": _ERRORS_TEMPLATE,
+            "stat_cla": "total_increasing",
+            "ent_cat": "diagnostic",
+            "ic": "mdi:alert-circle-outline",
+        },
+    }
