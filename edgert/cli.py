@@ -15,20 +15,27 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from edgert import __version__
-from edgert.backends import status as backend_status
+from edgert.cliview import (
+    err,
+    findings_table,
+    io_table,
+    out,
+    show_artifact,
+    show_compiled,
+    show_model_artifacts,
+    show_models,
+    show_outputs,
+    show_source,
+)
 from edgert.config import ModelConfig
 from edgert.errors import EdgertError
 from edgert.repository import Artifact, ModelDir, Repository
 from edgert.runtime import open_model
-from edgert.spec import ModelIO
 from edgert.tensorfiles import read_inputs, read_tensors, write_outputs
 
 if TYPE_CHECKING:  # compile and the onnx package load in the commands that need them, not in serve
@@ -47,10 +54,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-# Wide when piped, so tables and paths are not cut for logs and scripts.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True)
-
 DEFAULT_REPOSITORY = Path("engines")
 RepositoryOpt = Annotated[
     Path,
@@ -156,40 +159,7 @@ def _compile_one(model: ModelDir, options: CompileOptions) -> None:
             bar.update(task, description=stage, completed=fraction)
 
         result = compile_model(model, options, progress)
-    manifest = result.artifact.manifest
-    state = "up to date" if result.cached else f"built in {manifest.build_seconds:.2f} s"
-    out.print(f"[bold]{manifest.model}[/] {state} ({result.seconds:.2f} s in all)", highlight=False)
-    out.print(f"  key       {manifest.key.dirname}  ({manifest.key.describe()})", highlight=False)
-    out.print(f"  artifact  {result.artifact.file}  {_size(result.artifact.size)}", highlight=False)
-    parity = manifest.parity
-    figures = ", ".join(
-        f"{name} max|Δ| {o['max_abs']:.3g}" for name, o in parity.get("outputs", {}).items()
-    )
-    out.print(
-        f"  parity    {'passed' if parity.get('passed') else 'FAILED'} on {parity.get('samples')} "
-        f"sample(s) ({parity.get('inputs')}): {figures}",
-        highlight=False,
-    )
-    for note in manifest.notes:
-        out.print(f"  note      {note}", highlight=False)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
-
-
-def _io_table(io: ModelIO, title: str) -> Table:
-    table = Table(title=title, title_justify="left", show_edge=False)
-    for column in ("", "name", "dtype", "shape"):
-        table.add_column(column)
-    for kind, specs in (("input", io.inputs), ("output", io.outputs)):
-        for spec in specs:
-            table.add_row(kind, escape(spec.name), spec.dtype.value, escape(spec.shape_text()))
-    return table
+    show_compiled(result)
 
 
 @app.command()
@@ -204,8 +174,8 @@ def inspect(
     with _errors():
         if (target / "manifest.json").is_file():
             artifact = Artifact.read(target)
-            _show_artifact(artifact)
-            out.print(_io_table(artifact.manifest.io, "IO"))
+            show_artifact(artifact)
+            out.print(io_table(artifact.manifest.io, "IO"))
             return
         if target.is_dir():
             model = ModelDir(target)
@@ -214,96 +184,16 @@ def inspect(
         else:
             model, config, path = None, ModelConfig(name=target.stem), target
         source = load_source(path)
-        io = io_specs(source, config, require_bounds=False)
-        out.print(f"[bold]{config.name}[/]  {path}  sha256 {source.sha256[:16]}", highlight=False)
-        opsets = ", ".join(f"{d} {v}" for d, v in source.opsets.items())
-        out.print(f"opset: {opsets}   IR version {source.model.ir_version}", highlight=False)
-        out.print(_io_table(io, "IO"))
-        dynamic = sorted({d for s in io.inputs for d in s.dynamic_dims})
-        for dim in dynamic:
-            bounds = io.dims.get(dim)
-            text = (
-                f"min {bounds.min} opt {bounds.opt} max {bounds.max}"
-                if bounds
-                else "[yellow]no bounds[/]: add to model.toml [dims]"
-            )
-            out.print(f"dynamic axis {escape(repr(dim))}: {text}", highlight=False)
-        ops = source.ops_used()
-        out.print("ops: " + escape(", ".join(f"{op}×{n}" for op, n in sorted(ops.items()))))
+        show_source(config, path, source, io_specs(source, config, require_bounds=False))
         if model is not None:
-            for found in model.artifacts():
-                if isinstance(found, EdgertError):
-                    out.print(f"[red]broken artifact[/]: {escape(found.message)}", highlight=False)
-                else:
-                    _show_artifact(found)
-
-
-def _show_artifact(artifact: Artifact) -> None:
-    m = artifact.manifest
-    passed = "passed" if m.parity.get("passed") else "FAILED"
-    out.print(
-        f"artifact {artifact.path.name}: {m.key.describe()}, {_size(artifact.size)}, built "
-        f"{m.built_at}, parity {passed}",
-        highlight=False,
-    )
+            show_model_artifacts(model)
 
 
 @app.command("list")
 def list_models(repository: RepositoryOpt = DEFAULT_REPOSITORY) -> None:
     """List the repository's models and their artifacts, and which backends this machine has."""
     with _errors():
-        table = Table(show_edge=False)
-        for column in (
-            "model",
-            "version",
-            "source",
-            "artifact",
-            "backend",
-            "precision",
-            "size",
-            "parity",
-        ):
-            table.add_column(column)
-        fallbacks: list[tuple[str, Artifact]] = []  # artifacts auto built for a fallback backend
-        for model in Repository(repository).models():
-            try:
-                config = model.config
-            except EdgertError as exc:
-                table.add_row(model.path.name, "", "", f"[red]{escape(exc.message)}[/]")
-                continue
-            source = "yes" if model.source_path.is_file() else "[yellow]missing[/]"
-            artifacts = model.artifacts()
-            if not artifacts:
-                table.add_row(config.name, config.version, source, "[yellow]not compiled[/]")
-            for found in artifacts:
-                if isinstance(found, EdgertError):
-                    table.add_row(
-                        config.name, config.version, source, f"[red]{escape(found.message)}[/]"
-                    )
-                    continue
-                key = found.manifest.key
-                if found.manifest.fallback:
-                    fallbacks.append((config.name, found))
-                table.add_row(
-                    config.name,
-                    found.manifest.version,
-                    source,
-                    found.path.name,
-                    f"{key.backend} {key.backend_version}",
-                    key.precision,
-                    _size(found.size),
-                    "passed" if found.manifest.parity.get("passed") else "FAILED",
-                )
-        out.print(table)
-        for name, artifact in fallbacks:
-            out.print(
-                f"{name} {artifact.path.name}: built for {artifact.manifest.key.backend} "
-                f"because {artifact.manifest.fallback}",
-                highlight=False,
-            )
-        for entry in backend_status():
-            state = "available" if entry.available else f"unavailable: {entry.reason}"
-            out.print(f"backend {entry.name}: {state}", highlight=False)
+        show_models(Repository(repository).models())
 
 
 @app.command()
@@ -345,13 +235,7 @@ def run(
             f"in {loaded.runner.last_infer_seconds * 1000:.2f} ms",
             highlight=False,
         )
-        np.set_printoptions(precision=5, suppress=True, threshold=64)
-        for name, value in outputs.items():
-            out.print(
-                f"[bold]{escape(name)}[/] {value.dtype.name}{escape(str(list(value.shape)))}",
-                highlight=False,
-            )
-            out.print(escape(np.array2string(value)), highlight=False)
+        show_outputs(outputs)
         if output is not None:
             err.print(f"wrote {output}")
 
@@ -434,16 +318,7 @@ def doctor(
     with _errors():
         target = parse_broker_url(broker) if broker else None
         findings = run_checks(target)
-    table = Table(show_edge=False)
-    for column in ("", "check", "value"):
-        table.add_column(column)
-    marks = {True: "[green]ok[/]", False: "[red]PROBLEM[/]", None: ""}
-    for finding in findings:
-        value = escape(finding.value)
-        if finding.hint:
-            value += f"\n[yellow]{escape(finding.hint)}[/]"
-        table.add_row(marks[finding.ok], f"{finding.section}: {finding.item}", value)
-    out.print(table)
+    out.print(findings_table(findings))
     problems = [f for f in findings if f.ok is False]
     if problems:
         err.print(f"{len(problems)} problem(s) found")

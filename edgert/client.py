@@ -11,7 +11,6 @@ node to list a model as ``ready``.
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -23,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from edgert.clientwire import decode_tensor, request_payload
+from edgert.clientwire import encode_tensor as encode_tensor
 from edgert.errors import EdgertError, NotReady
 from edgert.mqtt import Message, MqttConnection
 from edgert.settings import BrokerConfig, parse_broker_url
@@ -51,26 +52,6 @@ class Reply:
     result: Any = None
     latency_ms: Mapping[str, float] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)
-
-
-def encode_tensor(array: np.ndarray) -> dict[str, Any]:
-    """The protocol's exact binary form of a tensor inside JSON: dtype, shape, base64 bytes."""
-    contiguous = np.ascontiguousarray(array)
-    return {
-        "dtype": contiguous.dtype.name,
-        "shape": list(contiguous.shape),
-        "b64": base64.b64encode(contiguous.tobytes()).decode(),
-    }
-
-
-def decode_tensor(obj: Mapping[str, Any]) -> np.ndarray:
-    """A ``{"dtype", "shape", "b64"}`` tensor (little-endian, C order) as a native array."""
-    try:
-        wire = DType(obj["dtype"]).numpy.newbyteorder("<")
-        flat = np.frombuffer(base64.b64decode(obj["b64"], validate=True), dtype=wire)
-        return flat.reshape(tuple(obj["shape"])).astype(wire.newbyteorder("="))
-    except (KeyError, TypeError, ValueError) as exc:  # binascii.Error is a ValueError
-        raise EdgertError(f"unreadable base64 tensor in a reply: {exc}") from exc
 
 
 class Client:
@@ -245,32 +226,24 @@ class Client:
         a re-sent request is answered once, so the state advances once); ``reset`` starts it over.
         """
         request_id = request_id or uuid.uuid4().hex
-        if isinstance(inputs, np.ndarray):
-            # A one-input model takes "inputs": <list>; float32 survives the JSON round trip.
-            encoded: Any = inputs.tolist()
-        else:
-            encoded = {
-                name: encode_tensor(value) if isinstance(value, np.ndarray) else value
-                for name, value in inputs.items()
-            }
-        body: dict[str, Any] = {"id": request_id, "inputs": encoded}
-        if deadline_ms is not None:
-            body["deadline_ms"] = deadline_ms
-        if compact:
-            body["compact"] = True
-        if stream is not None:
-            body["stream"] = stream
-        if reset:
-            body["reset"] = True
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = request_payload(
+            request_id, inputs, deadline_ms=deadline_ms, compact=compact, stream=stream, reset=reset
+        )
+        interval = resend_after or max(timeout / 3, 0.1)
+        answer = self._send_until_answered(model, payload, request_id.encode(), timeout, interval)
+        return _parse_reply(answer, partial(self._declared_dtypes, model))
+
+    def _send_until_answered(
+        self, model: str, payload: bytes, correlation: bytes, timeout: float, interval: float
+    ) -> bytes:
+        """Publish the request, and again every ``interval`` seconds or after a reconnect, until
+        its reply arrives (returned) or ``timeout`` passes (EdgertError)."""
         base = f"{self.prefix}/node/{self.node}" if self.node else self.prefix
         topic = f"{base}/infer/{model}/{self._key}"  # keyed: what the device ACL allows
         reply_topic = f"{self.prefix}/reply/{self._key}/{model}"
-        correlation = request_id.encode()
         box: list[bytes] = []
         with self._lock:
             self._pending[correlation] = box
-        interval = resend_after or max(timeout / 3, 0.1)
         end = time.monotonic() + timeout
         try:
             while True:
@@ -294,7 +267,7 @@ class Client:
         finally:
             with self._lock:
                 self._pending.pop(correlation, None)
-        return _parse_reply(box[0], partial(self._declared_dtypes, model))
+        return box[0]
 
     def _on_message(self, message: Message) -> bool:
         node_root = f"{self.prefix}/node/"

@@ -9,21 +9,30 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgert import __version__
-from edgert.backends import BackendKind, BuildRequest, ProgressFn, choose, status, validate_feeds
+from edgert.backends import (
+    BackendKind,
+    BuildRequest,
+    BuildResult,
+    ProgressFn,
+    choose,
+    status,
+    validate_feeds,
+)
 from edgert.backends.onnxrt import KIND as ONNXRUNTIME
 from edgert.backends.onnxrt import reference_session
 from edgert.config import ModelConfig, Precision
 from edgert.errors import ConfigError, InputError, ModelCheckError
 from edgert.onnx import ModelIO, OnnxSource, io_specs, load_source, with_io_dims
 from edgert.onnx.capability import fit_opset, unsupported
-from edgert.parity import ParityReport, compare, sample_inputs
+from edgert.parity import Feeds, ParityReport, compare, sample_inputs
 from edgert.repository import (
     Artifact,
     ArtifactKey,
@@ -154,36 +163,72 @@ def compile_model(
     io = io_specs(checked, config)
     source = replace(checked, model=with_io_dims(checked.model, io))
     choice = _choose(options.backend, checked, source)
-    kind = choice.kind
-    key = machine_key(kind, source, io, precision, config)
+    key = machine_key(choice.kind, source, io, precision, config)
     existing = model.find(key)
     if existing is not None and not options.force and existing.manifest.parity.get("passed"):
         progress("up to date", 1.0)
         return CompileResult(existing, True, time.perf_counter() - start)
 
-    samples, samples_from = sample_inputs(model.path, io, config)
+    _build(_Plan(model, config, precision, io, source, choice, key), progress)
+    artifact = Artifact.read(model.build_dir / key.dirname)
+    progress("done", 1.0)
+    return CompileResult(artifact, False, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One build that the cache lookup found missing: what to build, with what, under which key."""
+
+    model: ModelDir
+    config: ModelConfig
+    precision: Precision
+    io: ModelIO
+    source: OnnxSource  # with the IO's dims: the parity reference runs it
+    choice: _Choice
+    key: ArtifactKey
+
+
+def _checked_samples(plan: _Plan) -> tuple[list[Feeds], str]:
+    """The parity samples and where they came from; ConfigError if one does not fit the model."""
+    samples, samples_from = sample_inputs(plan.model.path, plan.io, plan.config)
     for feeds in samples:
         try:
-            validate_feeds(io, feeds)
+            validate_feeds(plan.io, feeds)
         except InputError as exc:
-            raise ConfigError(f"{model.path}: a sample does not fit the model: {exc}") from exc
+            raise ConfigError(f"{plan.model.path}: a sample does not fit the model: {exc}") from exc
+    return samples, samples_from
+
+
+def _reference_runner(
+    source: OnnxSource, io: ModelIO
+) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """The FP32 ONNX Runtime reference, as a function from feeds to named outputs."""
     reference = reference_session(_reference_source(source))
     output_names = [o.name for o in io.outputs]
 
     def run_reference(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(output_names, reference.run(output_names, dict(feeds)), strict=True))
 
+    return run_reference
+
+
+def _build(plan: _Plan, progress: ProgressFn) -> None:
+    """Build into a staging dir, verify parity, write the manifest and move it into place."""
+    samples, samples_from = _checked_samples(plan)
+    run_reference = _reference_runner(plan.source, plan.io)
+    kind, model, io = plan.choice.kind, plan.model, plan.io
+
     def stage_progress(stage: str, fraction: float) -> None:
         progress(stage, 0.05 + 0.75 * fraction)
 
-    with model.staging(key) as stage:
+    with model.staging(plan.key) as stage:
         build_start = time.perf_counter()
-        progress(f"building with {kind.name} {kind.version()} ({precision})", 0.05)
+        progress(f"building with {kind.name} {kind.version()} ({plan.precision})", 0.05)
         request = BuildRequest(
-            choice.source,
+            plan.choice.source,
             io,
-            config,
-            precision,
+            plan.config,
+            plan.precision,
             stage,
             stage_progress,
             model.path.parent / ".cache",
@@ -194,28 +239,35 @@ def compile_model(
         progress(f"verifying against the FP32 reference ({samples_from})", 0.8)
         with kind.load(stage / built.artifact, io) as runner:
             report: ParityReport = compare(
-                runner.infer, run_reference, samples, config.tolerance_for(precision), samples_from
+                runner.infer,
+                run_reference,
+                samples,
+                plan.config.tolerance_for(plan.precision),
+                samples_from,
             )
         report.raise_if_failed()
 
         progress("writing", 0.95)
-        files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
-        manifest = Manifest(
-            model=config.name,
-            version=config.version,
-            key=key,
-            artifact=built.artifact,
-            files=describe_files(stage, files),
-            io=io,
-            built_at=utc_now(),
-            build_seconds=round(build_seconds, 3),
-            parity=report.to_dict(),
-            notes=(*choice.notes, *built.notes),
-            fallback=choice.fallback,
-            edgert_version=__version__,
-            source_files=_source_files(model, source),
-        )
-        model.write_manifest(stage, manifest)
-    artifact = Artifact.read(model.build_dir / key.dirname)
-    progress("done", 1.0)
-    return CompileResult(artifact, False, time.perf_counter() - start)
+        model.write_manifest(stage, _manifest(plan, stage, built, build_seconds, report))
+
+
+def _manifest(
+    plan: _Plan, stage: Path, built: BuildResult, build_seconds: float, report: ParityReport
+) -> Manifest:
+    """The manifest of the artifact built into ``stage``, listing every file there."""
+    files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
+    return Manifest(
+        model=plan.config.name,
+        version=plan.config.version,
+        key=plan.key,
+        artifact=built.artifact,
+        files=describe_files(stage, files),
+        io=plan.io,
+        built_at=utc_now(),
+        build_seconds=round(build_seconds, 3),
+        parity=report.to_dict(),
+        notes=(*plan.choice.notes, *built.notes),
+        fallback=plan.choice.fallback,
+        edgert_version=__version__,
+        source_files=_source_files(plan.model, plan.source),
+    )
