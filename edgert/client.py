@@ -25,9 +25,9 @@ import numpy as np
 from edgert.clientwire import decode_tensor, request_payload
 from edgert.clientwire import encode_tensor as encode_tensor
 from edgert.errors import EdgertError, NotReady
-from edgert.mqtt import Message, MqttConnection
 from edgert.settings import BrokerConfig, parse_broker_url
 from edgert.spec import DType
+from edgert.transport import Message, MqttTransport
 
 __all__ = ["Client", "RemoteError", "Reply"]
 
@@ -93,7 +93,7 @@ class Client:
         # name, and its status ("online", "offline").
         self._catalogues: dict[str, dict[str, Mapping[str, Any]]] = {}
         self._status: dict[str, str] = {}
-        self._connection = MqttConnection(
+        self._connection = MqttTransport(
             config, on_message=self._on_message, on_connect=self._on_connect
         )
         self._connection.subscribe(f"{prefix}/reply/{self._key}/#", qos=1)

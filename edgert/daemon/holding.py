@@ -16,8 +16,8 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from edgert.mqtt import Message
 from edgert.protocol import Envelope
+from edgert.transport import Message
 
 __all__ = ["Held", "HeldRequests", "Holding"]
 

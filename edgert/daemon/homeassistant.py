@@ -16,8 +16,8 @@ from edgert.daemon.discovery import (
     device_discovery,
 )
 from edgert.errors import EdgertError
-from edgert.mqtt import MqttConnection
 from edgert.topics import Topics
+from edgert.transport import MqttTransport
 
 __all__ = ["HA_STATUS", "HomeAssistant"]
 
@@ -31,7 +31,7 @@ class HomeAssistant:
     """Publishes one node's discovery config; ``entities`` says what is served now."""
 
     def __init__(
-        self, node: str, topics: Topics, connection: MqttConnection, entities: Entities
+        self, node: str, topics: Topics, connection: MqttTransport, entities: Entities
     ) -> None:
         self.node, self.topics, self.connection = node, topics, connection
         self._entities = entities

@@ -8,7 +8,6 @@ import numpy as np
 
 from edgert.codec import InputsDecoder
 from edgert.config import ModelConfig
-from edgert.mqtt import Message
 from edgert.pipeline import Preprocess, Transform
 from edgert.protocol import (
     ErrorCode,
@@ -22,6 +21,7 @@ from edgert.protocol import (
     tensor_request,
 )
 from edgert.spec import ModelIO, TensorSpec
+from edgert.transport import Message
 
 __all__ = ["declared_format", "decode_request", "request_specs"]
 

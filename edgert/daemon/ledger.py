@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from edgert.mqtt import Message
+from edgert.transport import Message
 
 __all__ = ["Begin", "RequestLedger", "Waiter"]
 

@@ -24,13 +24,13 @@ from edgert.daemon.stats import ModelStats
 from edgert.daemon.streams import StreamPlan, StreamStates
 from edgert.daemon.worker import ModelWorker, PublishFn
 from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
-from edgert.mqtt import Message, MqttConnection
 from edgert.pipeline import Postprocess, Preprocess, Transform
 from edgert.protocol import Request, Topics
 from edgert.repository import MANIFEST, ModelDir
 from edgert.runtime import LoadedModel, open_model
 from edgert.settings import DaemonConfig
 from edgert.spec import TensorSpec
+from edgert.transport import Message, MqttTransport
 
 __all__ = ["Models", "Served", "model_name"]
 
@@ -83,7 +83,7 @@ class Models:
         self,
         config: DaemonConfig,
         ledger: RequestLedger,
-        connection: MqttConnection,
+        connection: MqttTransport,
         topics: Topics,
         stopping: threading.Event,
         *,

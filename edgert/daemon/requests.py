@@ -17,7 +17,6 @@ from edgert.daemon.limits import RateLimiter
 from edgert.daemon.models import Models, Served
 from edgert.daemon.pool import Pool
 from edgert.daemon.worker import Job
-from edgert.mqtt import Message, MqttConnection
 from edgert.pipeline import Transform
 from edgert.protocol import (
     MAX_ID_CHARS,
@@ -32,6 +31,7 @@ from edgert.protocol import (
     peek_envelope,
 )
 from edgert.settings import DaemonConfig
+from edgert.transport import Message, MqttTransport
 
 __all__ = ["UNSERVED", "Requests"]
 
@@ -58,7 +58,7 @@ class Requests:
         config: DaemonConfig,
         topics: Topics,
         ledger: RequestLedger,
-        connection: MqttConnection,
+        connection: MqttTransport,
         models: Models,
         stopping: threading.Event,
         pool: Pool | None = None,

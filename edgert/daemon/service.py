@@ -31,7 +31,6 @@ from edgert.daemon.pool import Pool
 from edgert.daemon.requests import UNSERVED, Requests
 from edgert.daemon.sources import Sources
 from edgert.errors import ArtifactError, ConfigError, EdgertError, IncompatibleArtifact
-from edgert.mqtt import AFTER_REPLY, Message, MqttConnection
 from edgert.protocol import (
     Topics,
     catalogue,
@@ -41,6 +40,7 @@ from edgert.protocol import (
 from edgert.repository import ModelDir, Repository
 from edgert.runtime import open_model
 from edgert.settings import DaemonConfig
+from edgert.transport import AFTER_REPLY, Message, MqttTransport
 
 __all__ = ["Service"]
 
@@ -74,7 +74,7 @@ class Service:
             from dataclasses import replace
 
             broker = replace(broker, client_id=f"edgert-{self.node}")
-        self.connection = MqttConnection(
+        self.connection = MqttTransport(
             broker,
             will=(self.topics.status, b"offline"),
             on_message=self._on_message,

@@ -36,8 +36,8 @@ from paho.mqtt.properties import Properties
 
 from edgert.client import Client
 from edgert.errors import EdgertError
-from edgert.mqtt import Message
 from edgert.settings import BrokerConfig, parse_broker_url
+from edgert.transport import Message
 from tests.broker import Mosquitto
 from tests.daemon.conftest import Daemon, wait_retained
 

@@ -7,8 +7,8 @@ import time
 
 from edgert.daemon.holding import HeldRequests, Holding
 from edgert.daemon.pool import Pool
-from edgert.mqtt import Message
 from edgert.protocol import Envelope, Topics
+from edgert.transport import Message
 
 
 def _message(n: int = 0) -> Message:

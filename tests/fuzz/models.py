@@ -16,11 +16,11 @@ from edgert import ModelDir, compile_model, open_model
 from edgert.codec import InputsDecoder
 from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.streams import StreamPlan
-from edgert.mqtt import Message
 from edgert.pipeline import Preprocess, Transform
 from edgert.protocol import Request
 from edgert.settings import DaemonConfig
 from edgert.spec import ModelIO, TensorSpec
+from edgert.transport import Message
 from tests.corpus import int64_io, make_model, multi_io, tensor, write
 
 __all__ = ["MAX_ELEMENTS", "REPO", "Target", "audio_model", "build_repository", "bytesum_model"]

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from edgert.mqtt import Message
 from edgert.spec import DimRange, DType, TensorSpec
+from edgert.transport import Message
 from tests.fuzz.models import Target
 from tests.fuzz.payloads import (
     bitflip,
