@@ -143,7 +143,7 @@ class _State:
 
 class StreamStates:
     """The state of every live stream of one model. Thread-safe; a stream's requests must still
-    run one at a time, in order (the model's worker does that)."""
+    run one at a time, in order (the scheduler puts one per stream in a run)."""
 
     def __init__(
         self, plan: StreamPlan, io: ModelIO, ttl: float | None = None, cap: int | None = None
