@@ -7,10 +7,9 @@ publishing replies under load cost one wake-up per burst, not one per reply. Han
 (``on_message``, ``on_connect``, ``after_read``, ``on_refused``) run on the loop and must be
 quick.
 
-gmqtt reconnects one client with a fixed delay; this transport makes a new client for each
-connection instead, with a capped exponential backoff, and keeps what must survive reconnects
-itself: subscriptions, retained topics to re-publish, and the publishes not yet acknowledged
-(:class:`~edgert.transport.outbox.Outbox`).
+Each connection is a new gmqtt client (:mod:`edgert.transport.dialer`: capped backoff), so this
+keeps what must survive reconnects itself: subscriptions, retained topics to re-publish, and the
+publishes not yet acknowledged (:class:`~edgert.transport.outbox.Outbox`).
 """
 
 from __future__ import annotations
@@ -19,18 +18,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import gmqtt
-from gmqtt.storage import PersistentStorage
 
 from edgert.acks import PendingAcks
 from edgert.errors import ConfigError
 from edgert.settings import BrokerConfig
 from edgert.tls import tls_context
+from edgert.transport.dialer import Dialer, Storage
 from edgert.transport.loop import EventLoopThread
 from edgert.transport.message import (
     Message,
@@ -47,37 +45,11 @@ __all__ = ["AFTER_REPLY", "MqttTransport"]
 # edgert.acks); True takes a message and acknowledges it now, False leaves it unacknowledged.
 AFTER_REPLY = 2
 
-# gmqtt's own reconnect is turned off (see the module docstring). It makes up to
-# ``reconnect_retries`` + 1 attempts after a loss (-1: no end), so this is none.
-_NO_RECONNECTS = -2
-
-# CONNACK refusals that retrying cannot fix (bad credentials, not authorised, banned), by
-# gmqtt's words for them (it exposes the reason's text, not its code).
-_CREDENTIALS = ("password", "authori", "authentication", "banned")
-
 log = logging.getLogger("edgert.mqtt")
 # gmqtt logs every connect, loss, refusal and write to a closed socket itself, at up to ERROR;
 # the transport says what matters once, in its own words. gmqtt's CRITICAL (a packet it cannot
 # parse, skipped) still shows.
 logging.getLogger("gmqtt").setLevel(logging.CRITICAL)
-
-
-class _Storage(PersistentStorage):  # type: ignore[misc]
-    """gmqtt's store of QoS 1 publishes in flight (a constructor parameter of its client), told
-    when the broker acknowledges one: gmqtt has no callback of its own for that."""
-
-    def __init__(self, on_acknowledged: Callable[[int], None]) -> None:
-        super().__init__()
-        self.last_mid: int | None = None
-        self._on_acknowledged = on_acknowledged
-
-    def push_message(self, mid: int, raw_package: bytes) -> None:
-        super().push_message(mid, raw_package)
-        self.last_mid = mid
-
-    def remove_message_by_mid(self, mid: int) -> None:
-        super().remove_message_by_mid(mid)
-        self._on_acknowledged(mid)
 
 
 class MqttTransport:
@@ -99,15 +71,15 @@ class MqttTransport:
         if config.password is not None and config.username is None:
             raise ConfigError("a broker password is set but no username: set [broker] username")
         self.config = config
-        self._will = will
         self._on_message = on_message
         self._on_connect = on_connect
         self._after_read = after_read
         self._on_refused = on_refused
-        self._ssl: ssl.SSLContext | None = tls_context(config) if config.tls else None
+        tls = tls_context(config) if config.tls else None
+        self._dialer = Dialer(config, tls, will, self._bind, self._published)
         self._loop = EventLoopThread("mqtt")
         self._client: gmqtt.Client | None = None  # while connected
-        self._storage: _Storage | None = None
+        self._storage: Storage | None = None
         self._subscriptions: dict[str, gmqtt.Subscription] = {}
         self._subacks: dict[int, str] = {}  # SUBSCRIBE packet id -> topic
         self._retained: dict[str, tuple[bytes, int]] = {}
@@ -116,15 +88,17 @@ class MqttTransport:
         self._ack_waits: dict[int, asyncio.Future[int]] = {}  # request mid -> its PUBACK's go
         self._mids = itertools.count(1)
         self._burst = False
-        self._stop: asyncio.Event | None = None
         self.connected = threading.Event()
         self.connects = 0
         # The broker's Maximum Packet Size (MQTT 5 CONNACK); None when it states none.
         self.max_packet_size: int | None = None
         # Why the last connection attempt failed; ``refused`` is set when retrying cannot help:
         # the broker refused the credentials, or its certificate is not trusted.
-        self.last_error: str | None = None
-        self.refused = threading.Event()
+        self.refused = self._dialer.refused
+
+    @property
+    def last_error(self) -> str | None:
+        return self._dialer.last_error
 
     @property
     def is_v5(self) -> bool:
@@ -144,7 +118,7 @@ class MqttTransport:
     def start(self) -> None:
         """Start the loop and connect in the background, retrying with capped backoff."""
         self._loop.start()
-        self._loop.spawn(self._supervise())
+        self._loop.spawn(self._dialer.run(lambda client: self._client is client))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Send what is queued, disconnect cleanly (no Last Will), and stop the loop."""
@@ -153,8 +127,7 @@ class MqttTransport:
         self._loop.stop(timeout)
 
     async def _shutdown(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
+        self._dialer.stop()
         client = self._client
         self._client = None
         self.connected.clear()
@@ -163,98 +136,17 @@ class MqttTransport:
                 await asyncio.wait_for(client.disconnect(), 2.0)
         self._release_acks()
 
-    async def _supervise(self) -> None:
-        self._stop = stop = asyncio.Event()
-        delay = self.config.reconnect_min
-        while not stop.is_set():
-            lost = asyncio.Event()
-            client = self._new_client(lost)
-            if await self._connect(client, lost):
-                delay = self.config.reconnect_min
-                await _first(lost.wait(), stop.wait())
-            if stop.is_set():
-                return
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, self.config.reconnect_max)
-
-    def _new_client(self, lost: asyncio.Event) -> gmqtt.Client:
-        config = self.config
-        kwargs: dict[str, Any] = {}
-        if self.is_v5:
-            kwargs["session_expiry_interval"] = config.session_expiry
-            # The broker sends at most this many QoS 1 requests not yet acknowledged (taken).
-            kwargs["receive_maximum"] = config.receive_maximum
-        will = None
-        if self._will is not None:
-            will = gmqtt.Message(self._will[0], self._will[1], qos=1, retain=True)
-        self._storage = storage = _Storage(self._published)
-        client = gmqtt.Client(
-            config.client_id or None,
-            clean_session=False,  # the broker keeps the session: QoS 1 requests wait for us
-            optimistic_acknowledgement=False,  # acknowledged once taken: see _handle
-            will_message=will,
-            persistent_storage=storage,
-            **kwargs,
-        )
-        client.reconnect_retries = _NO_RECONNECTS
-        if config.username is not None:
-            client.set_auth_credentials(config.username, config.password)
+    def _bind(self, client: gmqtt.Client, storage: Storage, lost: asyncio.Event) -> None:
+        self._storage = storage
         client.on_connect = self._handle_connect
         client.on_message = self._handle
         client.on_subscribe = self._handle_suback
         client.on_disconnect = lambda c, packet, exc=None: self._handle_disconnect(c, lost)
-        return client
-
-    async def _connect(self, client: gmqtt.Client, lost: asyncio.Event) -> bool:
-        """One attempt: True once the broker accepted it."""
-        version = gmqtt.constants.MQTTv50 if self.is_v5 else gmqtt.constants.MQTTv311
-        connect = client.connect(
-            self.config.host,
-            self.config.port,
-            ssl=self._ssl or False,
-            keepalive=self.config.keepalive,
-            version=version,
-        )
-        try:
-            first = await asyncio.wait_for(
-                _first(connect, lost.wait()), max(10.0, float(self.config.keepalive))
-            )
-        except gmqtt.MQTTConnectError as exc:
-            reason = str(exc.message).removeprefix("Connection Refused: ")
-            self.last_error = f"the broker at {self.address} refused the connection: {reason}"
-            if any(w in exc.message.lower() for w in _CREDENTIALS):
-                self.refused.set()  # no retry can fix what the broker refused
-            log.error("%s", self.last_error)
-            return False
-        except asyncio.TimeoutError:
-            self.last_error = (
-                f"the broker at {self.address} did not accept the connection in time "
-                "(TLS or plain on the wrong port, or a broker without MQTT 5?)"
-            )
-        except (OSError, EOFError, ValueError) as exc:
-            reason = str(exc) or type(exc).__name__
-            self.last_error = f"cannot connect to the broker at {self.address}: {reason}"
-            if isinstance(exc, ssl.SSLCertVerificationError):
-                self.refused.set()
-        else:
-            if first == 0 and self._client is client:
-                return True
-            self.last_error = (
-                f"the broker at {self.address} closed the connection before accepting it; "
-                "TLS or plain on the wrong port?"
-            )
-        log.warning("%s", self.last_error)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.disconnect(), 1.0)
-        return False
 
     def _handle_connect(self, client: gmqtt.Client, flags: int, rc: int, props: Any) -> None:
         """CONNACK accepted: subscribe, re-publish what is retained, send what waited."""
         self._client = client
         self.connects += 1
-        self.last_error = None
-        self.refused.clear()
         size = (props or {}).get("maximum_packet_size")
         self.max_packet_size = size[0] if size else None
         self._subacks.clear()
@@ -473,17 +365,3 @@ class MqttTransport:
         """Acknowledge the requests taken AFTER_REPLY that have waited long enough for their
         reply (``everything``: all of them, before a clean disconnect)."""
         self._loop.call(self._acks.overdue, float("inf") if everything else None)
-
-
-async def _first(*waits: Any) -> int:
-    """Wait for the first of ``waits`` (coroutines) to finish, cancel the others, and return
-    its index (its exception, if it raised one)."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-    first = next(i for i, task in enumerate(tasks) if task in done)
-    tasks[first].result()
-    return first
