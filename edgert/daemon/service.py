@@ -66,9 +66,6 @@ class Service:
         self._stopping = threading.Event()
         self._reload = threading.Event()
         self._stats_thread: threading.Thread | None = None
-        self._sources = Sources(
-            config.sources, self.topics.events, self.infer_local, self._event, config.max_payload
-        )
         broker = config.broker
         if not broker.client_id:
             from dataclasses import replace
@@ -80,6 +77,15 @@ class Service:
             on_message=self._on_message,
             after_read=self._flush,
             on_refused=self._refused,
+        )
+        # The sources' HTTP pulls run on the transport's event loop, beside MQTT.
+        self._sources = Sources(
+            config.sources,
+            self.topics.events,
+            self.infer_local,
+            self._event,
+            config.max_payload,
+            loop=self.connection.loop,
         )
         self.models = Models(
             config,

@@ -3,25 +3,28 @@ from, on an interval or when a trigger topic fires, and feeds to a served model.
 pass the source's label filter, minimum score and debounce become events on
 ``<prefix>/node/<node>/events/<source>``.
 
-One thread per source. The HTTP pull and the wait for the model's result happen on it, never on
-the network thread: a trigger only wakes the source's thread.
+Each source is a task on the event loop that owns the daemon's network I/O (the transport's):
+the HTTP pull is that loop's (aiohttp), and the wait for the model's result happens on a worker
+thread, so a slow camera or model never holds up MQTT.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import contextlib
 import json
 import logging
+import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+
+import aiohttp
 
 from edgert.settings import SourceConfig, redact_url
 from edgert.topics import topic_matches
+from edgert.transport import EventLoopThread
 
 __all__ = ["Infer", "Publish", "Source", "Sources", "announcements"]
 
@@ -62,7 +65,7 @@ def announcements(
 
 
 class Source:
-    """One source's thread: pull, infer, announce; until :meth:`stop`."""
+    """One source's task on ``loop``: pull, infer, announce; until :meth:`stop`."""
 
     def __init__(
         self,
@@ -70,6 +73,7 @@ class Source:
         topic: str,
         infer: Infer,
         publish: Publish,
+        loop: EventLoopThread,
         max_bytes: int = 1 << 20,
     ) -> None:
         self.config = config
@@ -77,86 +81,92 @@ class Source:
         self.topic = topic
         self._infer = infer
         self._publish = publish
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
+        self._loop = loop
+        self._wake: asyncio.Event | None = None  # the loop's; made there
+        self._stopping = False
+        self._done = threading.Event()
         self._announced: dict[str, float] = {}  # label -> monotonic time of its last event
         self._failing_since_log = 0  # failures not yet logged
         self._last_log = float("-inf")
         self.pulls = 0
         self.failures = 0
         self.events = 0
-        self._thread = threading.Thread(target=self._run, name=f"source-{config.name}", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.spawn(self._run())
 
     def trigger(self) -> None:
-        """Pull once, now (called on the network thread: only wakes the source's thread)."""
-        self._wake.set()
+        """Pull once, now (called on the loop's thread: only wakes the source's task)."""
+        self._loop.call(self._set_wake)
 
     def stop(self) -> None:
         """No pulls after this; a pull in progress ends at its HTTP timeout at worst."""
-        self._stopping.set()
-        self._wake.set()
+        self._stopping = True
+        self._loop.call(self._set_wake)
+
+    def _set_wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     def join(self, timeout: float) -> None:
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        self._done.wait(timeout)
 
     def snapshot(self) -> dict[str, Any]:
         return {"pulls": self.pulls, "failures": self.failures, "events": self.events}
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
+        self._wake = wake = asyncio.Event()
         interval = self.config.interval
         next_at: float | None = time.monotonic() if interval > 0 else None
-        while True:
-            wait = None if next_at is None else max(0.0, next_at - time.monotonic())
-            self._wake.wait(wait)
-            if self._stopping.is_set():
-                return
-            self._wake.clear()
-            try:
-                self.pull_once()
-            except Exception:  # a bug must not end the source silently
-                log.exception("source %s: pull failed", self.config.name)
-            if interval > 0:
-                next_at = time.monotonic() + interval
-
-    def pull_once(self) -> None:
-        """Fetch the snapshot, run the model on it, announce what passes."""
-        self.pulls += 1
         try:
-            image, content_type = self._fetch()
-            if self._stopping.is_set():
+            async with aiohttp.ClientSession() as session:
+                while not self._stopping:
+                    wait = None if next_at is None else max(0.0, next_at - time.monotonic())
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(wake.wait(), wait)
+                    if self._stopping:
+                        return
+                    wake.clear()
+                    try:
+                        await self.pull_once(session)
+                    except Exception:  # a bug must not end the source silently
+                        log.exception("source %s: pull failed", self.config.name)
+                    if interval > 0:
+                        next_at = time.monotonic() + interval
+        finally:
+            self._done.set()
+
+    async def pull_once(self, session: aiohttp.ClientSession) -> None:
+        """Fetch the snapshot, run the model on it (off the loop), announce what passes."""
+        self.pulls += 1
+        config = self.config
+        try:
+            image, content_type = await self._fetch(session)
+            if self._stopping:
                 return
-            reply = self._infer(self.config.model, image, content_type, self.config.timeout)
+            reply = await asyncio.get_running_loop().run_in_executor(
+                None, self._infer, config.model, image, content_type, config.timeout
+            )
             if not reply.get("ok"):
                 error = reply.get("error") or {}
-                raise SourceError(
-                    f"{self.config.model}: {error.get('code')}: {error.get('message')}"
-                )
+                raise SourceError(f"{config.model}: {error.get('code')}: {error.get('message')}")
         except SourceError as exc:
             self._failed(str(exc))
             return
         self._recovered()
         self.announce(reply.get("result"))
 
-    def _fetch(self) -> tuple[bytes, str]:
-        config = self.config
-        url = config.url or ""  # a pulled source has one (settings check it)
-        request = urllib.request.Request(_without_userinfo(url))
-        parts = urlsplit(url)
-        if parts.username is not None:  # cameras take basic auth in the URL
-            user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            request.add_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
+    async def _fetch(self, session: aiohttp.ClientSession) -> tuple[bytes, str]:
+        """The snapshot and its type; a camera's credentials in the URL go as basic auth."""
+        url = self.config.url or ""  # a pulled source has one (settings check it)
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout)
         try:
-            with urllib.request.urlopen(request, timeout=config.timeout) as response:
-                body: bytes = response.read(self.max_bytes + 1)
-        except urllib.error.HTTPError as exc:
-            raise SourceError(f"{redact_url(url)} answered HTTP {exc.code}") from exc
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SourceError(f"{redact_url(url)}: {reason}") from exc
+            async with session.get(url, timeout=timeout) as response:
+                if response.status >= 400:
+                    raise SourceError(f"{redact_url(url)} answered HTTP {response.status}")
+                body = await _read_at_most(response.content, self.max_bytes + 1)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            raise SourceError(f"{redact_url(url)}: {_reason(exc)}") from exc
         if len(body) > self.max_bytes:  # e.g. an MJPEG stream's URL, not a snapshot's
             raise SourceError(f"{redact_url(url)} sent over {self.max_bytes} bytes")
         for magic, content_type in _IMAGE_TYPES:
@@ -181,7 +191,7 @@ class Source:
                 "result": result,
                 "at": round(time.time(), 3),
             }
-            if self._stopping.is_set():
+            if self._stopping:
                 return
             self._publish(self.topic, json.dumps(event, separators=(",", ":")).encode())
             self.events += 1
@@ -219,8 +229,11 @@ class Sources:
         infer: Infer,
         publish: Publish,
         max_bytes: int = 1 << 20,
+        *,
+        loop: EventLoopThread,
     ) -> None:
         self.configs = tuple(configs)
+        self._loop = loop
         self.max_bytes = max_bytes  # a snapshot's limit, as a device request's
         self._events_topic = events_topic
         self._infer = infer
@@ -271,7 +284,9 @@ class Sources:
                 if self._stopped or config.name in self._running:
                     continue
                 topic = self._events_topic(config.name)
-                source = Source(config, topic, self._infer, self._publish, self.max_bytes)
+                source = Source(
+                    config, topic, self._infer, self._publish, self._loop, self.max_bytes
+                )
                 self._running[config.name] = source
             if config.stream is not None:  # a device streams its own requests: no pulling
                 log.info("source %s: stream %s of %s", config.name, config.stream, model)
@@ -309,7 +324,7 @@ class Sources:
         return bool(hit) or any(_triggered_by(c, topic) for c in self.configs)
 
     def stop(self, timeout: float = 1.0) -> None:
-        """No new pulls; wait briefly for pulls in progress (threads are daemons)."""
+        """No new pulls; wait briefly for pulls in progress (the loop ends the rest)."""
         with self._lock:
             self._stopped = True
             running = list(self._running.values())
@@ -329,6 +344,23 @@ def _triggered_by(config: SourceConfig, topic: str) -> bool:
     return config.trigger is not None and topic_matches(config.trigger, topic)
 
 
-def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
+def _reason(exc: BaseException) -> str:
+    """What went wrong with a pull, in the operating system's words where it has them."""
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
+        return f"cannot connect: {os.strerror(exc.os_error.errno)}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``stream``: a camera that never stops sending is cut off there."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
