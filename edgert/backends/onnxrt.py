@@ -147,9 +147,9 @@ def _newest_opsets() -> dict[str, int]:
     back to the onnx package's newest default-domain opset if ONNX Runtime cannot say."""
     newest: dict[str, int] = {}
     try:
-        from onnxruntime.capi import _pybind_state
+        from onnxruntime.capi import onnxruntime_pybind11_state as bindings
 
-        for schema in _pybind_state.get_all_operator_schema():
+        for schema in bindings.get_all_operator_schema():
             domain = str(schema.domain) or "ai.onnx"
             if domain in ("ai.onnx", "ai.onnx.ml"):
                 newest[domain] = max(newest.get(domain, 0), int(schema.since_version))
