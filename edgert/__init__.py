@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from edgert.compile import CompileOptions, CompileResult, compile_model
 
 # Loaded on first use, each by its module: compiling needs the onnx package (a large import that
-# stays resident), the client needs paho; serving, and the pure modules, need neither.
+# stays resident), the client needs the MQTT library; serving, and the pure modules, need neither.
 _LAZY = {
     "CompileOptions": "edgert.compile",
     "CompileResult": "edgert.compile",

@@ -1,8 +1,8 @@
 """The edgert exception tree.
 
 Every error edgert raises on purpose derives from :class:`EdgertError`; anything else that escapes
-is a bug. Third-party errors (onnx, onnxruntime, TensorRT, CUDA, paho) are mapped at the boundary
-with :func:`mapped`, which re-raises them ``from`` the original.
+is a bug. Third-party errors (onnx, onnxruntime, TensorRT, CUDA, the MQTT library) are mapped at
+the boundary with :func:`mapped`, which re-raises them ``from`` the original.
 
 ::
 

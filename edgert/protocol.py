@@ -1,4 +1,5 @@
-"""The MQTT protocol as pure values: topics, request envelopes, replies and error codes. No paho.
+"""The MQTT protocol as pure values: topics, request envelopes, replies and error codes. No MQTT
+library.
 
 The topic tree is :mod:`edgert.topics`'s (see DESIGN.md "Protocol"), re-exported here.
 

@@ -1,5 +1,5 @@
 """The TLS context of a connection to the broker, from ``[broker]``'s files (no MQTT library:
-:mod:`edgert.mqtt` hands it to the client)."""
+:mod:`edgert.transport` hands it to the event loop's connection)."""
 
 from __future__ import annotations
 
@@ -11,27 +11,11 @@ from edgert.settings import BrokerConfig
 __all__ = ["tls_context"]
 
 
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """Closes itself when its handshake fails: paho (2.2) drops such a socket unclosed on every
-    failed attempt (an untrusted or expired certificate), leaving it to the garbage collector."""
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except BaseException:
-            self.close()
-            raise
-
-
-class _TlsContext(ssl.SSLContext):
-    sslsocket_class = _ClosingSSLSocket
-
-
 def tls_context(config: BrokerConfig) -> ssl.SSLContext:
-    """What paho's ``tls_set`` builds (server certificate and host name verified against
+    """What MQTT clients build (server certificate and host name verified against
     ``ca_file``, else the system's CAs; an optional client certificate), with unreadable files
     as a ConfigError naming them."""
-    context = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         if config.ca_file is not None:
             context.load_verify_locations(config.ca_file)

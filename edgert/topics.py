@@ -1,5 +1,6 @@
 """MQTT topics as pure values: one node's topic tree, validated when built, and the one topic
-grammar (a name's levels, a filter's ``+``/``#``, matching a name against a filter). No paho.
+grammar (a name's levels, a filter's ``+``/``#``, matching a name against a filter). No MQTT
+library.
 
 ::
 
@@ -48,7 +49,8 @@ def default_node_id() -> str:
 # A bad level anywhere in "/"-joined levels: MQTT forbids NUL; '+'/'#' are wildcards; an empty
 # level, '.' and '..' are refused so no level can look like a path step to a bridge, ACL
 # pattern or log reader. (One search: this runs on every request's topics.)
-_BAD_LEVELS = re.compile(r"[+#\x00]|(?:^|/)\.{0,2}(?:/|$)")
+# \A and \Z, not ^ and $: $ also matches before a trailing newline, and would refuse "\n".
+_BAD_LEVELS = re.compile(r"[+#\x00]|(?:\A|/)\.{0,2}(?:/|\Z)")
 
 
 def _levels_ok(levels: str) -> bool:

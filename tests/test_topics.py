@@ -164,3 +164,13 @@ def test_the_nodes_filters_are_filters_and_match_its_request_topics(
     assert topic_matches(own, topic) and topic_matches(every, topic)
     assert topics.parse_request_topic(topic) == (model, key, pinned)
     assert topic_matches(topics.node_topics("status"), topics.status)
+
+
+def test_a_level_ending_in_a_newline_is_a_level_like_any_other() -> None:
+    # Python's $ also matches before a trailing newline: the grammar must not take "\n" for
+    # an empty level.
+    t = Topics(node="n1")
+    for model in ("\n", "a\n", "\n\n"):
+        assert t.parse_request_topic(t.request_topic(model, None)) == (model, None, False)
+    with pytest.raises(ConfigError):
+        t.request_topic("..", None)

@@ -1,4 +1,4 @@
-"""Home Assistant MQTT *device* discovery for one node, as pure values: no I/O, no paho.
+"""Home Assistant MQTT *device* discovery for one node, as pure values: no I/O, no MQTT library.
 
 One retained message on ``homeassistant/device/<node>/config`` describes the node as one device
 whose components (``cmps``) are, per model, an ``event`` entity plus, by the model's ``kind``, a
