@@ -22,12 +22,14 @@ LedgerKey = tuple[str, str | int]
 @dataclass(frozen=True)
 class Waiter:
     """Someone to answer: where, with which correlation data, at which QoS; ``ack`` is the
-    request acknowledged once the broker has the reply (see :mod:`edgert.acks`)."""
+    request acknowledged once the broker has the reply (see :mod:`edgert.acks`), and
+    ``request_id`` the id it was sent with (a reply too large to send is answered with it)."""
 
     topic: str
     correlation: bytes | None
     qos: int
     ack: Message | None = field(default=None, compare=False)
+    request_id: str | int | None = field(default=None, compare=False, kw_only=True)
 
 
 @dataclass

@@ -13,13 +13,13 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from edgert.codec import InputsDecoder
 from edgert.daemon.batcher import BatchPlan, BatchSettings
+from edgert.daemon.decoding import declared_format, decode_request, request_specs
 from edgert.daemon.holding import Held, HeldRequests
-from edgert.daemon.intake import declared_format, decode_request, request_specs
 from edgert.daemon.ledger import RequestLedger
+from edgert.daemon.observers import ResultHook
 from edgert.daemon.stats import ModelStats
 from edgert.daemon.streams import StreamPlan, StreamStates
 from edgert.daemon.worker import ModelWorker, PublishFn
@@ -70,11 +70,12 @@ class Models:
     """Which models are served, which failed (and why), and the builds running.
 
     ``served`` and ``failed`` are read under ``lock``. ``swap`` is held while a request is
-    handed to a model's worker and while a model is swapped or retired, so no request goes to a
-    worker after it was swapped out (reentrant: the request path retries under it).
-    ``on_result(model, stream, result)`` hears every result (sources); ``on_built(model, ok)``
-    each child build's end. ``held`` says which models are loading (building, or being opened);
-    what it held for a model is handed to ``replay`` once the model is served or has failed.
+    decoded and handed to a model's worker and while a model is swapped or retired, so no
+    request goes to a worker after it was swapped out, and none is decoded by one version and
+    taken by another (reentrant). ``observers`` sees every result (the events topic, sources)
+    through each worker's ``events`` callback; ``on_built(model, ok)`` each child build's end.
+    ``held`` says which models are loading (building, or being opened); what it held for a
+    model is handed to ``replay`` once the model is served or has failed.
     In a pool, each model this node takes requests for (loading or served) has its own shared
     subscription; a single daemon takes every model's through one (:meth:`Topics.all_infer`).
     """
@@ -88,7 +89,7 @@ class Models:
         stopping: threading.Event,
         *,
         publish_reply: PublishFn,
-        on_result: Callable[[str, str | None, Any], None],
+        observers: ResultHook,
         on_built: Callable[[str, bool], None],
         held: HeldRequests,
         replay: Callable[[list[Held]], None],
@@ -103,7 +104,7 @@ class Models:
         self._topics = topics
         self._stopping = stopping
         self._publish_reply = publish_reply
-        self._on_result = on_result
+        self._observers = observers
         self._on_built = on_built
         self._builds: dict[str, subprocess.Popen[str]] = {}  # compile children running now
         self.held = held
@@ -243,7 +244,10 @@ class Models:
             plan=BatchPlan.for_model(loaded.io, loaded.constants, settings.max_batch),
             max_queue_delay_us=settings.max_queue_delay_us,
             extra_instances=extra,
-            events=self._event_publisher(loaded.config.name) if self.config.events else None,
+            # No hook while nothing observes: a result then costs no call.
+            events=self._observers.events_for(loaded.config.name)
+            if self._observers.active
+            else None,
             streams=StreamStates(streams, loaded.io) if streams.stateful else None,
             post=Postprocess.of(loaded.config, loaded.io),
             stream_rows=min(
@@ -303,15 +307,6 @@ class Models:
             except subprocess.TimeoutExpired:
                 _signal_group(child, signal.SIGKILL)
                 child.wait()
-
-    def _event_publisher(self, name: str) -> Callable[[bytes, str | None, Any], None]:
-        topic = self._topics.events(name)
-
-        def publish(reply: bytes, stream: str | None, result: Any) -> None:
-            self._connection.publish(topic, reply, qos=0)
-            self._on_result(name, stream, result)  # microphones and the like
-
-        return publish
 
     def _retire_worker(self, entry: Served) -> None:
         if entry.worker.streams is not None and len(entry.worker.streams):

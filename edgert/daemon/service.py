@@ -1,11 +1,14 @@
 """The serving daemon: load models, connect, take requests, answer them, drain on SIGTERM.
 
-The network thread (paho's) decodes and hands off to each model's worker (a bounded queue, a
-batcher, one thread per instance). A model whose runs take under a millisecond is answered on
-the network thread itself while nothing is queued for it: there, a hand-off costs more than the
-inference. The service owns the lifecycle, the catalogue and the stats; taking requests and
-publishing replies is :class:`~edgert.daemon.requests.Requests`'s work, and which models are
-served (swapping, retiring, building them) is :class:`~edgert.daemon.models.Models`'.
+The network thread (the transport's event loop) decodes and hands off to each model's worker
+(a bounded queue, a batcher, one thread per instance). A model whose runs take under a
+millisecond is answered on the network thread itself while nothing is queued for it: there, a
+hand-off costs more than the inference. The service owns the lifecycle, the catalogue and the
+stats, and wires the stages: taking requests is :class:`~edgert.daemon.requests.Requests`' work
+(intake, admission), publishing replies :class:`~edgert.daemon.replies.Replies`', which models
+are served (swapping, retiring, building them) :class:`~edgert.daemon.models.Models`', and the
+side channels that see every result subscribe to one
+:class:`~edgert.daemon.observers.ResultHook`.
 """
 
 from __future__ import annotations
@@ -25,10 +28,13 @@ from edgert.daemon.catalogue import model_states
 from edgert.daemon.discovery import ModelEntity, SourceEntity
 from edgert.daemon.holding import HeldRequests
 from edgert.daemon.homeassistant import HomeAssistant
-from edgert.daemon.ledger import RequestLedger, Waiter
+from edgert.daemon.intake import UNSERVED
+from edgert.daemon.ledger import RequestLedger
 from edgert.daemon.models import Models, model_name
+from edgert.daemon.observers import EventsTopic, ResultHook
 from edgert.daemon.pool import Pool
-from edgert.daemon.requests import UNSERVED, Requests
+from edgert.daemon.replies import Replies
+from edgert.daemon.requests import Requests
 from edgert.daemon.sources import Sources
 from edgert.errors import ArtifactError, ConfigError, EdgertError, IncompatibleArtifact
 from edgert.protocol import (
@@ -87,14 +93,19 @@ class Service:
             config.max_payload,
             loop=self.connection.loop,
         )
+        self.replies = Replies(config, self.topics, self.connection)
+        self.observers = ResultHook()
+        if config.events:  # the events topic, and the sources fed by a stream (microphones)
+            self.observers.subscribe(EventsTopic(self.connection, self.topics))
+            self.observers.subscribe(self._sources.on_result)
         self.models = Models(
             config,
             self.ledger,
             self.connection,
             self.topics,
             self._stopping,
-            publish_reply=self._publish_reply,
-            on_result=self._sources.on_result,
+            publish_reply=self.replies.publish,
+            observers=self.observers,
             on_built=self._built,
             held=HeldRequests(config.hold_while_loading, config.queue_size),
             replay=lambda held: self.requests.replay(held),
@@ -103,8 +114,8 @@ class Service:
             config,
             self.topics,
             self.ledger,
-            self.connection,
             self.models,
+            self.replies,
             self._stopping,
             self.pool,
         )
@@ -345,9 +356,6 @@ class Service:
             return AFTER_REPLY  # acknowledged once the broker has its reply (edgert.acks)
         self._sources.on_message(message.topic)  # a source's trigger, maybe
         return True
-
-    def _publish_reply(self, waiter: Waiter, reply: bytes) -> None:
-        self.requests.publish_reply(waiter, reply)
 
     def _flush(self) -> None:
         """After each burst of reads: run what the fast models kept back, a batch each."""

@@ -18,13 +18,16 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from edgert.settings import SourceConfig, redact_url
 from edgert.topics import topic_matches
 from edgert.transport import EventLoopThread
+
+if TYPE_CHECKING:  # an annotation only: sources load without the serving core
+    from edgert.daemon.observers import Observed
 
 __all__ = ["Infer", "Publish", "Source", "Sources", "announcements"]
 
@@ -301,19 +304,19 @@ class Sources:
             )
             source.start()
 
-    def on_result(self, model: str, stream: str | None, result: object) -> None:
-        """A result of ``model`` for a request of ``stream``: announced by the stream sources
-        (a microphone, say) that name it."""
-        if stream is None:
+    def on_result(self, result: Observed) -> None:
+        """A result (the result hook's observer): announced by the stream sources (a
+        microphone, say) that name its model and the stream of its request."""
+        if result.stream is None:
             return
         with self._lock:
             hit = [
                 s
                 for s in self._running.values()
-                if s.config.stream == stream and s.config.model == model
+                if s.config.stream == result.stream and s.config.model == result.model
             ]
         for source in hit:
-            source.announce(result)
+            source.announce(result.summary)
 
     def on_message(self, topic: str) -> bool:
         """Wake the sources whose trigger matches ``topic``; whether any did."""

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 
 from edgert import ModelDir, compile_model, open_model
 from edgert.codec import InputsDecoder
-from edgert.daemon.intake import declared_format, decode_request, request_specs
+from edgert.daemon.decoding import declared_format, decode_request, request_specs
 from edgert.daemon.streams import StreamPlan
 from edgert.pipeline import Preprocess, Transform
 from edgert.protocol import Request
