@@ -13,12 +13,8 @@ side channels that see every result subscribe to one
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -28,6 +24,7 @@ from edgert.daemon.catalogue import model_states
 from edgert.daemon.discovery import ModelEntity, SourceEntity
 from edgert.daemon.holding import HeldRequests
 from edgert.daemon.homeassistant import HomeAssistant
+from edgert.daemon.host import notify_systemd, release_freed_memory
 from edgert.daemon.intake import UNSERVED
 from edgert.daemon.ledger import RequestLedger
 from edgert.daemon.models import Models, model_name
@@ -95,8 +92,9 @@ class Service:
         )
         self.replies = Replies(config, self.topics, self.connection)
         self.observers = ResultHook()
-        if config.events:  # the events topic, and the sources fed by a stream (microphones)
+        if config.events:  # every result on the events topic (Home Assistant reads it)
             self.observers.subscribe(EventsTopic(self.connection, self.topics))
+        if any(s.stream is not None for s in config.sources):  # fed by a device's stream
             self.observers.subscribe(self._sources.on_result)
         self.models = Models(
             config,
@@ -163,8 +161,8 @@ class Service:
             self.models.start_build(model)
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
-        _release_freed_memory()
-        _notify_systemd("READY=1")
+        release_freed_memory()
+        notify_systemd("READY=1")
         log.info(
             "serving %s as node %s on %s:%d",
             ", ".join(self.models.served) or "no models yet",
@@ -226,7 +224,7 @@ class Service:
             return
         self.models.update(models)
         self._publish_catalogue()
-        _release_freed_memory()
+        release_freed_memory()
 
     def _configured(self, repository: Repository) -> list[ModelDir]:
         """The repository's models, or those the config names."""
@@ -237,7 +235,7 @@ class Service:
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop taking requests, answer what was taken, publish offline, disconnect."""
         self._stopping.set()
-        _notify_systemd("STOPPING=1")
+        notify_systemd("STOPPING=1")
         self._sources.stop()  # no new pulls; then what was taken is answered
         self.models.end_builds()
         self.requests.expire_held(everything=True)  # held for a model not ready: `loading`
@@ -378,24 +376,3 @@ def _check_pool(config: DaemonConfig) -> None:
             "[node] share_group needs [broker] protocol = 5: shared subscriptions, and the "
             "subscription identifiers a pool tells its copies of a request apart by, are MQTT 5"
         )
-
-
-def _release_freed_memory() -> None:
-    """Give the heap that loading freed (ONNX protos parsed for IO specs, shape inference) back
-    to the OS: glibc keeps it otherwise, and an 8 GB Jetson shares it with the GPU."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _notify_systemd(state: str) -> None:
-    """sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd set it."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.sendto(state.encode(), address)
-        except OSError as exc:
-            log.warning("sd_notify failed: %s", exc)
