@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from edgert.settings import SourceConfig, redact_url
 from edgert.topics import topic_matches
 from edgert.transport import EventLoopThread
+
+if TYPE_CHECKING:  # aiohttp is imported where a pull needs it: see Source._run
+    import aiohttp
 
 if TYPE_CHECKING:  # an annotation only: sources load without the serving core
     from edgert.daemon.observers import Observed
@@ -118,6 +119,9 @@ class Source:
         return {"pulls": self.pulls, "failures": self.failures, "events": self.events}
 
     async def _run(self) -> None:
+        # Imported here: a daemon without pulled sources never loads it (resident memory).
+        import aiohttp
+
         self._wake = wake = asyncio.Event()
         interval = self.config.interval
         next_at: float | None = time.monotonic() if interval > 0 else None
@@ -161,6 +165,8 @@ class Source:
 
     async def _fetch(self, session: aiohttp.ClientSession) -> tuple[bytes, str]:
         """The snapshot and its type; a camera's credentials in the URL go as basic auth."""
+        import aiohttp
+
         url = self.config.url or ""  # a pulled source has one (settings check it)
         timeout = aiohttp.ClientTimeout(total=self.config.timeout)
         try:
@@ -349,6 +355,8 @@ def _triggered_by(config: SourceConfig, topic: str) -> bool:
 
 def _reason(exc: BaseException) -> str:
     """What went wrong with a pull, in the operating system's words where it has them."""
+    import aiohttp
+
     if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.errno:
         return f"cannot connect: {os.strerror(exc.os_error.errno)}"
     if isinstance(exc, asyncio.TimeoutError):
