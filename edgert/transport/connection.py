@@ -150,8 +150,8 @@ class MqttTransport:
         size = (props or {}).get("maximum_packet_size")
         self.max_packet_size = size[0] if size else None
         self._subacks.clear()
-        for topic in self._subscriptions:
-            self._send_subscribe(client, topic, again=True)
+        for topic in self._subscriptions:  # a new client each connection: all sent afresh
+            self._send_subscribe(client, topic)
         for topic, (payload, qos) in self._retained.items():
             self._send(Outgoing(topic, payload, qos, retain=True))
         self.connected.set()
@@ -192,14 +192,10 @@ class MqttTransport:
             topic, qos=qos, subscription_identifier=identifier
         )
         if self._client is not None:
-            self._send_subscribe(self._client, topic, again=False)
+            self._send_subscribe(self._client, topic)
 
-    def _send_subscribe(self, client: gmqtt.Client, topic: str, *, again: bool) -> None:
-        subscription = self._subscriptions[topic]
-        if again and subscription in client.subscriptions:
-            mid = client.resubscribe(subscription)
-        else:
-            mid = client.subscribe(subscription)
+    def _send_subscribe(self, client: gmqtt.Client, topic: str) -> None:
+        mid = client.subscribe(self._subscriptions[topic])
         if mid is not None:
             self._subacks[mid] = topic
 
