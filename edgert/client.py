@@ -43,7 +43,8 @@ class RemoteError(EdgertError):
 
 @dataclass(frozen=True)
 class Reply:
-    """A successful reply: outputs by name (numpy arrays), post-processed result, timings."""
+    """A successful reply: outputs by name (numpy arrays), post-processed result, timings, and
+    the backend that answered (``""`` from a daemon that does not say)."""
 
     id: str
     model: str
@@ -52,6 +53,7 @@ class Reply:
     result: Any = None
     latency_ms: Mapping[str, float] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)
+    backend: str = ""
 
 
 class Client:
@@ -358,4 +360,5 @@ def _parse_reply(
         result=data.get("result"),
         latency_ms=data.get("latency_ms") or {},
         raw=data,
+        backend=str(data.get("backend") or ""),
     )

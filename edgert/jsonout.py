@@ -109,11 +109,16 @@ def ok_reply(
     latency_ms: Mapping[str, float] | None = None,
     *,
     compact: bool = False,
+    backend: str | None = None,
 ) -> bytes:
-    """A success reply ``{"id", "ok": true, "model", "version", "outputs", "result",
+    """A success reply ``{"id", "ok": true, "model", "version", "backend", "outputs", "result",
     "latency_ms"}``. ``compact`` drops ``outputs`` and ``latency_ms`` so the reply fits a
-    microcontroller's buffer; ``result`` (post-processed) is always there, ``null`` if none."""
+    microcontroller's buffer; ``result`` (post-processed) is always there, ``null`` if none.
+    ``backend`` (the runtime that answered: ``tensorrt``, ``onnxruntime``) is left out when
+    None."""
     reply: dict[str, Any] = {"id": id, "ok": True, "model": model, "version": version}
+    if backend is not None:
+        reply["backend"] = backend
     if not compact:
         # orjson writes arrays itself, float16 excepted: it would give float32's digits.
         reply["outputs"] = {

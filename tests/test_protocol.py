@@ -1070,6 +1070,18 @@ def test_compact_reply_drops_outputs_and_latency() -> None:
     assert len(payload) < 100
 
 
+def test_a_reply_names_the_backend_that_answered_even_compact() -> None:
+    outputs = {"p": np.array([[0.25]], np.float32)}
+    full = json.loads(ok_reply("r1", "vad", "1", outputs, None, {"total": 1}, backend="tensorrt"))
+    assert list(full)[:5] == ["id", "ok", "model", "version", "backend"]
+    assert full["backend"] == "tensorrt"
+    compact = json.loads(
+        ok_reply("r1", "vad", "1", outputs, 0.5, compact=True, backend="onnxruntime")
+    )
+    assert compact["backend"] == "onnxruntime" and "outputs" not in compact
+    assert "backend" not in json.loads(ok_reply("r1", "vad", "1", outputs))
+
+
 def test_result_is_null_without_one_and_odd_strings_survive() -> None:
     reply = json.loads(ok_reply("\ud800", "m", "1", {}, None))
     assert reply["result"] is None and "latency_ms" not in reply and reply["outputs"] == {}

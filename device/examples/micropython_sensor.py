@@ -10,7 +10,7 @@ CO2 ppm] and publishes
 umqtt.simple speaks MQTT 3.1.1, which has no response topic: the ``<CLIENT_ID>`` at the end of the
 request topic is the key, and the daemon answers on
 
-    edgert/reply/<CLIENT_ID>/occupancy   {"id": ..., "ok": true, "model", "version", "result"}
+    edgert/reply/<CLIENT_ID>/occupancy   {"id": ..., "ok": true, "model", "version", "backend", "result"}
 
 ``"compact": true`` drops the raw outputs and timings so the reply fits a 1 KiB buffer. The
 ``result`` comes from the model's ``[postprocess]`` in model.toml (for occupancy, ``threshold`` +

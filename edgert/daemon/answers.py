@@ -27,7 +27,8 @@ EventsFn = Callable[[bytes, str | None, Any], None]
 
 
 class Answers:
-    """Answers the results of model ``name`` ``version``: call it with each :data:`Result`."""
+    """Answers the results of model ``name`` ``version``, run on ``backend`` (named in every
+    ok reply): call it with each :data:`Result`."""
 
     def __init__(
         self,
@@ -39,8 +40,9 @@ class Answers:
         *,
         post: Postprocess | None = None,
         events: EventsFn | None = None,
+        backend: str | None = None,
     ) -> None:
-        self.name, self.version = name, version
+        self.name, self.version, self.backend = name, version, backend
         self.post = post
         self._ledger = ledger
         self._publish = publish
@@ -71,7 +73,14 @@ class Answers:
             self._answer(job, failed, code=ErrorCode.INTERNAL)
             return
         reply = ok_reply(
-            job.id, self.name, self.version, result.outputs, summary, latency, compact=job.compact
+            job.id,
+            self.name,
+            self.version,
+            result.outputs,
+            summary,
+            latency,
+            compact=job.compact,
+            backend=self.backend,
         )
         self._stats.record_ok(done - job.received, done - start)
         self._answer(job, reply, code=None)

@@ -66,7 +66,17 @@ class ModelWorker:
         self._scheduler = Scheduler(
             grouping, queue_size, instances=len(self.instances), policy=inline
         )
-        answers = Answers(self.name, self.version, ledger, publish, stats, post=post, events=events)
+        self.backend = loaded.artifact.manifest.key.backend  # named in every ok reply
+        answers = Answers(
+            self.name,
+            self.version,
+            ledger,
+            publish,
+            stats,
+            post=post,
+            events=events,
+            backend=self.backend,
+        )
         self._runner = Runner(
             self.instances, self.plan, answers, stats, streams=streams, name=self.name
         )

@@ -37,6 +37,7 @@ class Stage:
             self.stats,
             post=post,
             events=lambda reply, stream, result: self.events.append((reply, stream, result)),
+            backend="onnxruntime",
         )
 
     def job(self, name: str, *, stream: str | None = None, compact: bool = False) -> Job:
@@ -55,6 +56,7 @@ def test_outputs_are_answered_with_latency_the_summary_and_the_events_hook() -> 
     assert waiter == job.waiter
     doc = json.loads(reply)
     assert doc["ok"] and doc["id"] == "a" and (doc["model"], doc["version"]) == ("occupancy", "3")
+    assert doc["backend"] == "onnxruntime"
     np.testing.assert_allclose(doc["outputs"]["probabilities"], [[0.2, 0.8]], rtol=1e-6)
     assert doc["latency_ms"] == {"queue": 250.0, "infer": 250.0, "total": 500.0}
     assert doc["result"] == OCCUPIED.apply(PROBABILITIES)

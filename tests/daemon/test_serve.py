@@ -94,6 +94,7 @@ def test_client_mqtt5_reply_equals_running_the_model_directly(
     want = direct(compiled_repository, "occupancy", {"readings": readings})
     np.testing.assert_allclose(reply.outputs["probabilities"], want["probabilities"], rtol=1e-6)
     assert reply.model == "occupancy" and reply.version == "1"
+    assert reply.backend == "onnxruntime"  # the backend that answered
     assert set(reply.latency_ms) == {"queue", "infer", "total"}
 
 
