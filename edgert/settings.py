@@ -47,6 +47,7 @@ Rate = Annotated[float, Meta(ge=0)]
 PROTOCOLS = {5: 5, 4: 4, "5": 5, "3.1.1": 4, "311": 4}
 Protocol = Literal[5, 4, "5", "3.1.1", "311"]
 Backend = Literal["auto", "tensorrt", "onnxruntime"]
+Interim = Literal["onnxruntime", "none"]
 
 
 class BrokerSection(Table, forbid_unknown_fields=True, frozen=True):
@@ -121,6 +122,12 @@ class ServeSection(Table, forbid_unknown_fields=True, frozen=True):
     # How long a request for a model still building or loading waits for it, before its
     # `loading` reply.
     hold_while_loading: Delay = 30.0
+    # What serves a model while its TensorRT engine builds (missing, or stale with
+    # rebuild_stale): its ONNX Runtime artifact, built first; "none" holds its requests.
+    interim_backend: Interim = "onnxruntime"
+    # One sample request on the interim backend slower than this (ms, measured at load): the
+    # catalogue marks the model "slow" (it is served all the same; deadlines apply).
+    interim_budget_ms: Annotated[float, Meta(gt=0)] = 250.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -287,6 +294,8 @@ class DaemonConfig:
     stats_interval: float = _SERVE.stats_interval
     events: bool = _SERVE.events
     hold_while_loading: float = _SERVE.hold_while_loading
+    interim_backend: str = _SERVE.interim_backend
+    interim_budget_ms: float = _SERVE.interim_budget_ms
     sources: tuple[SourceConfig, ...] = ()  # [[sources]]: cameras the daemon pulls from
 
     def __post_init__(self) -> None:

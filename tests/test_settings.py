@@ -51,6 +51,10 @@ def test_the_issues_example_names_the_first_bad_key() -> None:
         ("serve", "events", "yes", "true or false"),
         ("serve", "models", "occupancy", "a list of strings"),
         ("serve", "backend", "gpu", 'one of "auto", "tensorrt", "onnxruntime"'),
+        ("serve", "interim_backend", "tensorrt", 'one of "onnxruntime", "none"'),
+        ("serve", "interim_backend", False, 'one of "onnxruntime", "none"'),
+        ("serve", "interim_budget_ms", 0, "a number > 0"),
+        ("serve", "interim_budget_ms", "fast", "a number > 0"),
         ("broker", "port", 0, "an integer in 1..65535"),
         ("broker", "port", 70000, "an integer in 1..65535"),
         ("broker", "keepalive", 0, "an integer in 1..65535"),
@@ -141,6 +145,9 @@ def test_defaults_and_the_new_hold_while_loading() -> None:
     held = DaemonConfig.from_dict({"serve": {"hold_while_loading": 0, "stats_interval": 2}})
     assert (held.hold_while_loading, held.stats_interval) == (0.0, 2.0)
     assert isinstance(held.hold_while_loading, float)  # TOML's 0 is an int
+    assert (config.interim_backend, config.interim_budget_ms) == ("onnxruntime", 250.0)
+    off = DaemonConfig.from_dict({"serve": {"interim_backend": "none", "interim_budget_ms": 40}})
+    assert (off.interim_backend, off.interim_budget_ms) == ("none", 40.0)
 
 
 @pytest.mark.parametrize(("written", "level"), [(5, 5), (4, 4), ("5", 5), ("3.1.1", 4), ("311", 4)])
