@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgert.backends import status as backend_status
+from edgert.buildprogress import builds_in_progress
 from edgert.config import ModelConfig
 from edgert.errors import EdgertError
 from edgert.repository import Artifact, ModelDir
@@ -146,8 +147,17 @@ def _models_table(models: list[ModelDir]) -> tuple[Table, list[tuple[str, Artifa
             continue
         source = "yes" if model.source_path.is_file() else "[yellow]missing[/]"
         artifacts = model.artifacts()
-        if not artifacts:
+        building = builds_in_progress(model.build_dir)
+        if not artifacts and not building:
             table.add_row(config.name, config.version, source, "[yellow]not compiled[/]")
+        for build in building:
+            table.add_row(
+                config.name,
+                config.version,
+                source,
+                f"[cyan]building {build.fraction:.0%}[/]: {escape(build.stage)}",
+                build.backend,
+            )
         for found in artifacts:
             if isinstance(found, EdgertError):
                 table.add_row(

@@ -28,6 +28,7 @@ from edgert.backends import (
 )
 from edgert.backends.onnxrt import KIND as ONNXRUNTIME
 from edgert.backends.onnxrt import reference_session
+from edgert.buildprogress import ProgressFile
 from edgert.config import ModelConfig, Precision
 from edgert.errors import ConfigError, InputError, ModelCheckError
 from edgert.onnx import ModelIO, OnnxSource, io_specs, load_source, with_io_dims
@@ -169,7 +170,9 @@ def compile_model(
         progress("up to date", 1.0)
         return CompileResult(existing, True, time.perf_counter() - start)
 
-    _build(_Plan(model, config, precision, io, source, choice, key), progress)
+    # `edgert list` shows the build while it runs (from another shell, or the daemon's child).
+    with ProgressFile(model.build_dir, choice.kind.name) as shown:
+        _build(_Plan(model, config, precision, io, source, choice, key), shown.relay(progress))
     artifact = Artifact.read(model.build_dir / key.dirname)
     progress("done", 1.0)
     return CompileResult(artifact, False, time.perf_counter() - start)

@@ -45,6 +45,9 @@ Emulated behaviour worth knowing:
   version if built ``VERSION_COMPATIBLE`` (8.6+ plans on 10; only 10+ plans on 11; with
   ``engine_host_code_allowed`` unless ``EXCLUDE_LEAN_RUNTIME``), on another discrete Ampere+
   GPU (not a Jetson's, not with DLA) if built ``AMPERE_PLUS``.
+- A build's time: ``$EMULATOR_BUILD_DELAY`` seconds before it starts (nothing reported
+  meanwhile), ``$EMULATOR_STEP_DELAY`` seconds after each step of its phases (so a progress
+  monitor, on 10 and 11, sees a slow build advance); both default to 0.
 - FP16 by builder flag (8.6/10): inputs and float32 outputs are rounded through float16, so a
   model that overflows or loses precision in FP16 fails a parity check. On 11 the ONNX's own
   types decide (ONNX Runtime runs the FP16 ONNX as it is).

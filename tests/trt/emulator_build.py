@@ -240,12 +240,14 @@ class _Build:
         top = "Building engine"
         monitor = self.config._monitor if self.rt.major >= 10 else None
         plan = b""
+        pause = float(os.environ.get("EMULATOR_STEP_DELAY", "0"))  # a slow build, step by step
         with _Phase(monitor, top, None, len(phases)) as outer:
             for step, (name, count) in enumerate(phases):
                 with _Phase(monitor, name, top, count) as inner:
                     for i in range(count):
                         if name == "Serializing":
                             plan = self.plan()
+                        time.sleep(pause)
                         inner.step(i)
                 outer.step(step)
         return plan

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from edgert.errors import (
 )
 from edgert.onnx import io_specs, load_source, with_io_dims
 from tests.corpus import make_model, tensor, write
-from tests.trt.emulation import REPO, purge
+from tests.trt.emulation import REPO, emulate, purge
 
 
 def _model(tmp_path: Path, name: str = "occupancy") -> ModelDir:
@@ -89,6 +90,43 @@ def test_auto_prefers_tensorrt_and_list_says_why_not_elsewhere(
     assert listing.returncode == 0, listing.stderr
     assert f"tensorrt {emulated}" in listing.stdout
     assert "backend tensorrt: available" in listing.stdout
+
+
+def _list(repository: Path) -> str:
+    listing = subprocess.run(
+        [sys.executable, "-m", "edgert", "list", "--repository", str(repository)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert listing.returncode == 0, listing.stderr
+    return listing.stdout
+
+
+def test_list_shows_a_build_in_progress(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`edgert list` from another shell while `edgert compile` builds the engine: the build's
+    backend and how far it got, then the artifact alone once it is done."""
+    emulate(monkeypatch, "10.3.0")
+    monkeypatch.setenv("EMULATOR_STEP_DELAY", "0.5")  # 8 steps: about 4 s of building
+    model = _model(tmp_path)
+    build = subprocess.Popen(
+        [sys.executable, "-m", "edgert", "compile", str(model.path), "--backend", "tensorrt"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        end = time.monotonic() + 60
+        while "building" not in (listed := _list(tmp_path)):
+            assert build.poll() is None, "the build ended before list saw it"
+            assert time.monotonic() < end, listed
+        row = next(line for line in listed.splitlines() if "building" in line)
+        assert "occupancy" in row and "tensorrt" in row and "%" in row, row
+        assert build.wait(timeout=60) == 0
+    finally:
+        build.kill()
+    listed = _list(tmp_path)
+    assert "building" not in listed and "tensorrt 10.3.0" in listed, listed
 
 
 def test_stateful_model_with_scalar_and_int64_inputs(emulated: str, tmp_path: Path) -> None:
