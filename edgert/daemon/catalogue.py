@@ -3,7 +3,14 @@
 ``ready`` (with what a device needs: version, backend, precision, the inputs it sends, the
 outputs, parity), ``loading`` (building or being opened; its requests are held), or ``failed``
 with the ``reason``. A model served and failed at once (a rebuild that failed) is ``ready``: its
-old version still answers.
+old version still answers. This is the one place that says which state a model is in (the
+health endpoints read it too).
+
+A build in progress adds ``building: {"backend", "progress", "stage"}`` to a ``loading`` entry,
+or to a ``ready`` one whose interim backend serves meanwhile; a build that failed while another
+backend serves adds ``build_failed: {"backend", "reason"}``. An interim measured at load has
+``latency_ms`` (one sample request) and ``slow``: whether that is over ``[serve]
+interim_budget_ms`` (it is served all the same; requests' deadlines apply).
 """
 
 from __future__ import annotations
@@ -24,11 +31,19 @@ def model_states(models: Models) -> list[dict[str, Any]]:
         for name, reason in models.failed.items():
             entries.setdefault(name, {"name": name, "state": "failed", "reason": reason})
         for name, entry in models.served.items():
-            entries[name] = _ready(name, entry)
+            entries[name] = _ready(name, entry, models.config.interim_budget_ms)
+    for name, found in entries.items():
+        build = models.builds.state(name)
+        if build is None or found["state"] == "failed":
+            continue
+        if build.failed is None:
+            found["building"] = build.to_dict()
+        elif found["state"] == "ready":
+            found["build_failed"] = build.to_dict()
     return list(entries.values())
 
 
-def _ready(name: str, entry: Served) -> dict[str, Any]:
+def _ready(name: str, entry: Served, budget_ms: float) -> dict[str, Any]:
     loaded = entry.worker.loaded
     manifest = loaded.artifact.manifest
     found: dict[str, Any] = {
@@ -49,4 +64,7 @@ def _ready(name: str, entry: Served) -> dict[str, Any]:
     }
     if manifest.fallback:  # why not the preferred backend (e.g. ONNX-ML ops)
         found["fallback"] = manifest.fallback
+    if entry.measured_ms is not None:
+        found["latency_ms"] = round(entry.measured_ms, 3)
+        found["slow"] = entry.measured_ms > budget_ms
     return found

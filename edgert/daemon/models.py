@@ -1,21 +1,22 @@
 """The models a daemon serves, and the changes to them: a model loaded with its worker, a new
 version swapped in between two requests (hot reload), one retired, one compiled in a child
-process (a crash or out-of-memory abort there must not take the daemon down)."""
+process (:mod:`edgert.daemon.builds`: a crash or out-of-memory abort there must not take the
+daemon down). While a TensorRT engine builds, the model is served from its ONNX Runtime artifact
+(the interim, ``[serve] interim_backend``), built first, and the engine swapped in once built."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from edgert.backends import choose
 from edgert.codec import InputsDecoder
 from edgert.daemon.batcher import BatchPlan, BatchSettings
+from edgert.daemon.builds import Builds, measure_ms
 from edgert.daemon.decoding import declared_format, decode_request, request_specs
 from edgert.daemon.holding import Held, HeldRequests
 from edgert.daemon.ledger import RequestLedger
@@ -47,6 +48,11 @@ class Served:
     declared: str | None  # the payload format model.toml declares (raw, npy...), if any
     pre: Preprocess | None  # model.toml [preprocess]: image or audio payloads to the tensor
     fingerprint: tuple[object, ...]  # the model dir as loaded: see _fingerprint
+    measured_ms: float | None = None  # an interim's latency on a sample request, at load
+
+    @property
+    def backend(self) -> str:
+        return self.worker.backend
 
     @property
     def specs(self) -> Sequence[TensorSpec]:
@@ -73,7 +79,8 @@ class Models:
     decoded and handed to a model's worker and while a model is swapped or retired, so no
     request goes to a worker after it was swapped out, and none is decoded by one version and
     taken by another (reentrant). ``observers`` sees every result (the events topic, sources)
-    through each worker's ``events`` callback; ``on_built(model, ok)`` each child build's end.
+    through each worker's ``events`` callback; ``on_built(model, ok)`` each child build's end
+    (and an interim served); ``on_progress()`` a build's progress (``builds``), once a second.
     ``held`` says which models are loading (building, or being opened); what it held for a
     model is handed to ``replay`` once the model is served or has failed.
     In a pool, each model this node takes requests for (loading or served) has its own shared
@@ -93,6 +100,7 @@ class Models:
         on_built: Callable[[str, bool], None],
         held: HeldRequests,
         replay: Callable[[list[Held]], None],
+        on_progress: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.served: dict[str, Served] = {}
@@ -106,7 +114,8 @@ class Models:
         self._publish_reply = publish_reply
         self._observers = observers
         self._on_built = on_built
-        self._builds: dict[str, subprocess.Popen[str]] = {}  # compile children running now
+        self.builds = Builds(stopping, on_progress)
+        self._building: set[str] = set()  # models with a build thread (interim, then engine)
         self.held = held
         self._replay = replay
         self._pooled: dict[str, str] = {}  # shared subscription -> its model (pools only)
@@ -165,11 +174,15 @@ class Models:
             name = model_name(model)
             with self.lock:
                 current = self.served.get(name)
-                building = name in self._builds
+                building = name in self._building
             if building or (current is not None and current.fingerprint == _fingerprint(model)):
                 continue
             try:
-                self.serve(model, open_model(model, self.config.backend))
+                loaded = open_model(model, self.config.backend)
+                self.serve(model, loaded)
+                self.builds.forget(name)  # a failure of the version before
+                if self.wants_engine(loaded):
+                    self.start_build(model)
             except ArtifactError as exc:
                 if current is not None:
                     log.error("%s: kept version %s: %s", name, current.version, exc.message)
@@ -188,17 +201,17 @@ class Models:
             for name in [n for n in self.failed if n not in names]:
                 del self.failed[name]
         for name in gone:
+            self.builds.forget(name)
             self.retire(name)
 
-    def serve(self, model: ModelDir, loaded: LoadedModel) -> None:
+    def serve(self, model: ModelDir, loaded: LoadedModel, measured_ms: float | None = None) -> None:
         """Serve ``loaded`` (opened from ``model``), in place of a version serving now."""
         worker, loaded, streams = self._start_worker(model, loaded)
         specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
         pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
         inputs = InputsDecoder(specs, loaded.runner.io)
-        entry = Served(
-            model, worker, inputs, declared_format(loaded.config, specs), pre, _fingerprint(model)
-        )
+        declared = declared_format(loaded.config, specs)
+        entry = Served(model, worker, inputs, declared, pre, _fingerprint(model), measured_ms)
         old = self._swap_in(loaded.config.name, entry)
         self._subscribe(loaded.config.name)
         self._replay(self.held.finish(loaded.config.name))
@@ -225,16 +238,14 @@ class Models:
         settings ask), the model it runs, and the model's stream plan."""
         settings = BatchSettings.of(loaded.config)
         streams = StreamPlan.of(loaded.config, loaded.io)
+        backend = loaded.artifact.manifest.key.backend  # an interim's, where config says auto
         if streams.stateful:  # a stream's requests run in order, on one runner
             settings = replace(settings, instances=1)
         threads = settings.threads_per_instance(os.cpu_count() or 1)
         if threads:  # reopen with its share of the cores
             loaded.close()
-            loaded = open_model(model, self.config.backend, threads=threads)
-        extra = [
-            open_model(model, self.config.backend, threads=threads)
-            for _ in range(settings.instances - 1)
-        ]
+            loaded = open_model(model, backend, threads=threads)
+        extra = [open_model(model, backend, threads=threads) for _ in range(settings.instances - 1)]
         worker = ModelWorker(
             loaded,
             self._ledger,
@@ -289,24 +300,46 @@ class Models:
             self._retire_worker(entry)
 
     def start_build(self, model: ModelDir) -> None:
-        """Compile ``model`` in a child process, then serve it (or record why not)."""
-        self.loading(model)
+        """Compile ``model`` in a child process, then serve it (or record why not). While a
+        TensorRT engine builds, the interim serves: opened, or compiled first if missing."""
+        name = model_name(model)
+        with self.lock:
+            self._building.add(name)
+            served = name in self.served
+        if not served:
+            self.loading(model)
         threading.Thread(
             target=self._build_then_serve, args=(model,), name="build", daemon=True
         ).start()
 
     def end_builds(self) -> None:
         """Builds in progress die with the daemon, so none writes or holds the GPU after it."""
-        with self.lock:
-            builds = list(self._builds.values())
-        for child in builds:
-            _signal_group(child, signal.SIGTERM)
-        for child in builds:
-            try:
-                child.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                _signal_group(child, signal.SIGKILL)
-                child.wait()
+        self.builds.end_all()
+
+    def wants_engine(self, loaded: LoadedModel) -> bool:
+        """Whether ``loaded`` is an interim artifact that ``auto`` serves for want of its
+        engine (a daemon stopped during the build): build the engine, serving this meanwhile.
+        One that auto built for ONNX Runtime because TensorRT cannot take it is not."""
+        manifest = loaded.artifact.manifest
+        return (
+            self.config.backend == "auto"
+            and self._interim_for(self._target()) is not None
+            and manifest.key.backend != self._target()
+            and not manifest.fallback
+        )
+
+    def _target(self) -> str:
+        """The backend builds are for: the configured one, or auto's first available."""
+        if self.config.backend != "auto":
+            return self.config.backend
+        try:
+            return choose("auto").name
+        except EdgertError:
+            return "auto"
+
+    def _interim_for(self, target: str) -> str | None:
+        interim = self.config.interim_backend
+        return interim if interim != "none" and target == "tensorrt" else None
 
     def _retire_worker(self, entry: Served) -> None:
         if entry.worker.streams is not None and len(entry.worker.streams):
@@ -317,45 +350,55 @@ class Models:
 
     def _build_then_serve(self, model: ModelDir) -> None:
         name = model_name(model)
-        command = [
-            sys.executable,
-            "-m",
-            "edgert",
-            "compile",
-            str(model.path),
-            "--backend",
-            self.config.backend,
-        ]
-        if self._stopping.is_set():
-            return
-        # Its own process group, so end_builds() ends the TensorRT build grandchild with it.
-        with subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        ) as child:
+        try:
+            if self._stopping.is_set():
+                return
+            interim = self._interim_for(self._target())
+            if interim is not None and self.get(name) is None:
+                self._serve_interim(model, interim)
+            reason = self.builds.run(name, model, self.config.backend)
+            if self._stopping.is_set():
+                return  # stopped (and the build ended by stop()): neither fail nor serve
+            if not reason:
+                try:
+                    self.serve(model, open_model(ModelDir(model.path), self.config.backend))
+                except EdgertError as exc:
+                    reason = f"built but not loaded: {exc.message}"
+                    self.builds.fail(name, self._target(), reason)
+            current = self.get(name)
+            if reason and current is None:
+                self.fail(model, f"build failed: {reason}")
+            elif reason and current is not None:
+                log.error("%s: build failed: %s; %s serves on", name, reason, current.backend)
+            self._on_built(name, not reason)
+        finally:
             with self.lock:
-                self._builds[name] = child
+                self._building.discard(name)
+
+    def _serve_interim(self, model: ModelDir, backend: str) -> None:
+        """Serve ``model`` on ``backend`` (compiled now in FP32, the reference's own precision,
+        if it has no artifact there yet); on failure, its requests stay held for the engine."""
+        name = model_name(model)
+        try:
+            loaded = open_model(model, backend)
+        except ArtifactError:
+            reason = self.builds.run(name, model, backend, "fp32")
+            if reason:
+                log.warning("%s: no interim on %s: %s", name, backend, reason)
+                return
             try:
-                _, stderr = child.communicate()
-            finally:
-                with self.lock:
-                    self._builds.pop(name, None)
-        if self._stopping.is_set():
-            return  # stopped (and the build ended by stop()): neither fail nor serve
-        ok = False
-        if child.returncode != 0:
-            reason = (stderr.strip().splitlines() or ["build failed"])[-1]
-            self.fail(model, f"build failed: {reason}")
-        else:
-            try:
-                self.serve(model, open_model(ModelDir(model.path), self.config.backend))
-                ok = True
+                loaded = open_model(ModelDir(model.path), backend)
             except EdgertError as exc:
-                self.fail(model, f"built but not loaded: {exc.message}")
-        self._on_built(name, ok)
+                log.warning("%s: no interim on %s: %s", name, backend, exc.message)
+                return
+        except EdgertError as exc:
+            log.warning("%s: no interim on %s: %s", name, backend, exc.message)
+            return
+        measured = measure_ms(loaded)
+        self.builds.starting(name, self.config.backend)  # shown with the interim's first entry
+        self.serve(model, loaded, measured)
+        log.info("%s: served on %s while its engine builds", name, backend)
+        self._on_built(name, True)
 
 
 def model_name(model: ModelDir) -> str:
@@ -364,11 +407,6 @@ def model_name(model: ModelDir) -> str:
         return model.config.name
     except EdgertError:
         return model.path.name
-
-
-def _signal_group(child: subprocess.Popen[str], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        os.killpg(child.pid, sig)
 
 
 def _fingerprint(model: ModelDir) -> tuple[object, ...]:

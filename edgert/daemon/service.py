@@ -107,6 +107,7 @@ class Service:
             on_built=self._built,
             held=HeldRequests(config.hold_while_loading, config.queue_size),
             replay=lambda held: self.requests.replay(held),
+            on_progress=lambda: self._publish_catalogue(discovery=False),
         )
         self.requests = Requests(
             config,
@@ -135,9 +136,12 @@ class Service:
         for model in configured:
             model.config  # noqa: B018 - a broken model.toml refuses to start, in one line
         pending: list[ModelDir] = []
+        engines: list[ModelDir] = []  # served on an interim artifact: their engines to build
         for model in configured:
             try:
-                self.models.serve(model, open_model(model, self.config.backend))
+                loaded = open_model(model, self.config.backend)
+                self.models.serve(model, loaded)
+                engines += [model] if self.models.wants_engine(loaded) else []
             except IncompatibleArtifact as exc:
                 if not self.config.rebuild_stale:
                     self.models.fail(model, f"{exc.message} (or serve with --rebuild-stale)")
@@ -157,7 +161,7 @@ class Service:
         self.connection.publish_retained(self.topics.status, b"online")
         self.connection.start()
         self._sources.start(list(self.models.served), [model_name(m) for m in pending])
-        for model in pending:
+        for model in pending + engines:
             self.models.start_build(model)
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
@@ -285,11 +289,12 @@ class Service:
         self.models.fail(name, why)
         self._publish_catalogue()
 
-    def _publish_catalogue(self) -> None:
-        """Every repository model with its state; re-published on every change."""
+    def _publish_catalogue(self, *, discovery: bool = True) -> None:
+        """Every repository model with its state; re-published on every change (a build's
+        progress too, without Home Assistant's discovery, which it does not change)."""
         payload = catalogue(self.node, model_states(self.models))
         self.connection.publish_retained(self.topics.models, payload)
-        if self.homeassistant is not None:
+        if discovery and self.homeassistant is not None:
             self.homeassistant.publish()
 
     def _entities(self) -> tuple[list[ModelEntity], list[SourceEntity]]:

@@ -43,6 +43,7 @@ class Watcher:
         self.models_topic = f"edgert/node/{node}/models"
         self.status_topic = f"edgert/node/{node}/status"
         self.catalogues: queue.Queue[Catalogue] = queue.Queue()
+        self.arrivals: list[tuple[float, Catalogue]] = []  # (time.monotonic(), catalogue)
         self.statuses: queue.Queue[bytes] = queue.Queue()
         self.subscribed: queue.Queue[bool] = queue.Queue()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
@@ -55,7 +56,9 @@ class Watcher:
 
     def _on_message(self, c: paho.Client, u: object, message: paho.MQTTMessage) -> None:
         if message.topic == self.models_topic:
-            self.catalogues.put(json.loads(message.payload))
+            catalogue = json.loads(message.payload)
+            self.arrivals.append((time.monotonic(), catalogue))
+            self.catalogues.put(catalogue)
         elif message.topic == self.status_topic:
             self.statuses.put(bytes(message.payload))
 
@@ -103,6 +106,12 @@ def _onnxruntime(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndar
     return dict(zip(names, session.run(None, feeds), strict=True))
 
 
+def _backend(catalogue: Catalogue, name: str) -> str | None:
+    """The backend serving ``name`` in ``catalogue``; None while it is not ready."""
+    found = [m for m in catalogue["models"] if m["name"] == name and m["state"] == "ready"]
+    return str(found[0]["backend"]) if found else None
+
+
 def _manifests(model: Path) -> list[Manifest]:
     build = model / "build"
     found = sorted(build.glob("*/manifest.json")) if build.is_dir() else []
@@ -145,19 +154,25 @@ def test_serve_compiles_missing_engine_and_answers_like_onnxruntime(
             np.testing.assert_allclose(got, want["probabilities"], rtol=1e-5, atol=1e-5)
             assert reply.model == "occupancy" and reply.version == "1"
 
-            # silero_vad: compiled by the daemon in a child process, then served.
-            seen = watcher.catalogue(lambda c: "silero_vad" in _names(c), timeout=30)
+            # silero_vad: compiled by the daemon in a child process, served on ONNX Runtime
+            # while its engine builds, then on TensorRT.
+            seen = watcher.catalogue(lambda c: _backend(c, "silero_vad") == "tensorrt", 30)
             assert _names(seen[-1]) == ["occupancy", "silero_vad"], seen
             assert _names(seen[-1], "failed") == [], seen[-1]
+            interim = [_entry(c, "silero_vad") for c in seen if _backend(c, "silero_vad")]
+            assert interim[0]["backend"] == "onnxruntime", interim
+            assert interim[0]["building"]["backend"] == "tensorrt", interim
             vad = _entry(seen[-1], "silero_vad")
             assert vad["backend"] == "tensorrt" and vad["parity"]["passed"], vad
+            assert "building" not in vad and "build_failed" not in vad, vad
             # The daemon fills in the constant sr and keeps the state and context per stream:
             # a device sends 512-sample chunks.
             specs = {i["name"]: i for i in vad["inputs"]}
             assert sorted(specs) == ["input"] and specs["input"]["shape"][-1] == 512, specs
             assert vad["stateful"] is True
-            (manifest,) = _manifests(repository / "silero_vad")
-            key = manifest.key
+            built = {m.key.backend: m.key for m in _manifests(repository / "silero_vad")}
+            assert sorted(built) == ["onnxruntime", "tensorrt"], built  # the interim stays
+            key = built["tensorrt"]
             assert (key.backend, key.backend_version, key.device) == ("tensorrt", emulated, "sm_87")
             log = daemon.log.read_text()
             assert "silero_vad" in log and "compiling it in a child process" in log, log
@@ -226,9 +241,8 @@ def test_sigterm_during_a_build_ends_the_build_too(
         while _processes_with(str(repository)):
             assert time.monotonic() < end, f"left running: {_processes_with(str(repository))}"
             time.sleep(0.1)
-        assert not (repository / "occupancy" / "build").exists() or not [
-            p for p in (repository / "occupancy" / "build").iterdir() if not p.name.startswith(".")
-        ]
+        build = repository / "occupancy" / "build"  # the interim's artifact only: no engine,
+        assert [p.name.split("-")[0] for p in build.iterdir()] == ["onnxruntime"]  # no leftovers
     finally:
         daemon.stop()
         broker.kill()
