@@ -33,8 +33,9 @@ from edgert.errors import EdgertError
 from edgert.parity import sample_inputs
 from edgert.repository import ModelDir
 from edgert.runtime import LoadedModel
+from edgert.settings import DaemonConfig
 
-__all__ = ["BuildState", "Builds", "main", "measure_ms"]
+__all__ = ["BuildState", "Builds", "interim", "main", "measure_ms", "target"]
 
 log = logging.getLogger("edgert.daemon")
 
@@ -86,7 +87,7 @@ class Builds:
     def starting(self, name: str, backend: str) -> str:
         """``name``'s build for ``backend`` starts now (or next: the catalogue shows it as
         building from the moment its interim serves); the backend it builds for."""
-        label = _label(backend)
+        label = target(backend)
         self._set(name, BuildState(label))
         return label
 
@@ -196,7 +197,7 @@ class Builds:
                 child.wait()
 
 
-def _label(backend: str) -> str:
+def target(backend: str) -> str:
     """The backend a build for ``backend`` makes (auto: the first available, as compile picks
     it when the model fits; the catalogue names the one it meant)."""
     if backend != "auto":
@@ -207,6 +208,13 @@ def _label(backend: str) -> str:
         return choose("auto").name
     except EdgertError:
         return backend
+
+
+def interim(config: DaemonConfig) -> str | None:
+    """The backend that serves while an engine builds for ``config``'s backend; None if none
+    does (``interim_backend = "none"``, or the build is not for TensorRT)."""
+    chosen = config.interim_backend
+    return chosen if chosen != "none" and target(config.backend) == "tensorrt" else None
 
 
 def _signal_group(child: subprocess.Popen[str], sig: signal.Signals) -> None:

@@ -6,70 +6,34 @@ daemon down). While a TensorRT engine builds, the model is served from its ONNX 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from edgert.backends import choose
 from edgert.codec import InputsDecoder
 from edgert.daemon.batcher import BatchPlan, BatchSettings
-from edgert.daemon.builds import Builds, measure_ms
-from edgert.daemon.decoding import declared_format, decode_request, request_specs
+from edgert.daemon.builds import Builds, interim, measure_ms, target
+from edgert.daemon.decoding import declared_format, request_specs
 from edgert.daemon.holding import Held, HeldRequests
 from edgert.daemon.ledger import RequestLedger
 from edgert.daemon.observers import ResultHook
+from edgert.daemon.served import Served, fingerprint
 from edgert.daemon.stats import ModelStats
 from edgert.daemon.streams import StreamPlan, StreamStates
 from edgert.daemon.worker import ModelWorker, PublishFn
 from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
-from edgert.pipeline import Postprocess, Preprocess, Transform
-from edgert.protocol import Request, Topics
-from edgert.repository import MANIFEST, ModelDir
+from edgert.pipeline import Postprocess, Preprocess
+from edgert.protocol import Topics
+from edgert.repository import ModelDir
 from edgert.runtime import LoadedModel, open_model
 from edgert.settings import DaemonConfig
-from edgert.spec import TensorSpec
-from edgert.transport import Message, MqttTransport
+from edgert.transport import MqttTransport
 
 __all__ = ["Models", "Served", "model_name"]
 
 log = logging.getLogger("edgert.daemon")
-
-
-@dataclass
-class Served:
-    """A model being served: its directory, its worker, and how its requests are decoded."""
-
-    model: ModelDir
-    worker: ModelWorker
-    inputs: InputsDecoder  # the inputs a device sends, and how they are decoded
-    declared: str | None  # the payload format model.toml declares (raw, npy...), if any
-    pre: Preprocess | None  # model.toml [preprocess]: image or audio payloads to the tensor
-    fingerprint: tuple[object, ...]  # the model dir as loaded: see _fingerprint
-    measured_ms: float | None = None  # an interim's latency on a sample request, at load
-
-    @property
-    def backend(self) -> str:
-        return self.worker.backend
-
-    @property
-    def specs(self) -> Sequence[TensorSpec]:
-        return self.inputs.specs
-
-    @property
-    def version(self) -> str:
-        return self.worker.loaded.config.version
-
-    def decode(
-        self, message: Message, name: str, key: str | None, max_elements: int
-    ) -> tuple[Request, Transform | None]:
-        """The request in ``message`` for this model; ProtocolError for anything wrong."""
-        io = self.worker.loaded.runner.io
-        return decode_request(
-            message, io, name, self.inputs, key, max_elements, self.declared, self.pre
-        )
 
 
 class Models:
@@ -175,7 +139,7 @@ class Models:
             with self.lock:
                 current = self.served.get(name)
                 building = name in self._building
-            if building or (current is not None and current.fingerprint == _fingerprint(model)):
+            if building or (current is not None and current.fingerprint == fingerprint(model)):
                 continue
             try:
                 loaded = open_model(model, self.config.backend)
@@ -211,7 +175,7 @@ class Models:
         pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
         inputs = InputsDecoder(specs, loaded.runner.io)
         declared = declared_format(loaded.config, specs)
-        entry = Served(model, worker, inputs, declared, pre, _fingerprint(model), measured_ms)
+        entry = Served(model, worker, inputs, declared, pre, fingerprint(model), measured_ms)
         old = self._swap_in(loaded.config.name, entry)
         self._subscribe(loaded.config.name)
         self._replay(self.held.finish(loaded.config.name))
@@ -321,25 +285,13 @@ class Models:
         engine (a daemon stopped during the build): build the engine, serving this meanwhile.
         One that auto built for ONNX Runtime because TensorRT cannot take it is not."""
         manifest = loaded.artifact.manifest
+        wanted = target(self.config.backend)
         return (
             self.config.backend == "auto"
-            and self._interim_for(self._target()) is not None
-            and manifest.key.backend != self._target()
+            and interim(self.config) is not None
+            and manifest.key.backend != wanted
             and not manifest.fallback
         )
-
-    def _target(self) -> str:
-        """The backend builds are for: the configured one, or auto's first available."""
-        if self.config.backend != "auto":
-            return self.config.backend
-        try:
-            return choose("auto").name
-        except EdgertError:
-            return "auto"
-
-    def _interim_for(self, target: str) -> str | None:
-        interim = self.config.interim_backend
-        return interim if interim != "none" and target == "tensorrt" else None
 
     def _retire_worker(self, entry: Served) -> None:
         if entry.worker.streams is not None and len(entry.worker.streams):
@@ -353,9 +305,9 @@ class Models:
         try:
             if self._stopping.is_set():
                 return
-            interim = self._interim_for(self._target())
-            if interim is not None and self.get(name) is None:
-                self._serve_interim(model, interim)
+            interim_backend = interim(self.config)
+            if interim_backend is not None and self.get(name) is None:
+                self._serve_interim(model, interim_backend)
             reason = self.builds.run(name, model, self.config.backend)
             if self._stopping.is_set():
                 return  # stopped (and the build ended by stop()): neither fail nor serve
@@ -364,7 +316,7 @@ class Models:
                     self.serve(model, open_model(ModelDir(model.path), self.config.backend))
                 except EdgertError as exc:
                     reason = f"built but not loaded: {exc.message}"
-                    self.builds.fail(name, self._target(), reason)
+                    self.builds.fail(name, target(self.config.backend), reason)
             current = self.get(name)
             if reason and current is None:
                 self.fail(model, f"build failed: {reason}")
@@ -380,17 +332,13 @@ class Models:
         if it has no artifact there yet); on failure, its requests stay held for the engine."""
         name = model_name(model)
         try:
-            loaded = open_model(model, backend)
-        except ArtifactError:
-            reason = self.builds.run(name, model, backend, "fp32")
-            if reason:
-                log.warning("%s: no interim on %s: %s", name, backend, reason)
-                return
             try:
+                loaded = open_model(model, backend)
+            except ArtifactError:
+                reason = self.builds.run(name, model, backend, "fp32")
+                if reason:
+                    raise EdgertError(reason) from None
                 loaded = open_model(ModelDir(model.path), backend)
-            except EdgertError as exc:
-                log.warning("%s: no interim on %s: %s", name, backend, exc.message)
-                return
         except EdgertError as exc:
             log.warning("%s: no interim on %s: %s", name, backend, exc.message)
             return
@@ -407,15 +355,3 @@ def model_name(model: ModelDir) -> str:
         return model.config.name
     except EdgertError:
         return model.path.name
-
-
-def _fingerprint(model: ModelDir) -> tuple[object, ...]:
-    """What a reload compares: model.toml's and every artifact manifest's identity on disk (a
-    compile renames a new artifact directory into place, so its manifest is a new file)."""
-    manifests = sorted(model.build_dir.glob(f"[!.]*/{MANIFEST}"))
-    found: list[object] = [model.path.name]
-    for path in [model.path / "model.toml", *manifests]:
-        with contextlib.suppress(OSError):
-            stat = path.stat()
-            found.append((str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size))
-    return tuple(found)
