@@ -117,6 +117,9 @@ class Builds:
         ) as child:
             with self._lock:
                 self._children[name] = child
+                stopped = self._stopping.is_set()
+            if stopped:  # the daemon stops: end_all() may have looked before this child began
+                _signal_group(child, signal.SIGTERM)
             try:
                 reason = self._follow(name, label, child)
             finally:

@@ -308,6 +308,8 @@ class Models:
             interim_backend = interim(self.config)
             if interim_backend is not None and self.get(name) is None:
                 self._serve_interim(model, interim_backend)
+                if self._stopping.is_set():
+                    return
             reason = self.builds.run(name, model, self.config.backend)
             if self._stopping.is_set():
                 return  # stopped (and the build ended by stop()): neither fail nor serve
