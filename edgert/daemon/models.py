@@ -168,8 +168,10 @@ class Models:
             self.builds.forget(name)
             self.retire(name)
 
-    def serve(self, model: ModelDir, loaded: LoadedModel, measured_ms: float | None = None) -> None:
-        """Serve ``loaded`` (opened from ``model``), in place of a version serving now."""
+    def serve(self, model: ModelDir, loaded: LoadedModel) -> None:
+        """Serve ``loaded`` (opened from ``model``), in place of a version serving now; an
+        interim's latency is measured first (the catalogue says whether it is slow)."""
+        measured_ms = measure_ms(loaded) if self.wants_engine(loaded) else None
         worker, loaded, streams = self._start_worker(model, loaded)
         specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
         pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None
@@ -272,6 +274,8 @@ class Models:
             served = name in self.served
         if not served:
             self.loading(model)
+        else:
+            log.info("%s: building its engine; the interim serves meanwhile", name)
         threading.Thread(
             target=self._build_then_serve, args=(model,), name="build", daemon=True
         ).start()
@@ -281,15 +285,13 @@ class Models:
         self.builds.end_all()
 
     def wants_engine(self, loaded: LoadedModel) -> bool:
-        """Whether ``loaded`` is an interim artifact that ``auto`` serves for want of its
-        engine (a daemon stopped during the build): build the engine, serving this meanwhile.
+        """Whether ``loaded`` is an interim artifact, served for want of its engine (under
+        ``auto``, a daemon stopped during the build): build the engine, serving this meanwhile.
         One that auto built for ONNX Runtime because TensorRT cannot take it is not."""
         manifest = loaded.artifact.manifest
-        wanted = target(self.config.backend)
         return (
-            self.config.backend == "auto"
-            and interim(self.config) is not None
-            and manifest.key.backend != wanted
+            manifest.key.backend == interim(self.config)
+            and manifest.key.backend != target(self.config.backend)
             and not manifest.fallback
         )
 
@@ -344,9 +346,8 @@ class Models:
         except EdgertError as exc:
             log.warning("%s: no interim on %s: %s", name, backend, exc.message)
             return
-        measured = measure_ms(loaded)
         self.builds.starting(name, self.config.backend)  # shown with the interim's first entry
-        self.serve(model, loaded, measured)
+        self.serve(model, loaded)
         log.info("%s: served on %s while its engine builds", name, backend)
         self._on_built(name, True)
 

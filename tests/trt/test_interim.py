@@ -24,7 +24,9 @@ import onnx
 import pytest
 from onnx import helper
 
+from edgert import ModelDir, compile_model
 from edgert.client import Client
+from edgert.compile import CompileOptions
 from tests.broker import Mosquitto
 from tests.corpus import make_model, tensor, write
 from tests.daemon.conftest import Daemon
@@ -170,6 +172,35 @@ def test_onnxruntime_serves_during_the_build_then_tensorrt_with_no_request_lost(
     finally:
         if load is not None:
             load.stop.set()
+        daemon.stop()
+        watcher.close()
+        broker.kill()
+
+
+def test_a_daemon_stopped_during_the_build_serves_the_interim_and_builds_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only the interim artifact on disk (the daemon was stopped while the engine built): it
+    serves from the first catalogue on, and the engine is built and swapped in."""
+    emulate(monkeypatch, "10.3.0")
+    repository = _repository(tmp_path)
+    compile_model(ModelDir(repository / "occupancy"), CompileOptions(backend="onnxruntime"))
+    broker = Mosquitto(tmp_path).start()
+    watcher = Watcher(broker.port, NODE)
+    daemon = Daemon(broker, repository, tmp_path / "daemon", node=NODE)
+    try:
+        daemon.start()
+        seen = watcher.catalogue(lambda c: _backend(c, "occupancy") == "tensorrt", timeout=60)
+        first = _entry(seen[0], "occupancy")
+        assert first["state"] == "ready" and first["backend"] == "onnxruntime", first
+        assert first["building"]["backend"] == "tensorrt", first
+        assert first["latency_ms"] > 0 and first["slow"] is False, first
+        with Client(broker.url, node=NODE) as client:
+            assert client.infer("occupancy", {"readings": READINGS}).backend == "tensorrt"
+        assert "occupancy: building its engine; the interim serves meanwhile" in (
+            daemon.log.read_text()
+        )
+    finally:
         daemon.stop()
         watcher.close()
         broker.kill()
