@@ -171,28 +171,36 @@ class Trt10(Trt8):
         return f"{error.desc()} (node {node}, {error.code()})"
 
     def watch_progress(self, config: trt.IBuilderConfig, progress: ProgressFn) -> object | None:
-        """Feed ``progress`` with the share of each top-level phase done."""
+        """Feed ``progress`` with the share of each top-level phase done, its child phases'
+        steps counted within its current step (a few top-level steps span a long build)."""
 
         class _Monitor(trt.IProgressMonitor):  # type: ignore[misc]
             def __init__(self) -> None:
                 trt.IProgressMonitor.__init__(self)
                 self.steps: dict[str, tuple[int, str | None]] = {}
+                self.done: dict[str, int] = {}  # top-level phase -> its steps complete
 
             def phase_start(
                 self, phase_name: str, parent_phase: str | None, num_steps: int
             ) -> None:
                 self.steps[phase_name] = (max(num_steps, 1), parent_phase)
                 if parent_phase is None:
+                    self.done[phase_name] = 0
                     progress(phase_name, 0.0)
 
             def step_complete(self, phase_name: str, step: int) -> bool:
                 total, parent = self.steps.get(phase_name, (1, None))
                 if parent is None:
+                    self.done[phase_name] = step + 1
                     progress(phase_name, min(1.0, (step + 1) / total))
+                elif parent in self.done:  # a child of a top-level phase: part of its step
+                    outer, done = self.steps[parent][0], self.done[parent]
+                    progress(parent, min(1.0, (done + min(1.0, (step + 1) / total)) / outer))
                 return True  # False would cancel the build
 
             def phase_finish(self, phase_name: str) -> None:
                 self.steps.pop(phase_name, None)
+                self.done.pop(phase_name, None)
 
         monitor = _Monitor()
         config.progress_monitor = monitor

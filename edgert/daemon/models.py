@@ -172,6 +172,14 @@ class Models:
         """Serve ``loaded`` (opened from ``model``), in place of a version serving now; an
         interim's latency is measured first (the catalogue says whether it is slow)."""
         measured_ms = measure_ms(loaded) if self.wants_engine(loaded) else None
+        if measured_ms is not None and measured_ms > self.config.interim_budget_ms:
+            log.warning(
+                "%s: %.1f ms a request on %s, over interim_budget_ms (%g); served all the same",
+                loaded.config.name,
+                measured_ms,
+                loaded.artifact.manifest.key.backend,
+                self.config.interim_budget_ms,
+            )
         worker, loaded, streams = self._start_worker(model, loaded)
         specs = streams.request_specs(request_specs(loaded.runner.io, loaded.constants))
         pre = Preprocess.of(loaded.config, specs[0]) if len(specs) == 1 else None

@@ -243,7 +243,8 @@ def test_a_build_that_fails_parity_leaves_onnxruntime_serving_with_the_reason(
         assert reply.backend == "onnxruntime"
         np.testing.assert_allclose(reply.outputs["y"], x * 7.0e4, rtol=1e-6)
         assert [m.key.backend for m in _manifests(repository / "big")] == ["onnxruntime"]
-        assert "big: build failed:" in daemon.log.read_text()
+        log = daemon.log.read_text()
+        assert "big: build failed:" in log and "over interim_budget_ms (0.0001)" in log, log
     finally:
         daemon.stop()
         watcher.close()
