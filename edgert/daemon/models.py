@@ -26,7 +26,7 @@ from edgert.daemon.worker import ModelWorker, PublishFn
 from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
 from edgert.pipeline import Postprocess, Preprocess
 from edgert.protocol import Topics
-from edgert.repository import ModelDir
+from edgert.repository import Artifact, ModelDir
 from edgert.runtime import LoadedModel, open_model
 from edgert.settings import DaemonConfig
 from edgert.transport import MqttTransport
@@ -171,7 +171,7 @@ class Models:
     def serve(self, model: ModelDir, loaded: LoadedModel) -> None:
         """Serve ``loaded`` (opened from ``model``), in place of a version serving now; an
         interim's latency is measured first (the catalogue says whether it is slow)."""
-        measured_ms = measure_ms(loaded) if self.wants_engine(loaded) else None
+        measured_ms = measure_ms(loaded) if self._interim(loaded) else None
         if measured_ms is not None and measured_ms > self.config.interim_budget_ms:
             log.warning(
                 "%s: %.1f ms a request on %s, over interim_budget_ms (%g); served all the same",
@@ -293,9 +293,32 @@ class Models:
         self.builds.end_all()
 
     def wants_engine(self, loaded: LoadedModel) -> bool:
-        """Whether ``loaded`` is an interim artifact, served for want of its engine (under
+        """Whether ``loaded`` is an interim artifact served for want of its engine (under
         ``auto``, a daemon stopped during the build): build the engine, serving this meanwhile.
-        One that auto built for ONNX Runtime because TensorRT cannot take it is not."""
+        Not one that auto built for ONNX Runtime because TensorRT cannot take it, nor one
+        beside a stale engine unless ``rebuild_stale`` says so."""
+        if not self._interim(loaded):
+            return False
+        wanted = target(self.config.backend)
+        stale = [
+            a.path.name
+            for a in loaded.model.artifacts()
+            if isinstance(a, Artifact) and a.manifest.key.backend == wanted
+        ]
+        if stale and not self.config.rebuild_stale:
+            log.info(
+                "%s: served on %s: its %s artifact %s is stale (serve with --rebuild-stale to "
+                "rebuild it)",
+                loaded.config.name,
+                loaded.artifact.manifest.key.backend,
+                wanted,
+                stale[0],
+            )
+            return False
+        return True
+
+    def _interim(self, loaded: LoadedModel) -> bool:
+        """Whether ``loaded`` is on the interim backend, which serves until the engine does."""
         manifest = loaded.artifact.manifest
         return (
             manifest.key.backend == interim(self.config)

@@ -206,6 +206,51 @@ def test_a_daemon_stopped_during_the_build_serves_the_interim_and_builds_again(
         broker.kill()
 
 
+def test_a_stale_engine_beside_the_interim_is_rebuilt_only_with_rebuild_stale(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An engine built for another GPU: without ``rebuild_stale`` the ONNX Runtime artifact
+    serves and no build starts (the log says why); with it, the engine is rebuilt."""
+    emulate(monkeypatch, "10.3.0")
+    repository = _repository(tmp_path)
+    model = ModelDir(repository / "occupancy")
+    monkeypatch.setenv("EMULATOR_SM", "sm_86")
+    compile_model(model, CompileOptions(backend="tensorrt"))
+    monkeypatch.setenv("EMULATOR_SM", "sm_87")
+    compile_model(model, CompileOptions(backend="onnxruntime"))
+    broker = Mosquitto(tmp_path).start()
+    try:
+        for rebuild in (False, True):
+            watcher = Watcher(broker.port, NODE)
+            daemon = Daemon(
+                broker, repository, tmp_path / f"daemon{rebuild}", node=NODE, rebuild_stale=rebuild
+            )
+            try:
+                daemon.start()
+                if rebuild:
+                    watcher.catalogue(lambda c: _backend(c, "occupancy") == "tensorrt", 60)
+                    engines = [
+                        m.key.device for m in _manifests(model.path) if m.key.device[:3] == "sm_"
+                    ]
+                    assert sorted(engines) == ["sm_86", "sm_87"], engines
+                    continue
+                (first,) = watcher.catalogue(lambda c: True, timeout=10)
+                entry = _entry(first, "occupancy")
+                assert entry["backend"] == "onnxruntime" and "building" not in entry, entry
+                # A build would be in the catalogue at once (as it starts): none comes.
+                with pytest.raises(TimeoutError):
+                    watcher.catalogue(lambda c: "building" in _entry(c, "occupancy"), 3)
+                assert daemon.terminate(timeout=20) == 0
+                log = daemon.log.read_text()
+                assert "is stale (serve with --rebuild-stale" in log, log
+                assert "building its engine" not in log and "building for" not in log, log
+            finally:
+                daemon.stop()
+                watcher.close()
+    finally:
+        broker.kill()
+
+
 def _overflowing_fp16(directory: Path) -> None:
     """A model FP16 cannot hold (x * 70000): its TensorRT FP16 engine fails parity."""
     x = tensor("x", np.float32, ["batch", 4])
