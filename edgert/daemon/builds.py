@@ -167,12 +167,13 @@ class Builds:
     def _set(self, name: str, state: BuildState) -> None:
         with self._lock:
             self._states[name] = state
+            if self._timer is not None:
+                return  # a publish is due: it shows this state
             wait = self._published + self._every - time.monotonic()
             if wait > 0:  # published within the last second: once the second is up
-                if self._timer is None:
-                    self._timer = threading.Timer(wait, self._publish)
-                    self._timer.daemon = True
-                    self._timer.start()
+                self._timer = threading.Timer(wait, self._publish)
+                self._timer.daemon = True
+                self._timer.start()
                 return
             self._published = time.monotonic()
         self._on_progress()

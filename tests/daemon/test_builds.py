@@ -127,3 +127,21 @@ def test_measure_ms_times_one_sample_request(tmp_path: Path) -> None:
 def test_the_child_refuses_a_wrong_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: python -m edgert.daemon.builds" in capsys.readouterr().err
+
+
+def test_a_burst_of_progress_is_published_spaced_and_its_last_state_shown() -> None:
+    """Progress lines faster than the interval: on_progress no closer than the interval (also
+    when a line comes just as a held-back publish is due), and the last state published."""
+    times: list[float] = []
+    builds = Builds(threading.Event(), lambda: times.append(time.monotonic()), publish_every=0.05)
+    end = time.monotonic() + 1.0
+    count = 0
+    while time.monotonic() < end:
+        builds.starting(f"m{count % 3}", "onnxruntime")
+        count += 1
+        time.sleep(0.001)
+    time.sleep(0.1)
+    assert 10 <= len(times) <= 22, len(times)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= 0.049, sorted(gaps)[:3]
+    assert times[-1] >= end  # what came last was published after the burst
