@@ -282,7 +282,8 @@ class Models:
             served = name in self.served
         if not served:
             self.loading(model)
-        else:
+        else:  # building as of now, for the catalogue
+            self.builds.starting(name, self.config.backend)
             log.info("%s: building its engine; the interim serves meanwhile", name)
         threading.Thread(
             target=self._build_then_serve, args=(model,), name="build", daemon=True

@@ -136,12 +136,12 @@ class Service:
         for model in configured:
             model.config  # noqa: B018 - a broken model.toml refuses to start, in one line
         pending: list[ModelDir] = []
-        engines: list[ModelDir] = []  # served on an interim artifact: their engines to build
         for model in configured:
             try:
                 loaded = open_model(model, self.config.backend)
                 self.models.serve(model, loaded)
-                engines += [model] if self.models.wants_engine(loaded) else []
+                if self.models.wants_engine(loaded):  # an interim: building from the first
+                    self.models.start_build(model)  # catalogue on
             except IncompatibleArtifact as exc:
                 if not self.config.rebuild_stale:
                     self.models.fail(model, f"{exc.message} (or serve with --rebuild-stale)")
@@ -161,7 +161,7 @@ class Service:
         self.connection.publish_retained(self.topics.status, b"online")
         self.connection.start()
         self._sources.start(list(self.models.served), [model_name(m) for m in pending])
-        for model in pending + engines:
+        for model in pending:
             self.models.start_build(model)
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
