@@ -97,7 +97,7 @@ DID_YOU_MEAN = "unknown key; did you mean"
         ({"serve": {"hold": 1}}, f"[serve] hold: {DID_YOU_MEAN} [serve] hold_while_loading?"),
         ({"queue_size": 8}, f"queue_size: {DID_YOU_MEAN} [serve] queue_size?"),
         ({"nodes": {"id": "x"}}, "[nodes]: unknown table; did you mean [node]?"),
-        ({"zzz": {}}, "[zzz]: unknown table; the tables are broker, node, serve, sources"),
+        ({"zzz": {}}, "[zzz]: unknown table; the tables are broker, node, serve, http, sources"),
         (
             {"node": {"zzzzzz": 1}},
             "[node] zzzzzz: unknown key; known: id, prefix, reply_prefix, share_group",
