@@ -48,7 +48,9 @@ class HealthServer:
             why = os.strerror(exc.errno) if exc.errno else str(exc)
             if exc.errno == errno.EADDRINUSE:
                 why += ": another process listens there; choose another port"
-            raise ConfigError(f'[http] listen = "{self.listen}": cannot listen there: {why}') from exc
+            raise ConfigError(
+                f'[http] listen = "{self.listen}": cannot listen there: {why}'
+            ) from exc
         self._socket.setblocking(False)
 
     @property

@@ -86,6 +86,10 @@ class Tegrastats:
         self._thread.start()
         return True
 
+    @property
+    def running(self) -> bool:
+        return self._child is not None and self._child.poll() is None
+
     def _read(self) -> None:
         assert self._child is not None and self._child.stdout is not None
         for line in self._child.stdout:
