@@ -102,6 +102,11 @@ class DaemonCollector(Collector):
             "Cumulative time answered requests took to run, in microseconds.",
             labels=_MODEL,
         )
+        request = CounterMetricFamily(
+            "edgert_inference_request_duration_us",
+            "Cumulative time from receipt to result of answered requests, in microseconds.",
+            labels=_MODEL,
+        )
         pending = GaugeMetricFamily(
             "edgert_inference_pending_request_count",
             "Requests queued, not yet run.",
@@ -114,8 +119,9 @@ class DaemonCollector(Collector):
             runs.add_metric(labels, batches)
             queue.add_metric(labels, round(queue_s * 1e6))
             compute.add_metric(labels, round(compute_s * 1e6))
+            request.add_metric(labels, round((queue_s + compute_s) * 1e6))
             pending.add_metric(labels, entry.worker.depth)
-        yield from (count, runs, queue, compute, pending)
+        yield from (count, runs, request, queue, compute, pending)
 
     def _gpu(self) -> Iterator[Metric]:
         tensorrt = any(

@@ -102,7 +102,11 @@ def test_ready_flips_to_200_when_the_last_model_is_built_and_metrics_count_the_r
         served = (("model", "occupancy"), ("version", "1"))
         assert metrics[("edgert_inference_count_total", served)] == 3
         assert 1 <= metrics[("edgert_inference_exec_count_total", served)] <= 3
-        assert metrics[("edgert_inference_compute_infer_duration_us_total", served)] > 0
+        compute = metrics[("edgert_inference_compute_infer_duration_us_total", served)]
+        queue = metrics[("edgert_inference_queue_duration_us_total", served)]
+        assert compute > 0 and queue >= 0
+        total = metrics[("edgert_inference_request_duration_us_total", served)]
+        assert abs(total - (queue + compute)) <= 1  # each rounded to a microsecond
         assert metrics[("edgert_inference_pending_request_count", served)] == 0
         assert metrics[("process_resident_memory_bytes", ())] > 1 << 20
         assert not any(name.startswith("edgert_gpu") for name, _ in metrics)  # no TensorRT here
