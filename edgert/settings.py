@@ -49,6 +49,13 @@ Rate = Annotated[float, Meta(ge=0)]
 PROTOCOLS = {5: 5, 4: 4, "5": 5, "3.1.1": 4, "311": 4}
 Protocol = Literal[5, 4, "5", "3.1.1", "311"]
 Backend = Literal["auto", "tensorrt", "onnxruntime"]
+Listen = Annotated[  # host:port, or [IPv6]:port
+    str,
+    Meta(
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description='"host:port", e.g. "127.0.0.1:8080"',
+    ),
+]
 
 
 class BrokerSection(Table, forbid_unknown_fields=True, frozen=True):
@@ -137,16 +144,7 @@ class HttpSection(Table, forbid_unknown_fields=True, frozen=True):
     """``[http]``: ``/health/live``, ``/health/ready`` and Prometheus ``/metrics``, served from
     the daemon's event loop; off unless ``listen`` is set."""
 
-    listen: (
-        Annotated[
-            str,
-            Meta(
-                pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
-                description='"host:port", e.g. "127.0.0.1:8080"',
-            ),
-        ]
-        | None
-    ) = None
+    listen: Listen | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
