@@ -29,11 +29,13 @@ __all__ = [
     "BrokerSection",
     "DaemonConfig",
     "EdgertFile",
+    "HttpSection",
     "NodeSection",
     "ServeSection",
     "SourceConfig",
     "parse_broker_url",
     "redact_url",
+    "split_listen",
 ]
 
 Size = Annotated[int, Meta(ge=1)]
@@ -47,6 +49,13 @@ Rate = Annotated[float, Meta(ge=0)]
 PROTOCOLS = {5: 5, 4: 4, "5": 5, "3.1.1": 4, "311": 4}
 Protocol = Literal[5, 4, "5", "3.1.1", "311"]
 Backend = Literal["auto", "tensorrt", "onnxruntime"]
+Listen = Annotated[  # host:port, or [IPv6]:port
+    str,
+    Meta(
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description='"host:port", e.g. "127.0.0.1:8080"',
+    ),
+]
 
 
 class BrokerSection(Table, forbid_unknown_fields=True, frozen=True):
@@ -131,6 +140,24 @@ class ServeSection(Table, forbid_unknown_fields=True, frozen=True):
             )
 
 
+class HttpSection(Table, forbid_unknown_fields=True, frozen=True):
+    """``[http]``: ``/health/live``, ``/health/ready`` and Prometheus ``/metrics``, served from
+    the daemon's event loop; off unless ``listen`` is set."""
+
+    listen: Listen | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.listen is not None and not 1 <= split_listen(self.listen)[1] <= 65535:
+            raise ConfigKeyError("listen", f"the port must be in 1..65535, got {show(self.listen)}")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``) as (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 class SourceConfig(Table, forbid_unknown_fields=True, frozen=True):
     """One ``[[sources]]`` table: a camera the daemon pulls a snapshot from (``url``, on an
     interval or when a message arrives on ``trigger``), or a device that streams its own
@@ -190,6 +217,7 @@ class EdgertFile(Table, forbid_unknown_fields=True, frozen=True):
     broker: BrokerSection = BrokerSection()
     node: NodeSection = NodeSection()
     serve: ServeSection = ServeSection()
+    http: HttpSection = HttpSection()
     sources: Annotated[tuple[SourceConfig, ...], Meta(description="[[sources]] tables")] = ()
 
     def __post_init__(self) -> None:
@@ -288,6 +316,7 @@ class DaemonConfig:
     events: bool = _SERVE.events
     hold_while_loading: float = _SERVE.hold_while_loading
     sources: tuple[SourceConfig, ...] = ()  # [[sources]]: cameras the daemon pulls from
+    http_listen: str | None = None  # [http] listen: health and metrics over HTTP
 
     def __post_init__(self) -> None:
         # Built in Python (overrides, tests) too: the file's rules either way.
@@ -302,7 +331,12 @@ class DaemonConfig:
         sources = [
             msgspec.structs.asdict(s) if isinstance(s, SourceConfig) else s for s in self.sources
         ]
-        return {"node": node, "serve": serve, "sources": sources}
+        return {
+            "node": node,
+            "serve": serve,
+            "sources": sources,
+            "http": {"listen": self.http_listen},
+        }
 
     @property
     def burst(self) -> float:
@@ -334,6 +368,7 @@ class DaemonConfig:
             share_group=file.node.share_group,
             **{**values, "repository": repository},
             sources=file.sources,
+            http_listen=file.http.listen,
         )
 
 

@@ -160,9 +160,9 @@ class Runner:
         took = done - start
         recent = self._recent
         self._recent = took if recent is None else 0.8 * recent + 0.2 * took
+        self._stats.record_batch(len(live))  # before the replies: a requester sees it counted
         for job, result in zip(live, outputs, strict=True):
             self._deliver(Outputs(job, result, start, done))
-        self._stats.record_batch(len(live))
 
     def _infer(self, instance: LoadedModel, live: list[Job]) -> list[dict[str, np.ndarray]]:
         """One run of ``live``'s requests, stacked; each request's outputs, in order."""

@@ -21,12 +21,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgert.daemon.catalogue import model_states
+from edgert.daemon.counts import ReplyCounts
 from edgert.daemon.discovery import ModelEntity, SourceEntity
+from edgert.daemon.health import Health
 from edgert.daemon.holding import HeldRequests
 from edgert.daemon.homeassistant import HomeAssistant
 from edgert.daemon.host import notify_systemd, release_freed_memory
 from edgert.daemon.intake import UNSERVED
 from edgert.daemon.ledger import RequestLedger
+from edgert.daemon.metrics import model_labels
 from edgert.daemon.models import Models, model_name
 from edgert.daemon.observers import EventsTopic, ResultHook
 from edgert.daemon.pool import Pool
@@ -78,6 +81,7 @@ class Service:
             broker,
             will=(self.topics.status, b"offline"),
             on_message=self._on_message,
+            on_connect=lambda: self.health.changed(),
             after_read=self._flush,
             on_refused=self._refused,
         )
@@ -90,7 +94,14 @@ class Service:
             config.max_payload,
             loop=self.connection.loop,
         )
-        self.replies = Replies(config, self.topics, self.connection)
+        counts = ReplyCounts()  # every reply, by outcome: read by /metrics
+        self.replies = Replies(
+            config,
+            self.topics,
+            self.connection,
+            counts,
+            lambda name: model_labels(self.models, name),  # Models is made below
+        )
         self.observers = ResultHook()
         if config.events:  # every result on the events topic (Home Assistant reads it)
             self.observers.subscribe(EventsTopic(self.connection, self.topics))
@@ -117,6 +128,7 @@ class Service:
             self._stopping,
             self.pool,
         )
+        self.health = Health(config, self.models, counts, self.connection)
         self.homeassistant = (
             HomeAssistant(self.node, self.topics, self.connection, self._entities)
             if config.homeassistant
@@ -130,6 +142,7 @@ class Service:
 
         Models still to build are ``loading`` in the catalogue from the first publish, and
         their requests are held, so a device that sends when it sees ``online`` is answered."""
+        self.health.bind()  # an HTTP address in use: stop now, before announcing anything
         repository = Repository(self.config.repository)
         configured = self._configured(repository)
         for model in configured:
@@ -156,13 +169,13 @@ class Service:
         self._publish_catalogue()
         self.connection.publish_retained(self.topics.status, b"online")
         self.connection.start()
+        self.health.start(self.connection.loop)  # READY=1 once connected, every model settled
         self._sources.start(list(self.models.served), [model_name(m) for m in pending])
         for model in pending:
             self.models.start_build(model)
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
         release_freed_memory()
-        notify_systemd("READY=1")
         log.info(
             "serving %s as node %s on %s:%d",
             ", ".join(self.models.served) or "no models yet",
@@ -247,6 +260,7 @@ class Service:
         time.sleep(0.2)  # let the network thread flush the replies and offline
         self.connection.ack_overdue(everything=True)  # what was answered is not redelivered
         time.sleep(0.05)
+        self.health.stop(self.connection.loop)
         self.connection.stop()
         for entry in served:
             entry.worker.stop()
@@ -289,6 +303,7 @@ class Service:
         """Every repository model with its state; re-published on every change."""
         payload = catalogue(self.node, model_states(self.models))
         self.connection.publish_retained(self.topics.models, payload)
+        self.health.changed()
         if self.homeassistant is not None:
             self.homeassistant.publish()
 

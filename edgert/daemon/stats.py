@@ -19,6 +19,9 @@ class ModelStats:
         self.inferences = 0  # backend runs: fewer than ok replies when requests batch
         self.batched = 0
         self.errors: Counter[str] = Counter()
+        # Sums over every ok reply, in seconds (Prometheus' cumulative durations).
+        self.queue_s = 0.0
+        self.compute_s = 0.0
         self._total: deque[float] = deque(maxlen=window)
         self._infer: deque[float] = deque(maxlen=window)
 
@@ -29,6 +32,8 @@ class ModelStats:
     def record_ok(self, total_s: float, infer_s: float) -> None:
         with self._lock:
             self.ok += 1
+            self.queue_s += total_s - infer_s
+            self.compute_s += infer_s
             self._total.append(total_s * 1000)
             self._infer.append(infer_s * 1000)
 
@@ -41,6 +46,12 @@ class ModelStats:
     def record_error(self, code: str) -> None:
         with self._lock:
             self.errors[code] += 1
+
+    def totals(self) -> tuple[int, int, float, float]:
+        """(requests run, backend runs, queue seconds, compute seconds) since the worker began:
+        Triton's inference count, execution count and cumulative durations."""
+        with self._lock:
+            return self.batched, self.inferences, self.queue_s, self.compute_s
 
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         with self._lock:
