@@ -191,6 +191,9 @@ EDGERT_TOML: dict[str, str] = {
     "Assistant and automations).",
     "serve.hold_while_loading": "Seconds a request for a model still building or loading waits "
     "for it; past it (or at once with 0) it gets `loading` with `retry_after_ms`.",
+    "http.listen": "`host:port` for `/health/live`, `/health/ready` and Prometheus `/metrics`, "
+    "served from the daemon's event loop (`127.0.0.1` keeps them on this machine). Unset: no "
+    "HTTP listener.",
     "sources.name": "The source's name: its events topic (`edgert/node/<node>/events/<name>`) "
     "and its Home Assistant entities. Unique.",
     "sources.model": "The model its pictures or chunks go to.",

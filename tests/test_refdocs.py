@@ -49,28 +49,28 @@ def test_a_key_the_docs_name_but_the_structs_lack_is_found() -> None:
     assert keys(EdgertFile) - documented(dropped) == {("serve", "queue_size")}
 
 
-class HttpSection(Table, forbid_unknown_fields=True, frozen=True):
-    """``[http]``: a table another change adds."""
+class PlantedSection(Table, forbid_unknown_fields=True, frozen=True):
+    """``[planted]``: a table another change adds (a name no real table will take)."""
 
     listen: str = ""
 
 
 class GrownServe(ServeSection, forbid_unknown_fields=True, frozen=True):
-    interim_backend: str = "onnxruntime"
+    planted_backend: str = "onnxruntime"
 
 
 class GrownFile(EdgertFile, forbid_unknown_fields=True, frozen=True):
     serve: GrownServe = GrownServe()
-    http: HttpSection = HttpSection()
+    planted: PlantedSection = PlantedSection()
 
 
 def test_a_new_key_or_table_in_the_structs_is_picked_up_and_needs_a_meaning() -> None:
-    assert {("http", "listen"), ("serve", "interim_backend")} <= keys(GrownFile)
+    assert {("planted", "listen"), ("serve", "planted_backend")} <= keys(GrownFile)
     ref = RefFile("edgert.toml", GrownFile, FILES[1].meanings, FILES[1].doc, "")
     missing = [p for p in meaning_paths(GrownFile) if p not in ref.meanings]
-    assert missing == ["serve.interim_backend", "http.listen"]
+    assert missing == ["serve.planted_backend", "planted.listen"]
     text = render(ref)
-    assert "## `[http]`" in text
+    assert "## `[planted]`" in text
     assert f'| `listen` | string | `""` |   | {UNDOCUMENTED} |' in text
     assert documented(text) == keys(GrownFile)
 
