@@ -30,6 +30,8 @@ import onnx
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from PIL import Image
 
 from edgert import LoadedModel, ModelDir, compile_model, open_model
@@ -182,7 +184,8 @@ def run(loaded: LoadedModel, pictures: Sequence[bytes]) -> tuple[list[Run], Post
     decoded = [pre.decode(p) for p in pictures]
     batch = np.concatenate([tensor for tensor, _ in decoded])
     raw = loaded.infer({pre.input: batch})["output0"]
-    assert raw.shape == (len(pictures), 84, (SIZE // 8) ** 2 + (SIZE // 16) ** 2 + (SIZE // 32) ** 2)
+    anchors = sum((SIZE // stride) ** 2 for stride in (8, 16, 32))
+    assert raw.shape == (len(pictures), 84, anchors)
     runs = []
     for head, (_, transform), picture in zip(raw, decoded, pictures, strict=True):
         assert transform is not None
@@ -286,29 +289,44 @@ def test_daemon_replies_what_ultralytics_post_processes(
     exported: Exported, pictures: list[bytes], tmp_path: Path
 ) -> None:
     """End to end: a camera's JPEG over MQTT, edgert serve's reply; Ultralytics post-processes
-    the reply's own raw outputs into the reply's result."""
+    the reply's own raw outputs into the reply's result. The raw head is ~2 MB of JSON: a device
+    asks for the result alone (user property compact), which is the same."""
     broker = Mosquitto(tmp_path).start()
-    daemon = Daemon(broker, exported.directory.parent, tmp_path / "daemon", node="yolo")
-    replies: queue.Queue[bytes] = queue.Queue()
+    daemon = Daemon(
+        broker, exported.directory.parent, tmp_path / "daemon", node="yolo", max_payload=4 << 20
+    )
+    replies: queue.Queue[paho.MQTTMessage] = queue.Queue()
     subscribed = threading.Event()
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.on_message = lambda c, u, m: replies.put(m.payload)
+    client.on_message = lambda c, u, m: replies.put(m)
     client.on_subscribe = lambda *_: subscribed.set()
+
+    def ask(key: str, picture: bytes, compact: bool) -> tuple[dict[str, Any], int]:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = "image/jpeg"
+        props.ResponseTopic = f"edgert/reply/{key}/{NAME}"
+        props.UserProperty = [("id", key)] + ([("compact", "true")] if compact else [])
+        client.publish(f"edgert/infer/{NAME}", picture, qos=1, properties=props)
+        message = replies.get(timeout=60)
+        reply = json.loads(message.payload)
+        assert reply["ok"] is True and reply["id"] == key, reply
+        return reply, len(message.payload)
+
     try:
         daemon.start()
         client.connect("127.0.0.1", broker.port)
         client.loop_start()
         client.subscribe(f"edgert/reply/+/{NAME}", 1)
         assert subscribed.wait(10)
-        for i in (0, 4):  # landscape and odd-sided portrait, as a camera sends them
-            client.publish(f"edgert/infer/{NAME}/cam{i}", pictures[i], qos=1)
-            reply = json.loads(replies.get(timeout=60))
-            assert reply["ok"] is True, reply
-            assert reply["id"] == f"cam{i}"
-            raw = np.asarray(reply["outputs"]["output0"], np.float32)[0]
+        for i in (0, 4):  # landscape and odd-sided portrait
+            full, _ = ask(f"full{i}", pictures[i], compact=False)
+            raw = np.asarray(full["outputs"]["output0"], np.float32)[0]
             want = ultralytics_detections(raw, _size(pictures[i]))
-            assert_same_detections(reply["result"], want, exported.labels)
-            assert len(reply["result"]) >= 3
+            assert_same_detections(full["result"], want, exported.labels)
+            assert len(full["result"]) >= 3
+            compact, size = ask(f"compact{i}", pictures[i], compact=True)
+            assert compact["result"] == full["result"] and "outputs" not in compact
+            assert size < 8192, size
     finally:
         client.loop_stop()
         client.disconnect()
