@@ -10,12 +10,15 @@ seeded scenes of several aspect ratios, letterboxed by edgert to 320x320.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import io
 import json
 import queue
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -331,4 +334,54 @@ def test_daemon_replies_what_ultralytics_post_processes(
         client.loop_stop()
         client.disconnect()
         daemon.stop()
+        broker.kill()
+
+
+def test_the_bench_plain_loop_boxes_as_ultralytics(
+    exported: Exported, loaded: LoadedModel, pictures: list[bytes], tmp_path: Path
+) -> None:
+    """scripts/plain-loop, the bench's peer for this model, post-processes as Ultralytics does
+    (else the bench would compare edgert with something that does less)."""
+    (item,), _ = run(loaded, pictures[4:5])
+    want = ultralytics_detections(item.raw, item.original)
+    broker = Mosquitto(tmp_path).start()
+    with (tmp_path / "plain.log").open("wb") as log:
+        loop = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "plain-loop"),
+                str(exported.directory / "model.onnx"),
+                "--name",
+                NAME,
+                "--broker",
+                broker.url,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    replies: queue.Queue[bytes] = queue.Queue()
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = lambda c, u, m: replies.put(m.payload)
+    try:
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        client.subscribe("edgert/reply/plain", 1)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "edgert/reply/plain"
+        props.UserProperty = [("id", "p1")]
+        reply = None
+        for _ in range(60):  # until the loop has subscribed (it says nothing when it has)
+            assert loop.poll() is None, (tmp_path / "plain.log").read_text()
+            client.publish(f"edgert/infer/{NAME}", pictures[4], qos=1, properties=props)
+            with contextlib.suppress(queue.Empty):
+                reply = json.loads(replies.get(timeout=0.5))
+                break
+        assert reply is not None and reply["ok"] is True, reply
+        numbered = [str(i) for i in range(len(exported.labels))]
+        assert_same_detections(reply["result"], want, numbered)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        loop.terminate()
+        loop.wait(10)
         broker.kill()
