@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import io
 import json
 import queue
+import shutil
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from importlib import resources
-from importlib.machinery import SourceFileLoader
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -37,55 +34,43 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from PIL import Image
 
-from edgert import LoadedModel, ModelDir, compile_model, open_model
+from edgert import CompileOptions, InputError, LoadedModel, ModelDir, compile_model, open_model
 from edgert.daemon.batcher import BatchPlan
-from edgert.pipeline import Postprocess, Preprocess
-from edgert.pipeline.image import Transform
+from edgert.pipeline import Preprocess
 from tests.broker import Mosquitto
 from tests.daemon.conftest import Daemon
+from tests.frameworks.yolo import (
+    IOU,
+    MAX_BATCH,
+    MAX_DET,
+    NAME,
+    PICTURE_SEED,
+    REPO,
+    SCORE,
+    SHAPES,
+    SIZE,
+    Exported,
+    assert_same_detections,
+    coco_names,
+    load_recipe,
+    picture_size,
+    run,
+    ultralytics_detections,
+)
+from tests.trt.emulation import emulate, purge
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "scripts" / "make-cnn-model"
-NAME = "yolo11n"
-COCO = "cfg/datasets/coco.yaml"
-SIZE = 320
-MAX_BATCH = 8
-# Ultralytics' predict defaults are conf 0.25, iou 0.7, max_det 300; these are edgert's (model.toml
-# states them, and Ultralytics is called with the same).
-SCORE, IOU, MAX_DET = 0.25, 0.45, 100
-BOX_PX = 0.5  # edgert rounds boxes to 0.1 px; a letterbox off by one pixel is 1 px or more
-SCORE_TOLERANCE = 1e-4  # edgert rounds scores to 4 decimals
-# (height, width): landscape, portrait, square (scaled up), a wide strip, odd sides whose scaled
-# size rounds, and a 1080p frame.
-SHAPES = [(480, 640), (640, 480), (300, 300), (200, 700), (777, 333), (1080, 1920)]
-# Scenes of this seed score 12 to 51 boxes in each shape (some seeds' backgrounds score none).
-PICTURE_SEED = 107
 pytestmark = pytest.mark.timeout(300)
-
-
-@dataclass(frozen=True)
-class Exported:
-    directory: Path
-    labels: tuple[str, ...]
-    connects: list[object]  # network connections Ultralytics tried while building and exporting
 
 
 @pytest.fixture(scope="module")
 def recipe() -> ModuleType:
-    """scripts/make-cnn-model as a module (it has no .py suffix)."""
-    loader = SourceFileLoader("make_cnn_model", str(SCRIPT))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return load_recipe()
 
 
 @pytest.fixture(scope="module")
 def exported(recipe: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Exported:
     """The export, once per module, into a repository of its own, compiled by edgert; every
     socket connect refused (and recorded) meanwhile, so a network attempt cannot hang."""
-    pytest.importorskip("torch")
     recipe.offline(tmp_path_factory.mktemp("ultralytics-settings"))
     connects: list[object] = []
 
@@ -127,75 +112,6 @@ def pictures(recipe: ModuleType) -> list[bytes]:
     return out
 
 
-def coco_names() -> tuple[str, ...]:
-    """The 80 class names of Ultralytics' COCO dataset file, in class order."""
-    import yaml
-
-    names = yaml.safe_load((resources.files("ultralytics") / COCO).read_text())["names"]
-    return tuple(names[i] for i in range(len(names)))
-
-
-def ultralytics_detections(raw: np.ndarray, original: tuple[int, int]) -> np.ndarray:
-    """Ultralytics' post-processing of one picture's ``[84, anchors]`` head: ``[n, 6]`` rows of
-    x1, y1, x2, y2 (in ``original`` (height, width) pixels), score, class; best first."""
-    import torch
-    from ultralytics.utils import nms, ops
-
-    (found,) = nms.non_max_suppression(
-        torch.from_numpy(np.ascontiguousarray(raw[np.newaxis], np.float32)),
-        conf_thres=SCORE,
-        iou_thres=IOU,
-        max_det=MAX_DET,
-    )
-    found[:, :4] = ops.scale_boxes((SIZE, SIZE), found[:, :4], original)
-    return np.asarray(found.numpy(), np.float64)
-
-
-def assert_same_detections(
-    got: Sequence[Mapping[str, Any]], want: np.ndarray, labels: Sequence[str]
-) -> None:
-    """edgert's ``result`` holds Ultralytics' boxes: the same count, classes, scores and boxes
-    within BOX_PX. Ties in score are put in class order on both sides."""
-    assert len(got) == len(want), f"edgert found {len(got)} boxes, Ultralytics {len(want)}"
-    index = {label: i for i, label in enumerate(labels)}
-    mine = sorted(got, key=lambda d: (-d["score"], index[d["label"]], d["box"][0]))
-    theirs = sorted(want.tolist(), key=lambda r: (-round(r[4], 4), r[5], r[0]))
-    for n, (det, row) in enumerate(zip(mine, theirs, strict=True)):
-        assert det["label"] == labels[int(row[5])], (n, det, row)
-        assert abs(det["score"] - row[4]) <= SCORE_TOLERANCE, (n, det, row)
-        off = max(abs(a - b) for a, b in zip(det["box"], row[:4], strict=True))
-        assert off <= BOX_PX, f"box {n} is {off:.2f} px off: edgert {det['box']}, {row[:4]}"
-
-
-def _size(picture: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(picture)) as img:
-        return img.height, img.width
-
-
-@dataclass(frozen=True)
-class Run:
-    raw: np.ndarray  # the head's [84, anchors] for this picture
-    transform: Transform
-    original: tuple[int, int]
-
-
-def run(loaded: LoadedModel, pictures: Sequence[bytes]) -> tuple[list[Run], Postprocess]:
-    """Every picture pre-processed by edgert and run as one batch."""
-    pre = Preprocess.of(loaded.config, loaded.io.inputs[0])
-    post = Postprocess.of(loaded.config, loaded.io)
-    assert pre is not None and post is not None
-    decoded = [pre.decode(p) for p in pictures]
-    batch = np.concatenate([tensor for tensor, _ in decoded])
-    raw = loaded.infer({pre.input: batch})["output0"]
-    anchors = sum((SIZE // stride) ** 2 for stride in (8, 16, 32))
-    assert raw.shape == (len(pictures), 84, anchors)
-    runs = []
-    for head, (_, transform), picture in zip(raw, decoded, pictures, strict=True):
-        assert transform is not None
-        runs.append(Run(head, transform, _size(picture)))
-    return runs, post
-
-
 def test_export_is_ultralytics_yolo11n_with_a_dynamic_batch(
     exported: Exported, loaded: LoadedModel
 ) -> None:
@@ -221,6 +137,41 @@ def test_a_batch_gives_each_picture_its_own_outputs(
     for picture, batched in zip(pictures[:3], together, strict=True):
         (alone,), _ = run(loaded, [picture])
         np.testing.assert_allclose(alone.raw, batched.raw, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "11.4.0.106"])
+def test_tensorrt_builds_it_with_the_batch_profile(
+    exported: Exported,
+    loaded: LoadedModel,
+    pictures: list[bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    version: str,
+) -> None:
+    """Through the TensorRT path (the emulator of DEVELOPERS.md: the real API's names and call
+    order, outputs from ONNX Runtime): JetPack 6.0's 8.6 and the strongly typed 11."""
+    directory = tmp_path / NAME
+    shutil.copytree(exported.directory, directory, ignore=shutil.ignore_patterns("build"))
+    emulate(monkeypatch, version)
+    try:
+        model = ModelDir(directory)
+        result = compile_model(model, CompileOptions(backend="tensorrt"))
+        assert result.artifact.manifest.key.backend == "tensorrt" and result.parity["passed"]
+        engine = open_model(model, backend="tensorrt")
+        try:
+            for batch in (1, MAX_BATCH):  # the profile's bounds
+                some = (pictures * MAX_BATCH)[:batch]
+                (want, _), (got, _) = run(loaded, some), run(engine, some)
+                for a, b in zip(want, got, strict=True):
+                    np.testing.assert_allclose(b.raw, a.raw, rtol=1e-3, atol=1e-3)
+            with pytest.raises(InputError, match="outside the engine's profile"):
+                x = np.zeros((MAX_BATCH + 1, 3, SIZE, SIZE), np.float32)
+                engine.infer({"images": x}, check=False)
+        finally:
+            engine.close()
+    finally:
+        monkeypatch.undo()
+        purge()
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"{w}x{h}" for h, w in SHAPES])
@@ -324,7 +275,7 @@ def test_daemon_replies_what_ultralytics_post_processes(
         for i in (0, 4):  # landscape and odd-sided portrait
             full, _ = ask(f"full{i}", pictures[i], compact=False)
             raw = np.asarray(full["outputs"]["output0"], np.float32)[0]
-            want = ultralytics_detections(raw, _size(pictures[i]))
+            want = ultralytics_detections(raw, picture_size(pictures[i]))
             assert_same_detections(full["result"], want, exported.labels)
             assert len(full["result"]) >= 3
             compact, size = ask(f"compact{i}", pictures[i], compact=True)
