@@ -321,13 +321,14 @@ def tensor_request(
     id: RequestId | None = None,
     stream: str | None = None,
     reset: bool = False,
+    compact: bool = False,
     reply_to: str | None = None,
     correlation: bytes | None = None,
     request_specs: Sequence[TensorSpec] | None = None,
 ) -> Request:
     """A request from one binary-decoded tensor (``.npy``, or a pre-processed image or sound),
-    for a model with exactly one request input. ``id``/``stream`` come from MQTT 5 user
-    properties or the topic's ``<key>`` and are checked as in JSON."""
+    for a model with exactly one request input. ``id``/``stream``/``compact`` come from MQTT 5
+    user properties or the topic's ``<key>`` and are checked as in JSON."""
     specs = io.inputs if request_specs is None else request_specs
     with _answerable(None, reply_to):
         request_id = _request_id(_ABSENT if id is None else id)
@@ -349,7 +350,7 @@ def tensor_request(
         deadline_ms=None,
         stream=stream,
         reset=reset,
-        compact=False,
+        compact=compact,
         inputs=MappingProxyType(inputs),
         correlation=correlation,
     )

@@ -133,5 +133,6 @@ class Replies:
             waiter.request_id,
             ErrorCode.TOO_LARGE,
             f"the reply is {size} bytes; replies go up to {cap} bytes here: ask with "
-            '"compact": true, or for fewer items per request',
+            '"compact": true (a binary request: user property compact=true), or for fewer items '
+            "per request",
         )
