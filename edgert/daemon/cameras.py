@@ -50,6 +50,7 @@ class StreamStats:
         self.sampled = 0  # frames taken at the source's fps
         self.gated = 0  # sampled frames the motion gate held back
         self.reconnects = 0
+        self.frame_at = float("-inf")  # monotonic time of the last frame decoded
         self._rate_at = (time.monotonic(), 0)
 
     def fps(self) -> float:
@@ -62,19 +63,22 @@ class StreamStats:
 def _options(config: SourceConfig) -> dict[str, str]:
     scheme = urlsplit(config.url or "").scheme
     if scheme in ("rtsp", "rtsps"):
-        # FFmpeg's rtsp demuxer: how packets come, and its socket I/O timeout (microseconds).
-        timeout = str(int(config.timeout * 1e6))
-        return {"rtsp_transport": config.transport, "timeout": timeout}
+        # How packets come. No rtsp "timeout" option: PyAV's own timeout interrupts every
+        # blocking call (the handshake, each read), and says so in words (ExitError).
+        return {"rtsp_transport": config.transport}
     if scheme in ("http", "https"):
         return {"reconnect": "0"}  # the source reconnects, with its own backoff
     return {}
 
 
-def _reason(exc: BaseException, timeout: float) -> str:
-    """An FFmpeg or socket failure in the words a user needs."""
+def _reason(exc: BaseException, timeout: float, waited: float) -> str:
+    """An FFmpeg or socket failure in the words a user needs (``waited``: seconds since the
+    call began, or since the last frame)."""
     import av
 
-    if isinstance(exc, av.ExitError):  # PyAV's timeout interrupts FFmpeg's blocking read
+    # PyAV's timeout interrupts FFmpeg's blocking call, which some demuxers (rtsp) then report
+    # as invalid data: a failure that took the whole timeout is the camera's silence.
+    if isinstance(exc, av.ExitError) or waited >= timeout:
         return f"no answer within {timeout:g} s"
     errno = getattr(exc, "errno", None)
     if isinstance(exc, ConnectionError) and errno:
@@ -100,12 +104,14 @@ def read_stream(
     url = config.url or ""
     where = redact_url(url)
     path = urlsplit(url).path if url.startswith("file:") else url
+    began = time.monotonic()
     try:
         container = av.open(
             path, options=_options(config), timeout=(config.timeout, config.timeout)
         )
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise StreamError(f"{where}: {_reason(exc, config.timeout)}") from exc
+        waited = time.monotonic() - began
+        raise StreamError(f"{where}: {_reason(exc, config.timeout, waited)}") from exc
     try:
         if not container.streams.video:
             kinds: list[str] = sorted({str(s.type) for s in container.streams}) or ["nothing"]
@@ -116,7 +122,8 @@ def read_stream(
         gate.reset()  # a new stream's first frame is compared with nothing
         _decode(container, stream, config, stats, gate, deliver, stopping, pace)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise StreamError(f"{where}: {_reason(exc, config.timeout)}") from exc
+        waited = time.monotonic() - max(began, stats.frame_at)
+        raise StreamError(f"{where}: {_reason(exc, config.timeout, waited)}") from exc
     finally:
         container.close()
     if not url.startswith("file:") and not stopping.is_set():
@@ -149,6 +156,7 @@ def _decode(
         if stopping.is_set():
             return
         stats.decoded += 1
+        stats.frame_at = time.monotonic()
         if not checked:  # a stream that did not say its size when opened
             _check_size(redact_url(config.url or ""), frame.width, frame.height, config)
             checked = True

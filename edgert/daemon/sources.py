@@ -303,7 +303,7 @@ class Sources:
                 log.info("source %s: stream %s of %s", config.name, config.stream, model)
                 continue
             log.info(
-                "source %s: %s → %s%s%s",
+                "source %s: %s → %s%s%s%s",
                 config.name,
                 redact_url(config.url or ""),
                 model,

@@ -160,9 +160,15 @@ class RtspServer:
         return f"rtsp://{credentials}127.0.0.1:{self.port}/{mount}"
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def closed_port() -> int:
