@@ -59,7 +59,7 @@ def annotate(rgb: np.ndarray, result: Any, min_score: float = 0.0) -> bytes:
 
     image = Image.fromarray(rgb, "RGB")
     draw = ImageDraw.Draw(image)
-    width = max(2, image.width // 320)
+    width = max(3, image.width // 240)  # survives JPEG's colour subsampling
     for entry in boxes_of(result):
         score = float(entry.get("score", 0.0))
         box = _box(entry.get("box"))
