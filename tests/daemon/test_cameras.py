@@ -126,6 +126,8 @@ def test_a_camera_stream_announces_the_figure_and_the_gate_skips_the_static_room
         _check_discovery(watch)
         log = daemon.log.read_text()
         assert "s3cret" not in log and "viewer:***@127.0.0.1" in log
+        # Nor in anything published: stats, catalogue, discovery, events.
+        assert not any(b"s3cret" in m.payload for m in watch.on(""))
         assert daemon.terminate(timeout=15) == 0
         # The door camera goes: its entities are removed from Home Assistant's device.
         before = len(watch.on(DISCOVERY))
