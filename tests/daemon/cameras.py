@@ -20,7 +20,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: python3-gi and GStreamer's intro
 WIDTH, HEIGHT, FPS = 320, 240, 10
 # The figure's clip, frame by frame: static, entering, standing, leaving, static again.
 STATIC_FRAMES, ENTER, STAY, LEAVE, AFTER = 30, 8, 10, 8, 24
-FIGURE = (220, 30, 30)
+FIGURE = (160, 10, 20)  # dark red: the detector sees red, the gate its contrast in grey
 
 DETECTOR_TOML = """
 labels = ["person"]
@@ -92,7 +92,8 @@ def scene(figure: bool = True, width: int = WIDTH, height: int = HEIGHT) -> list
     still = room(width, height)
     if not figure:
         return [still] * (STATIC_FRAMES + ENTER + STAY + LEAVE + AFTER)
-    fw, fh = width // 8, height // 2
+    # As wide as two of the detector's cells: wherever it stands, one cell is all figure.
+    fw, fh = width // 4, height // 2
     stand = width // 2 - fw // 2
     xs = [
         *[None] * STATIC_FRAMES,
