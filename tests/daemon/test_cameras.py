@@ -6,6 +6,7 @@ mosquitto; the server is killed and restarted; bad streams fail clearly."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import socket
@@ -141,9 +142,16 @@ def test_a_camera_stream_announces_the_figure_and_the_gate_skips_the_static_room
         assert removed["door_image"] == {"p": "image"}
         assert removed["door_person_count"] == {"p": "sensor"}
         assert removed["door_stream"] == {"p": "sensor"} and "hall_image" in removed
+        # Its retained snapshot and counts are cleared (an empty retained message each).
+        for state in ("snapshot/door", "counts/door"):
+            watch.wait(functools.partial(_cleared, watch, NODE + state), 10, f"{state} cleared")
     finally:
         watch.close()
         daemon.stop()
+
+
+def _cleared(watch: Observer, topic: str) -> bool:
+    return any(not m.payload for m in watch.on(topic) if m.topic == topic)
 
 
 def _check_snapshot(broker: Mosquitto) -> None:
