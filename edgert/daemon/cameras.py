@@ -71,9 +71,9 @@ def _options(config: SourceConfig) -> dict[str, str]:
     return {}
 
 
-def _reason(exc: BaseException, timeout: float, waited: float) -> str:
+def _reason(exc: BaseException, timeout: float, waited: float, url: str) -> str:
     """An FFmpeg or socket failure in the words a user needs (``waited``: seconds since the
-    call began, or since the last frame)."""
+    call began, or since the last frame), never with the URL's password."""
     import av
 
     # PyAV's timeout interrupts FFmpeg's blocking call, which some demuxers (rtsp) then report
@@ -84,7 +84,7 @@ def _reason(exc: BaseException, timeout: float, waited: float) -> str:
     if isinstance(exc, ConnectionError) and errno:
         return f"cannot connect: {os.strerror(errno)}"
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return str(text)
+    return str(text).replace(url, redact_url(url))
 
 
 def read_stream(
@@ -111,7 +111,8 @@ def read_stream(
         )
     except (av.FFmpegError, OSError, ValueError) as exc:
         waited = time.monotonic() - began
-        raise StreamError(f"{where}: {_reason(exc, config.timeout, waited)}") from exc
+        raise StreamError(f"{where}: {_reason(exc, config.timeout, waited, url)}") from exc
+    decoded = stats.decoded
     try:
         if not container.streams.video:
             kinds: list[str] = sorted({str(s.type) for s in container.streams}) or ["nothing"]
@@ -123,10 +124,14 @@ def read_stream(
         _decode(container, stream, config, stats, gate, deliver, stopping, pace)
     except (av.FFmpegError, OSError, ValueError) as exc:
         waited = time.monotonic() - max(began, stats.frame_at)
-        raise StreamError(f"{where}: {_reason(exc, config.timeout, waited)}") from exc
+        raise StreamError(f"{where}: {_reason(exc, config.timeout, waited, url)}") from exc
     finally:
         container.close()
-    if not url.startswith("file:") and not stopping.is_set():
+    if stopping.is_set():
+        return
+    if stats.decoded == decoded:  # a file of no frames must not be replayed in a busy loop
+        raise StreamError(f"{where}: no frames")
+    if not url.startswith("file:"):
         raise StreamError(f"{where}: the stream ended")
 
 

@@ -229,3 +229,11 @@ def test_a_file_over_max_pixels_or_not_video_is_refused(tmp_path: Path) -> None:
         read_stream(
             config, StreamStats(), MotionGate(config.motion), print, threading.Event(), False
         )
+
+
+def test_a_missing_file_is_refused_in_words(tmp_path: Path) -> None:
+    config = _source(url=f"file://{tmp_path}/gone.mkv")
+    with pytest.raises(StreamError, match=r"gone.mkv: No such file or directory$"):
+        read_stream(
+            config, StreamStats(), MotionGate(config.motion), print, threading.Event(), False
+        )
