@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import json
 import socket
 import threading
@@ -110,7 +111,8 @@ def test_a_camera_stream_announces_the_figure_and_the_gate_skips_the_static_room
         assert events and {e["event_type"] for e in events} == {"person"}
         assert all(e["source"] == "door" and e["score"] >= 0.5 for e in events)
         # Debounced: one event a second at most while the figure is seen (about 2.6 s).
-        assert len(events) <= 4
+        times = [m.at for m in watch.on(NODE + "events/door")]
+        assert len(events) <= 4 and all(b - a > 0.8 for a, b in itertools.pairwise(times))
         watch.wait(lambda: time.monotonic() - left > 2, 3, "2 s of the empty room")
         assert len(_json_on(watch, NODE + "events/door")) == len(events)  # none after it left
         assert not _json_on(watch, NODE + "events/hall")

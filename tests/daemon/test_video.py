@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import io
+import subprocess
+import sys
 import threading
 import wave
 from pathlib import Path
@@ -237,3 +239,13 @@ def test_a_missing_file_is_refused_in_words(tmp_path: Path) -> None:
         read_stream(
             config, StreamStats(), MotionGate(config.motion), print, threading.Event(), False
         )
+
+
+def test_pyav_is_imported_only_for_a_video_source() -> None:
+    """A daemon without cameras does not load FFmpeg (tens of MB resident)."""
+    code = (
+        "import sys, edgert.daemon.service, edgert.daemon.sources; "
+        "print(sorted(m for m in ('av', 'edgert.daemon.cameras') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
