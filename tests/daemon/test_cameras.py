@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from edgert.daemon.snapshots import BOX_COLOUR
+from edgert.settings import MotionSection
 from tests.broker import Mosquitto
 from tests.daemon.cameras import RtspServer, closed_port, grid_detector, scene, write_frames
 from tests.daemon.conftest import Daemon
@@ -281,3 +282,21 @@ def test_bad_streams_fail_clearly_and_nothing_gets_stuck(
     finally:
         watch.close()
         daemon.stop()
+
+
+def test_rtsp_over_udp_is_read(rtsp: RtspServer) -> None:
+    """``transport = "udp"``: the camera sends RTP over UDP (the reader alone, no daemon)."""
+    from edgert.daemon.cameras import StreamStats, read_stream
+    from edgert.daemon.motion import MotionGate
+    from edgert.settings import DaemonConfig
+
+    table = {"name": "door", "model": "grid", "url": rtsp.url("door"), "transport": "udp"}
+    (config,) = DaemonConfig.from_dict({"sources": [table | {"fps": 10}]}).sources
+    stats, stop = StreamStats(), threading.Event()
+
+    def deliver(frame: np.ndarray, at: float) -> None:
+        if stats.sampled >= 10:
+            stop.set()
+
+    read_stream(config, stats, MotionGate(MotionSection(enabled=False)), deliver, stop, False)
+    assert stats.sampled >= 10 and stats.state == "connected"

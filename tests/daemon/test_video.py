@@ -4,12 +4,16 @@ through the gate."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import subprocess
 import sys
 import threading
+import time
 import wave
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +253,48 @@ def test_pyav_is_imported_only_for_a_video_source() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def mjpeg_camera() -> Iterator[str]:
+    """An HTTP camera sending the scene as MJPEG (multipart JPEGs) at 10 frames a second."""
+    jpegs = []
+    for frame in scene(figure=True)[:40]:
+        out = io.BytesIO()
+        Image.fromarray(frame).save(out, format="JPEG")
+        jpegs.append(out.getvalue())
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the reader hung up
+                for n in range(600):
+                    body = jpegs[n % len(jpegs)]
+                    head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(body)}"
+                    self.wfile.write(head.encode() + b"\r\n\r\n" + body + b"\r\n")
+                    time.sleep(0.1)  # the camera's frame rate
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://viewer:s3cret@127.0.0.1:{server.server_address[1]}/mjpeg"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_mjpeg_camera_over_http_is_decoded(mjpeg_camera: str) -> None:
+    config = _source(url=mjpeg_camera, video=True, fps=10, motion={"enabled": False})
+    stats, stop, delivered = StreamStats(), threading.Event(), []
+
+    def deliver(frame: np.ndarray, at: float) -> None:
+        delivered.append(frame)
+        if len(delivered) == 15:
+            stop.set()
+
+    read_stream(config, stats, MotionGate(config.motion), deliver, stop, False)
+    assert len(delivered) == 15 and delivered[0].shape == (240, 320, 3)
+    assert stats.state == "connected" and stats.decoded >= 15
