@@ -118,7 +118,9 @@ def read_stream(
             kinds: list[str] = sorted({str(s.type) for s in container.streams}) or ["nothing"]
             raise StreamError(f"{where}: no video stream (it holds {', '.join(kinds)})")
         stream = container.streams.video[0]
-        _check_size(where, stream.codec_context.width, stream.codec_context.height, config)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        _check_size(where, width, height, config)
+        log.info("source %s: %s: %dx%d %s", config.name, where, width, height, stream.codec.name)
         stats.state = "connected"
         gate.reset()  # a new stream's first frame is compared with nothing
         _decode(container, stream, config, stats, gate, deliver, stopping, pace)
