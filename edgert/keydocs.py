@@ -197,8 +197,9 @@ EDGERT_TOML: dict[str, str] = {
     "sources.name": "The source's name: its events topic (`edgert/node/<node>/events/<name>`) "
     "and its Home Assistant entities. Unique.",
     "sources.model": "The model its pictures or chunks go to.",
-    "sources.url": "A camera's snapshot URL (`http://` or `https://`, JPEG or PNG; basic auth "
-    "as `http://user:pass@host/...`). Give `url` or `stream`.",
+    "sources.url": "A camera: a snapshot URL (`http://` or `https://`, JPEG or PNG), or a video "
+    "stream (`rtsp://`, `rtsps://`, `file://`, or `http(s)://` with `video = true`). Credentials "
+    "in it (`rtsp://user:pass@host/...`) are never logged or published. Give `url` or `stream`.",
     "sources.stream": "A microphone's (or any device's) stream id: the results of requests on "
     "that stream are this source's. Give `url` or `stream`.",
     "sources.interval": "Seconds between snapshot pulls; 0: only when `trigger` fires.",
@@ -207,5 +208,26 @@ EDGERT_TOML: dict[str, str] = {
     "sources.labels": "Only these labels become events. Unset: every label.",
     "sources.min_score": "Results scoring below it are not events.",
     "sources.debounce": "Seconds the same label is not announced again.",
-    "sources.timeout": "Seconds a snapshot pull may take.",
+    "sources.timeout": "Seconds a snapshot pull, or a video stream's open or read, may take.",
+    "sources.video": "An `http(s)://` url is an MJPEG or HLS video stream, not a snapshot.",
+    "sources.fps": "Video: frames per second sampled from the stream for the model (the rest "
+    "are decoded and dropped).",
+    "sources.transport": "RTSP: `tcp` (interleaved, works through NAT and firewalls) or `udp`.",
+    "sources.max_pixels": "Video: a stream with more pixels a frame is refused (use the "
+    "camera's sub-stream). Default: 1920 x 1080.",
+    "sources.snapshot_interval": "Video: seconds between the annotated snapshots published for "
+    "Home Assistant's `image` entity; 0: none.",
+    "sources.reconnect_min": "Video: seconds before a dropped stream's first retry; doubling "
+    "after each failure.",
+    "sources.reconnect_max": "Video: the longest wait between retries, in seconds.",
+    "sources.motion.enabled": "Video: run the model only on frames that changed (and a "
+    "keep-alive frame); false: on every sampled frame.",
+    "sources.motion.width": "Pixels across the small grey copy frames are compared on.",
+    "sources.motion.threshold": "Grey levels a pixel must change by to count as changed.",
+    "sources.motion.min_area": "Fraction of the (unmasked) frame that must change for the "
+    "model to run.",
+    "sources.motion.keepalive": "Seconds after which a frame goes to the model even without "
+    "change; 0: only on change.",
+    "sources.motion.mask": "Regions ignored by the gate (a tree in the wind, a street): "
+    "polygons of `[x, y]` points, as fractions of the frame from its top left corner.",
 }

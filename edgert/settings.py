@@ -22,7 +22,7 @@ from msgspec import Meta
 
 from edgert.errors import ConfigError, ConfigKeyError
 from edgert.schema import Table, decode, load_toml, located, show
-from edgert.topics import filter_ok
+from edgert.sourcesettings import MotionSection, SourceConfig, redact_url
 
 __all__ = [
     "BrokerConfig",
@@ -30,6 +30,7 @@ __all__ = [
     "DaemonConfig",
     "EdgertFile",
     "HttpSection",
+    "MotionSection",
     "NodeSection",
     "ServeSection",
     "SourceConfig",
@@ -156,59 +157,6 @@ def split_listen(listen: str) -> tuple[str, int]:
     """``"host:port"`` (or ``"[v6]:port"``) as (host, port)."""
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-class SourceConfig(Table, forbid_unknown_fields=True, frozen=True):
-    """One ``[[sources]]`` table: a camera the daemon pulls a snapshot from (``url``, on an
-    interval or when a message arrives on ``trigger``), or a device that streams its own
-    requests (``stream``: a microphone's stream id), feeding ``model``; results that pass
-    ``labels`` and ``min_score`` become events on the source's own events topic."""
-
-    name: Annotated[
-        str,
-        Meta(pattern=r"^[A-Za-z0-9_-]+$", description='a name of letters, digits, "_" or "-"'),
-    ]  # a topic level
-    model: Annotated[str, Meta(min_length=1)]
-    url: str | None = None  # http:// or https://, answering with a JPEG or PNG
-    stream: str | None = None  # or: the stream id whose results are this source's
-    interval: Delay = 0.0  # seconds between pulls; 0 = only on trigger
-    trigger: str | None = None  # MQTT topic filter: any message on it pulls once now
-    labels: (
-        Annotated[
-            tuple[str, ...],
-            Meta(min_length=1, description="a non-empty list of labels (none: every label)"),
-        ]
-        | None
-    ) = None
-    min_score: Annotated[float, Meta(ge=0, le=1)] = 0.5
-    debounce: Delay = 0.0  # seconds the same label is not announced again
-    timeout: Seconds = 5.0  # HTTP, seconds
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.url is None and self.stream is None:
-            raise ConfigKeyError("url", "missing; give a url (a camera) or a stream (a microphone)")
-        if self.url is not None and self.stream is not None:
-            raise ConfigKeyError("stream", "a source has a url (a camera) or a stream, not both")
-        if self.stream is not None:
-            for key in ("interval", "trigger"):
-                if getattr(self, key):
-                    raise ConfigKeyError(key, "a stream source has no interval or trigger")
-            return
-        parts = urlsplit(self.url or "")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigKeyError(
-                "url",
-                f"expected an http:// or https:// URL, got {show(redact_url(self.url or ''))}",
-            )
-        if self.trigger is not None and not filter_ok(self.trigger):
-            raise ConfigKeyError(
-                "trigger", f"expected an MQTT topic filter, got {show(self.trigger)}"
-            )
-        if self.interval <= 0 and self.trigger is None:
-            raise ConfigKeyError(
-                "interval", "give an interval (seconds) or a trigger topic, or both"
-            )
 
 
 class EdgertFile(Table, forbid_unknown_fields=True, frozen=True):
@@ -398,12 +346,3 @@ def _broker(section: BrokerSection, given: set[str], where: str, base_dir: Path)
         if changes.get(key) is not None:
             changes[key] = str(base_dir / changes[key])
     return BrokerConfig(**changes)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (camera URLs often carry credentials)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()

@@ -46,6 +46,7 @@ from edgert.protocol import (
 from edgert.repository import ModelDir, Repository
 from edgert.runtime import open_model
 from edgert.settings import DaemonConfig
+from edgert.sourcesettings import is_video
 from edgert.transport import AFTER_REPLY, Message, MqttTransport
 
 __all__ = ["Service"]
@@ -93,6 +94,9 @@ class Service:
             self._event,
             config.max_payload,
             loop=self.connection.loop,
+            topics=self.topics,  # a video source's counts and snapshot topics
+            retain=self.connection.publish_retained,
+            labels=self._labels,
         )
         counts = ReplyCounts()  # every reply, by outcome: read by /metrics
         self.replies = Replies(
@@ -319,11 +323,17 @@ class Service:
                 s.name,
                 s.model,
                 tuple(s.labels or configs[s.model].labels or (s.model,)),
+                video=is_video(s),
             )
             for s in self.config.sources
             if s.model in configs
         ]
         return models, sources
+
+    def _labels(self, model: str) -> tuple[str, ...]:
+        with self.models.lock:
+            entry = self.models.served.get(model)
+            return entry.worker.loaded.config.labels if entry is not None else ()
 
     def _stats_loop(self) -> None:
         last: dict[str, tuple[float, int]] = {}  # model -> (when, requests) at the last stats
