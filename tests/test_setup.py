@@ -48,17 +48,17 @@ def test_the_demo_path_installs_the_runtime_and_images_only(tmp_path: Path) -> N
 
 
 def test_the_test_path_installs_the_frameworks(tmp_path: Path) -> None:
-    assert planned_extras(tmp_path / "venv") == {"dev", "images", "frameworks"}
+    assert planned_extras(tmp_path / "venv") == {"dev", "images", "cameras", "frameworks"}
 
 
 def test_the_tests_after_the_demo_add_their_extras_to_a_light_venv(tmp_path: Path) -> None:
     stamped(tmp_path / "venv", "images")
     assert planned_extras(tmp_path / "venv", "--demo") is None
-    assert planned_extras(tmp_path / "venv") == {"dev", "images", "frameworks"}
+    assert planned_extras(tmp_path / "venv") == {"dev", "images", "cameras", "frameworks"}
 
 
 def test_the_demo_after_the_tests_reinstalls_nothing(tmp_path: Path) -> None:
-    stamped(tmp_path / "venv", "dev,images,frameworks")
+    stamped(tmp_path / "venv", "cameras,dev,frameworks,images")
     assert planned_extras(tmp_path / "venv", "--demo") is None
     assert planned_extras(tmp_path / "venv") is None
 
