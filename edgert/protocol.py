@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -100,8 +101,7 @@ _PLAIN_KEYS = {"id", "inputs"}  # most requests: the optional keys need no check
 # -------------------------------------------------------------------------------------- requests
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(msgspec.Struct, frozen=True):
     """A decoded request. ``deadline_ms`` counts from the daemon's receipt; ``correlation`` is
     MQTT 5 Correlation Data, echoed on the reply."""
 

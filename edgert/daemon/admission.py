@@ -11,7 +11,7 @@ Call it under the models' swap lock, as the intake: the worker offered to is the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from edgert.daemon.counts import Outcome, replayed
 from edgert.daemon.intake import Accepted
@@ -25,8 +25,7 @@ from edgert.settings import DaemonConfig
 __all__ = ["Admission", "Answer"]
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(msgspec.Struct, frozen=True):
     """A reply admission gives without running the request, and everyone waiting for it."""
 
     waiters: tuple[Waiter, ...]

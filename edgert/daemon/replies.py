@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from edgert.daemon.admission import Answer
 from edgert.daemon.counts import Outcome, ReplyCounts
@@ -34,11 +33,10 @@ LabelsFn = Callable[[str], tuple[str, str] | None]
 _HEADERS = 64
 
 
-@dataclass(frozen=True)
-class LocalWaiter(Waiter):
+class LocalWaiter(Waiter, frozen=True, kw_only=True):
     """A reply for the daemon itself (a source's pull), not for an MQTT topic."""
 
-    deliver: Callable[[bytes], None] = field(compare=False, kw_only=True)
+    deliver: Callable[[bytes], None]
 
 
 class Replies:

@@ -67,8 +67,9 @@ def test_a_request_becomes_a_job_with_its_deadline_from_its_arrival() -> None:
     assert defer and (job.id, job.key) == ("a", ("edgert/reply/kitchen/occupancy", "a"))
     assert job.deadline == 100.25 and job.received == 100.0
     assert (job.stream, job.reset, job.compact) == ("s1", True, False)
-    assert job.waiter == Waiter("edgert/reply/kitchen/occupancy", b"c", 1)
-    assert job.waiter.ack is first.message and job.waiter.request_id == "a"
+    assert job.waiter == Waiter(
+        "edgert/reply/kitchen/occupancy", b"c", 1, ack=first.message, request_id="a"
+    )
     assert worker.stats.requests == 1 and stage.ledger.in_flight() == 1
     assert stage.admit(accepted(worker, id=None)) is None
     assert worker.offered[-1][0].key is None and worker.offered[-1][0].deadline is None
