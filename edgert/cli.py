@@ -1,4 +1,4 @@
-"""The ``edgert`` command line: compile, inspect, list and run models.
+"""The ``edgert`` command line: compile, inspect, init, list and run models.
 
 Every command catches :class:`EdgertError`, prints one clear line to stderr and exits 1; any other
 exception is a bug and keeps its traceback.
@@ -187,6 +187,30 @@ def inspect(
         show_source(config, path, source, io_specs(source, config, require_bounds=False))
         if model is not None:
             show_model_artifacts(model)
+
+
+@app.command()
+def init(
+    source: Annotated[
+        Path, typer.Argument(help="The ONNX file (or a directory holding model.onnx).")
+    ],
+) -> None:
+    """Write a starter model.toml beside an ONNX file: every dynamic dim named and given
+    placeholder bounds, a comment per key. Never overwrites one (exit 2)."""
+    from edgert.starter import write_starter
+
+    path = source / "model.onnx" if source.is_dir() else source
+    with _errors():
+        try:
+            written = write_starter(path)
+        except FileExistsError:
+            err.print(
+                f"[bold red]error:[/] {escape(str(path.parent / 'model.toml'))} exists; "
+                "edgert init does not overwrite it",
+                highlight=False,
+            )
+            raise typer.Exit(2) from None
+    out.print(escape(f"wrote {written}: set the bounds under [dims], then edgert compile"))
 
 
 @app.command("list")

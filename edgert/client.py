@@ -232,11 +232,35 @@ class Client:
             request_id, inputs, deadline_ms=deadline_ms, compact=compact, stream=stream, reset=reset
         )
         interval = resend_after or max(timeout / 3, 0.1)
-        answer = self._send_until_answered(model, payload, request_id.encode(), timeout, interval)
+        answer = self._send_until_answered(
+            model, _Sent(payload, "application/json"), request_id.encode(), timeout, interval
+        )
+        return _parse_reply(answer, partial(self._declared_dtypes, model))
+
+    def infer_payload(
+        self,
+        model: str,
+        payload: bytes,
+        content_type: str,
+        *,
+        timeout: float = 10.0,
+        resend_after: float | None = None,
+        request_id: str | None = None,
+        stream: str | None = None,
+    ) -> Reply:
+        """Run ``model`` on a payload as a device sends it (a JPEG, a WAV chunk), for a model
+        whose model.toml has a ``[preprocess]`` section: ``content_type`` (``image/jpeg``,
+        ``audio/wav``, ...) says what it is, and the id and ``stream`` go in MQTT 5 user
+        properties. Re-sent and answered as :meth:`infer`."""
+        request_id = request_id or uuid.uuid4().hex
+        user = [("id", request_id)] + ([("stream", stream)] if stream is not None else [])
+        interval = resend_after or max(timeout / 3, 0.1)
+        sent = _Sent(payload, content_type, tuple(user))
+        answer = self._send_until_answered(model, sent, request_id.encode(), timeout, interval)
         return _parse_reply(answer, partial(self._declared_dtypes, model))
 
     def _send_until_answered(
-        self, model: str, payload: bytes, correlation: bytes, timeout: float, interval: float
+        self, model: str, sent: _Sent, correlation: bytes, timeout: float, interval: float
     ) -> bytes:
         """Publish the request, and again every ``interval`` seconds or after a reconnect, until
         its reply arrives (returned) or ``timeout`` passes (EdgertError)."""
@@ -253,11 +277,12 @@ class Client:
                     connects = self._connects
                 self._connection.publish(
                     topic,
-                    payload,
+                    sent.payload,
                     qos=1,
                     response_topic=reply_topic,
                     correlation=correlation,
-                    content_type="application/json",
+                    content_type=sent.content_type,
+                    user=sent.user,
                 )
                 wait = min(interval, end - time.monotonic())
                 with self._changed:  # a reply, or a reconnect (re-send at once), or the interval
@@ -320,6 +345,15 @@ class Client:
         with self._changed:
             self._connects += 1
             self._changed.notify_all()
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A request's body as published: its payload, content type and user properties."""
+
+    payload: bytes
+    content_type: str
+    user: tuple[tuple[str, str], ...] = ()
 
 
 def _state(entry: Mapping[str, Any]) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -100,8 +101,7 @@ _PLAIN_KEYS = {"id", "inputs"}  # most requests: the optional keys need no check
 # -------------------------------------------------------------------------------------- requests
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(msgspec.Struct, frozen=True):
     """A decoded request. ``deadline_ms`` counts from the daemon's receipt; ``correlation`` is
     MQTT 5 Correlation Data, echoed on the reply."""
 
@@ -321,13 +321,14 @@ def tensor_request(
     id: RequestId | None = None,
     stream: str | None = None,
     reset: bool = False,
+    compact: bool = False,
     reply_to: str | None = None,
     correlation: bytes | None = None,
     request_specs: Sequence[TensorSpec] | None = None,
 ) -> Request:
     """A request from one binary-decoded tensor (``.npy``, or a pre-processed image or sound),
-    for a model with exactly one request input. ``id``/``stream`` come from MQTT 5 user
-    properties or the topic's ``<key>`` and are checked as in JSON."""
+    for a model with exactly one request input. ``id``/``stream``/``compact`` come from MQTT 5
+    user properties or the topic's ``<key>`` and are checked as in JSON."""
     specs = io.inputs if request_specs is None else request_specs
     with _answerable(None, reply_to):
         request_id = _request_id(_ABSENT if id is None else id)
@@ -349,7 +350,7 @@ def tensor_request(
         deadline_ms=None,
         stream=stream,
         reset=reset,
-        compact=False,
+        compact=compact,
         inputs=MappingProxyType(inputs),
         correlation=correlation,
     )

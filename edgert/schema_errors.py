@@ -169,6 +169,14 @@ class _Spot:
     annotation: Any = None
     value: Any = _MISSING
     deeper: bool = False
+    prefix: str = ""  # a table inside an array's table: "motion." in [[sources]][0]
+
+    def where(self, file: str, key: str | None) -> str:
+        """``<file>: <label> <key>``, the key after its prefix."""
+        if not self.prefix:
+            return located(file, self.label, key)
+        tail = self.prefix.rstrip(".") if key is None else self.prefix + key_text(key)
+        return f"{located(file, self.label)} {tail}"
 
     @property
     def label(self) -> str:
@@ -192,6 +200,10 @@ def _walk(root: type[Struct], data: Any, path: Sequence[str | int]) -> _Spot:
             spot.owner = cls
             fields = _fields(cls)
             if isinstance(step, str) and step in fields:
+                if _is_section(fields[step]) and spot.index is not None:
+                    spot.prefix += f"{key_text(step)}."  # [[sources]][0] motion.threshold
+                    annotation, value = fields[step], _child(value, step)
+                    continue
                 if _is_section(fields[step]):
                     spot.parts.append(step)
                     spot.array = bool(_array_items(fields[step]))
@@ -272,7 +284,7 @@ def explain(exc: msgspec.ValidationError, data: Any, root: type[Struct], file: s
     else:
         got = "nothing" if spot.value is _MISSING else show(spot.value)
         said = f"expected {describe(spot.annotation)}, got {got}"
-    return f"{located(file, spot.label, spot.key)}: {said}"
+    return f"{spot.where(file, spot.key)}: {said}"
 
 
 # ----------------------------------------------------------------------------- did you mean
@@ -320,7 +332,7 @@ def _render(known: _Known, spot: _Spot) -> str:
     here = spot.parts[0].split(".", 1)[1] if spot.parts and "." in spot.parts[0] else "<name>"
     label = known.label.replace("*", here)
     head = (
-        f"{label} {key_text(known.key)}"
+        f"{label}{'' if label.endswith('.') else ' '}{key_text(known.key)}"
         if label
         else f"{key_text(known.key)} (at the top of the file)"
     )
@@ -341,6 +353,9 @@ def _unknown(file: str, spot: _Spot, root: type[Struct]) -> str:
         return f"{located(file, f'[{key_text(key)}]')}: unknown table; {hint}"
     catalog = _catalog(root)
     here = [k for k in catalog if k.owner is spot.owner]
+    if not here and spot.owner is not None:  # a table inside an array's table
+        label = f"{spot.label} {spot.prefix}"
+        here = [_Known(label, name, spot.owner) for name in _fields(spot.owner)]
     elsewhere = [k for k in catalog if k.key == key and k.owner is not spot.owner]
     # Nearest: spelled alike here, then anywhere; then a key holding it ("hold" for
     # hold_while_loading: too short to be spelled alike).
@@ -354,4 +369,4 @@ def _unknown(file: str, spot: _Spot, root: type[Struct]) -> str:
         hint = f"did you mean {_render(near[0], spot)}?"
     else:
         hint = f"known: {', '.join(k.key for k in here)}" if here else "this table takes no keys"
-    return f"{located(file, spot.label, key)}: unknown key; {hint}"
+    return f"{spot.where(file, key)}: unknown key; {hint}"

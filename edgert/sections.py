@@ -46,7 +46,7 @@ class ImageSection(Table, tag_field="kind", tag="image", forbid_unknown_fields=T
     """``[preprocess]`` with ``kind = "image"``: JPEG or PNG bytes in; the tensor is
     ``((pixel * scale) - mean) / std`` per channel, in ``color`` order."""
 
-    size: tuple[Size, Size] | None = None  # [height, width]; default: the input's fixed dims
+    size: tuple[Size, Size] | None = None  # [height, width]; default: the fixed dims, or [dims]
     resize: Literal["stretch", "letterbox"] = "stretch"  # letterbox keeps the aspect, pads
     pad_value: Annotated[int, Meta(ge=0, le=255)] = 114  # letterbox border, in pixel units
     color: Literal["rgb", "bgr"] = "rgb"

@@ -22,18 +22,21 @@ from msgspec import Meta
 
 from edgert.errors import ConfigError, ConfigKeyError
 from edgert.schema import Table, decode, load_toml, located, show
-from edgert.topics import filter_ok
+from edgert.sourcesettings import MotionSection, SourceConfig, redact_url
 
 __all__ = [
     "BrokerConfig",
     "BrokerSection",
     "DaemonConfig",
     "EdgertFile",
+    "HttpSection",
+    "MotionSection",
     "NodeSection",
     "ServeSection",
     "SourceConfig",
     "parse_broker_url",
     "redact_url",
+    "split_listen",
 ]
 
 Size = Annotated[int, Meta(ge=1)]
@@ -48,6 +51,13 @@ PROTOCOLS = {5: 5, 4: 4, "5": 5, "3.1.1": 4, "311": 4}
 Protocol = Literal[5, 4, "5", "3.1.1", "311"]
 Backend = Literal["auto", "tensorrt", "onnxruntime"]
 Interim = Literal["onnxruntime", "none"]
+Listen = Annotated[  # host:port, or [IPv6]:port
+    str,
+    Meta(
+        pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+        description='"host:port", e.g. "127.0.0.1:8080"',
+    ),
+]
 
 
 class BrokerSection(Table, forbid_unknown_fields=True, frozen=True):
@@ -138,57 +148,22 @@ class ServeSection(Table, forbid_unknown_fields=True, frozen=True):
             )
 
 
-class SourceConfig(Table, forbid_unknown_fields=True, frozen=True):
-    """One ``[[sources]]`` table: a camera the daemon pulls a snapshot from (``url``, on an
-    interval or when a message arrives on ``trigger``), or a device that streams its own
-    requests (``stream``: a microphone's stream id), feeding ``model``; results that pass
-    ``labels`` and ``min_score`` become events on the source's own events topic."""
+class HttpSection(Table, forbid_unknown_fields=True, frozen=True):
+    """``[http]``: ``/health/live``, ``/health/ready`` and Prometheus ``/metrics``, served from
+    the daemon's event loop; off unless ``listen`` is set."""
 
-    name: Annotated[
-        str,
-        Meta(pattern=r"^[A-Za-z0-9_-]+$", description='a name of letters, digits, "_" or "-"'),
-    ]  # a topic level
-    model: Annotated[str, Meta(min_length=1)]
-    url: str | None = None  # http:// or https://, answering with a JPEG or PNG
-    stream: str | None = None  # or: the stream id whose results are this source's
-    interval: Delay = 0.0  # seconds between pulls; 0 = only on trigger
-    trigger: str | None = None  # MQTT topic filter: any message on it pulls once now
-    labels: (
-        Annotated[
-            tuple[str, ...],
-            Meta(min_length=1, description="a non-empty list of labels (none: every label)"),
-        ]
-        | None
-    ) = None
-    min_score: Annotated[float, Meta(ge=0, le=1)] = 0.5
-    debounce: Delay = 0.0  # seconds the same label is not announced again
-    timeout: Seconds = 5.0  # HTTP, seconds
+    listen: Listen | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.url is None and self.stream is None:
-            raise ConfigKeyError("url", "missing; give a url (a camera) or a stream (a microphone)")
-        if self.url is not None and self.stream is not None:
-            raise ConfigKeyError("stream", "a source has a url (a camera) or a stream, not both")
-        if self.stream is not None:
-            for key in ("interval", "trigger"):
-                if getattr(self, key):
-                    raise ConfigKeyError(key, "a stream source has no interval or trigger")
-            return
-        parts = urlsplit(self.url or "")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigKeyError(
-                "url",
-                f"expected an http:// or https:// URL, got {show(redact_url(self.url or ''))}",
-            )
-        if self.trigger is not None and not filter_ok(self.trigger):
-            raise ConfigKeyError(
-                "trigger", f"expected an MQTT topic filter, got {show(self.trigger)}"
-            )
-        if self.interval <= 0 and self.trigger is None:
-            raise ConfigKeyError(
-                "interval", "give an interval (seconds) or a trigger topic, or both"
-            )
+        if self.listen is not None and not 1 <= split_listen(self.listen)[1] <= 65535:
+            raise ConfigKeyError("listen", f"the port must be in 1..65535, got {show(self.listen)}")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[v6]:port"``) as (host, port)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class EdgertFile(Table, forbid_unknown_fields=True, frozen=True):
@@ -197,6 +172,7 @@ class EdgertFile(Table, forbid_unknown_fields=True, frozen=True):
     broker: BrokerSection = BrokerSection()
     node: NodeSection = NodeSection()
     serve: ServeSection = ServeSection()
+    http: HttpSection = HttpSection()
     sources: Annotated[tuple[SourceConfig, ...], Meta(description="[[sources]] tables")] = ()
 
     def __post_init__(self) -> None:
@@ -297,6 +273,7 @@ class DaemonConfig:
     interim_backend: str = _SERVE.interim_backend
     interim_budget_ms: float = _SERVE.interim_budget_ms
     sources: tuple[SourceConfig, ...] = ()  # [[sources]]: cameras the daemon pulls from
+    http_listen: str | None = None  # [http] listen: health and metrics over HTTP
 
     def __post_init__(self) -> None:
         # Built in Python (overrides, tests) too: the file's rules either way.
@@ -311,7 +288,12 @@ class DaemonConfig:
         sources = [
             msgspec.structs.asdict(s) if isinstance(s, SourceConfig) else s for s in self.sources
         ]
-        return {"node": node, "serve": serve, "sources": sources}
+        return {
+            "node": node,
+            "serve": serve,
+            "sources": sources,
+            "http": {"listen": self.http_listen},
+        }
 
     @property
     def burst(self) -> float:
@@ -343,6 +325,7 @@ class DaemonConfig:
             share_group=file.node.share_group,
             **{**values, "repository": repository},
             sources=file.sources,
+            http_listen=file.http.listen,
         )
 
 
@@ -372,12 +355,3 @@ def _broker(section: BrokerSection, given: set[str], where: str, base_dir: Path)
         if changes.get(key) is not None:
             changes[key] = str(base_dir / changes[key])
     return BrokerConfig(**changes)
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (camera URLs often carry credentials)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()

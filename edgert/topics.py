@@ -5,6 +5,7 @@ library.
 ::
 
     <prefix>/node/<node>/status | models | stats | events/<model>
+    <prefix>/node/<node>/counts/<source> | snapshot/<source>   a video source's (retained)
     <prefix>/node/<node>/infer/<model>[/<key>]     requests pinned to one daemon
     <prefix>/infer/<model>[/<key>]                 pooled requests ($share/<group>/... when shared)
     <prefix>/reply/<key>/<model>                   default reply topic of a keyed request
@@ -171,6 +172,14 @@ class Topics:
     def events(self, name: str) -> str:
         """Results of a model, or of a source, for Home Assistant."""
         return f"{self._node_root}/events/{_level(name, 'model or source name')}"
+
+    def counts(self, source: str) -> str:
+        """A video source's count of each label in its last frame (retained)."""
+        return f"{self._node_root}/counts/{_level(source, 'source name')}"
+
+    def snapshot(self, source: str) -> str:
+        """A video source's last annotated snapshot, JPEG bytes (retained)."""
+        return f"{self._node_root}/snapshot/{_level(source, 'source name')}"
 
     def node_infer(self, model: str | None = None) -> str:
         """Subscription filter for requests pinned to this node: one model, or all (``None``;

@@ -44,9 +44,11 @@ from edgert.settings import (
     BrokerSection,
     DaemonConfig,
     EdgertFile,
+    HttpSection,
     NodeSection,
     ServeSection,
     SourceConfig,
+    split_listen,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,6 +163,7 @@ EDGERT_TABLES: dict[str, type[msgspec.Struct]] = {
     "broker": BrokerSection,
     "node": NodeSection,
     "serve": ServeSection,
+    "http": HttpSection,
 }
 EDGERT_KEYS = set().union(*map(fields, (*EDGERT_TABLES.values(), EdgertFile, SourceConfig)))
 SHIPPED = tomllib.loads((REPO / "device" / "edgert.toml").read_text())
@@ -169,6 +172,7 @@ EXTRA = {
     "serve": {"rate_limit": 5, "rate_burst": 10, "events": True, "hold_while_loading": 10},
     "node": {"share_group": "edgert"},
     "broker": {"keepalive": 30, "reconnect_min": 1, "reconnect_max": 30, "receive_maximum": 64},
+    "http": {"listen": "127.0.0.1:8080"},
 }
 CAMERA = {
     "name": "porch",
@@ -203,6 +207,7 @@ GOOD: dict[str, list[Any]] = {
     "reconnect_min": [0.1, 2],
     "reconnect_max": [5, 600],
     "models": [[], ["occupancy"]],
+    "listen": ["127.0.0.1:8080", "[::1]:9100", "0.0.0.0:1"],
 }
 BAD: dict[str, list[Any]] = {
     "qos": [-1, 3, 7],
@@ -226,6 +231,7 @@ BAD: dict[str, list[Any]] = {
     "reconnect_min": [0, -1],
     "reconnect_max": [0, -2],
     "models": ["occupancy", [1]],
+    "listen": ["8080", "127.0.0.1:0", "h:70000", "http://h:80", 8080],
 }
 
 
@@ -370,6 +376,7 @@ def check_daemon_config(config: DaemonConfig) -> None:
         "onnxruntime",
     )
     assert all(isinstance(m, str) for m in config.models) and isinstance(config.models, tuple)
+    assert config.http_listen is None or 1 <= split_listen(config.http_listen)[1] <= 65535
     assert all(isinstance(v, str) for v in (config.node, config.prefix, config.reply_prefix))
     assert all(
         isinstance(v, bool) for v in (config.events, config.homeassistant, config.rebuild_stale)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from edgert.errors import ConfigError
-from edgert.settings import BrokerConfig, DaemonConfig, parse_broker_url
+from edgert.settings import BrokerConfig, DaemonConfig, parse_broker_url, split_listen
 from tests.test_cli import edgert, one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ DID_YOU_MEAN = "unknown key; did you mean"
         ({"serve": {"hold": 1}}, f"[serve] hold: {DID_YOU_MEAN} [serve] hold_while_loading?"),
         ({"queue_size": 8}, f"queue_size: {DID_YOU_MEAN} [serve] queue_size?"),
         ({"nodes": {"id": "x"}}, "[nodes]: unknown table; did you mean [node]?"),
-        ({"zzz": {}}, "[zzz]: unknown table; the tables are broker, node, serve, sources"),
+        ({"zzz": {}}, "[zzz]: unknown table; the tables are broker, node, serve, http, sources"),
         (
             {"node": {"zzzzzz": 1}},
             "[node] zzzzzz: unknown key; known: id, prefix, reply_prefix, share_group",
@@ -267,4 +267,28 @@ def test_serve_refuses_a_bad_config_in_one_line_before_connecting(tmp_path: Path
     line = one_line_error(edgert("serve", "--config", path))
     assert (
         line == f"error: {path}: [node] queue_size: unknown key; did you mean [serve] queue_size?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("8080", 'expected "host:port", e.g. "127.0.0.1:8080", got "8080"'),
+        ("http://127.0.0.1:8080", 'expected "host:port", e.g. "127.0.0.1:8080", got '),
+        ("127.0.0.1:70000", 'the port must be in 1..65535, got "127.0.0.1:70000"'),
+        (8080, 'expected "host:port", e.g. "127.0.0.1:8080", got 8080'),
+    ],
+)
+def test_http_listen_is_a_host_and_port(listen: Any, message: str) -> None:
+    assert refused({"http": {"listen": listen}}).startswith(
+        f"edgert.toml: [http] listen: {message}"
+    )
+
+
+def test_http_is_off_unless_listen_is_set() -> None:
+    assert DaemonConfig().http_listen is None
+    config = DaemonConfig.from_dict({"http": {"listen": "[::1]:9100"}})
+    assert config.http_listen == "[::1]:9100" and split_listen(config.http_listen) == ("::1", 9100)
+    assert refused({"http": {"listn": "h:1"}}) == (
+        f"edgert.toml: [http] listn: {DID_YOU_MEAN} [http] listen?"
     )

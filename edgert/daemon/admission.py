@@ -11,11 +11,13 @@ Call it under the models' swap lock, as the intake: the worker offered to is the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
+from edgert.daemon.counts import Outcome, replayed
 from edgert.daemon.intake import Accepted
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.limits import RateLimiter
+from edgert.daemon.models import Served
 from edgert.daemon.worker import Job
 from edgert.protocol import ErrorCode, Topics, error_reply
 from edgert.settings import DaemonConfig
@@ -23,12 +25,12 @@ from edgert.settings import DaemonConfig
 __all__ = ["Admission", "Answer"]
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(msgspec.Struct, frozen=True):
     """A reply admission gives without running the request, and everyone waiting for it."""
 
     waiters: tuple[Waiter, ...]
     reply: bytes
+    outcome: Outcome
 
 
 class Admission:
@@ -56,11 +58,13 @@ class Admission:
         limited = self._rate_limited(accepted.destination)
         if limited is not None:
             served.worker.stats.record_error(ErrorCode.RATE_LIMITED.value)
-            return Answer((waiter,), error_reply(request.id, ErrorCode.RATE_LIMITED, limited))
+            reply = error_reply(request.id, ErrorCode.RATE_LIMITED, limited)
+            return Answer((waiter,), reply, _failed(served, ErrorCode.RATE_LIMITED))
         ledger_key = (accepted.destination, request.id) if request.id is not None else None
         begin = self.ledger.begin(ledger_key, waiter)
         if begin.cached is not None:
-            return Answer((waiter,), begin.cached)
+            outcome = replayed(served.worker.name, served.worker.version, begin.cached)
+            return Answer((waiter,), begin.cached, outcome)
         if not begin.run:
             return None
         received = accepted.received
@@ -84,7 +88,7 @@ class Admission:
         )
         served.worker.stats.record_error(ErrorCode.BUSY.value)
         waiters = self.ledger.finish(ledger_key, waiter, reply, cache=False)
-        return Answer(tuple(waiters), reply)
+        return Answer(tuple(waiters), reply, _failed(served, ErrorCode.BUSY))
 
     def admit_local(self, accepted: Accepted, waiter: Waiter, timeout: float) -> bool:
         """Offer a source's request, answered to ``waiter`` (compact, never cached, expired
@@ -119,3 +123,7 @@ class Admission:
             f"device '{device}' is over its {self.config.rate_limit:g} requests/s "
             f"(bursts of {self.config.burst:g}); retry in {wait:.2f} s"
         )
+
+
+def _failed(served: Served, code: ErrorCode) -> Outcome:
+    return Outcome(served.worker.name, served.worker.version, code.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from edgert.daemon.counts import Outcome
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.runner import Failure, Outputs, Result
 from edgert.daemon.scheduler import Job
@@ -21,7 +22,8 @@ from edgert.protocol import ErrorCode, error_reply, ok_reply
 
 __all__ = ["Answers", "EventsFn", "PublishFn"]
 
-PublishFn = Callable[[Waiter, bytes], None]
+# A reply to one waiter, with what it says (for the metrics: edgert.daemon.counts).
+PublishFn = Callable[[Waiter, bytes, Outcome], None]
 # Every ok reply, with its stream and post-processed summary (the events topic, Home Assistant).
 EventsFn = Callable[[bytes, str | None, Any], None]
 
@@ -48,6 +50,7 @@ class Answers:
         self._publish = publish
         self._stats = stats
         self._events = events
+        self._success = Outcome(name, version)  # made once: an ok reply allocates nothing here
 
     def __call__(self, result: Result) -> None:
         if isinstance(result, Failure):
@@ -90,7 +93,9 @@ class Answers:
     def _answer(self, job: Job, reply: bytes, *, code: ErrorCode | None) -> None:
         # An error a retry could fix (expired) is not cached: the retry runs.
         cache = code is not ErrorCode.EXPIRED
+        outcome = self._success
         if code is not None:
             self._stats.record_error(code.value)
+            outcome = Outcome(self.name, self.version, code.value)
         for waiter in self._ledger.finish(job.key, job.waiter, reply, cache):
-            self._publish(waiter, reply)
+            self._publish(waiter, reply, outcome)

@@ -131,7 +131,7 @@ def source_components(
     unique: str, topics: Topics, source: SourceEntity
 ) -> dict[str, dict[str, Any]]:
     stem, events = source.component_id, topics.events(source.name)
-    return {
+    cmps: dict[str, dict[str, Any]] = {
         f"{stem}_seen": {
             "p": "event",
             "name": f"{source.name}",
@@ -153,6 +153,54 @@ def source_components(
             "off_dly": source.off_delay,
         },
     }
+    return cmps | (_video_components(unique, topics, source) if source.video else {})
+
+
+def _video_components(
+    unique: str, topics: Topics, source: SourceEntity
+) -> dict[str, dict[str, Any]]:
+    """A video source's snapshot image, per-label counts, and its stream's state."""
+    stem, counts = source.component_id, topics.counts(source.name)
+    cmps: dict[str, dict[str, Any]] = {
+        f"{stem}_image": {
+            "p": "image",
+            "name": f"{source.name} snapshot",
+            "uniq_id": f"{unique}_{stem}_image",
+            "image_topic": topics.snapshot(source.name),
+            "content_type": "image/jpeg",
+        },
+        f"{stem}_stream": {
+            "p": "sensor",
+            "name": f"{source.name} stream",
+            "uniq_id": f"{unique}_{stem}_stream",
+            "stat_t": topics.stats,
+            "val_tpl": _stream_template(source.name, "state"),
+            "json_attr_t": topics.stats,
+            "json_attr_tpl": _stream_template(source.name, None),
+            "ent_cat": "diagnostic",
+            "ic": "mdi:cctv",
+        },
+    }
+    for label, component_id in source.count_ids().items():
+        cmps[component_id] = {
+            "p": "sensor",
+            "name": f"{source.name} {label}",
+            "uniq_id": f"{unique}_{component_id}",
+            "stat_t": counts,
+            "val_tpl": f"{{{{ value_json.get({json.dumps(label)}, 0) }}}}",
+            "stat_cla": "measurement",
+        }
+    return cmps
+
+
+def _stream_template(name: str, key: str | None) -> str:
+    """A source's entry of the stats (``key`` of it; all of it, as attributes, for None)."""
+    entry = f"{{% set s = (value_json.sources or {{}}).get({json.dumps(name)}) %}}"
+    if key is None:
+        keys = ("fps", "last_error", "decoded", "gated", "inferred", "reconnects")
+        pairs = ", ".join(f'"{k}": s.{k}' for k in keys)
+        return entry + f"{{{{ ({{{pairs}}} if s else {{}}) | tojson }}}}"
+    return entry + f"{{{{ s.{key} if s else 'None' }}}}"
 
 
 def node_components(unique: str, topics: Topics) -> dict[str, dict[str, Any]]:

@@ -26,6 +26,8 @@ from edgert.transport import Message
 
 __all__ = ["declared_format", "decode_request", "request_specs"]
 
+_FLAGS = {"true": True, "1": True, "false": False, "0": False}
+
 
 def request_specs(io: ModelIO, constants: Mapping[str, np.ndarray]) -> Sequence[TensorSpec]:
     """The inputs a device sends: all but those model.toml fills in (constants)."""
@@ -37,6 +39,19 @@ def declared_format(config: ModelConfig, specs: Sequence[TensorSpec]) -> str | N
     if len(specs) != 1 or specs[0].name not in config.inputs:
         return None
     return config.inputs[specs[0].name].format
+
+
+def _compact(value: str | None) -> bool:
+    """A binary request's user property ``compact``: a camera's JPEG cannot say "compact": true
+    in JSON, and a detector's raw outputs would not fit its buffer (or the reply limit)."""
+    if value is None:
+        return False
+    flag = _FLAGS.get(value.strip().lower())
+    if flag is None:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"user property compact must be true or false, got {value!r}"
+        )
+    return flag
 
 
 def decode_request(
@@ -84,6 +99,7 @@ def decode_request(
         model=model,
         id=message.user.get("id") or key,
         stream=message.user.get("stream"),
+        compact=_compact(message.user.get("compact")),
         reply_to=message.response_topic,
         correlation=message.correlation,
         request_specs=specs,

@@ -67,6 +67,9 @@ _ROLE_PLATFORM = {
     "errors": "sensor",
     "seen": "event",  # a source's events
     "detected": "binary_sensor",  # on while a source keeps seeing something
+    "image": "image",  # a video source's last annotated snapshot
+    "count": "sensor",  # a video source's count of one label in its last frame
+    "stream": "sensor",  # a video source's stream state (diagnostic)
 }
 
 
@@ -136,16 +139,34 @@ class ModelEntity:
 @dataclass(frozen=True)
 class SourceEntity:
     """A source (a camera the daemon pulls) as Home Assistant sees it: an ``event`` entity of
-    what it sees, and a ``binary_sensor`` on while it keeps seeing something."""
+    what it sees, and a ``binary_sensor`` on while it keeps seeing something; a video source
+    (``video``) also an ``image`` (its last annotated snapshot), a ``sensor`` per event type
+    (its count in the last frame) and a diagnostic ``sensor`` of its stream's state."""
 
     name: str
     model: str
     event_types: tuple[str, ...]
     off_delay: int = DEFAULT_OFF_DELAY
+    video: bool = False
 
     @property
     def component_id(self) -> str:
         return _sanitize(self.name)
+
+    def count_ids(self) -> dict[str, str]:
+        """Each event type's count sensor's component id."""
+        return {
+            label: f"{self.component_id}_{_sanitize(label)}_count" for label in self.event_types
+        }
+
+    def platforms(self) -> dict[str, str]:
+        """This source's component ids, with their platforms."""
+        stem = self.component_id
+        ids = {f"{stem}_seen": "event", f"{stem}_detected": "binary_sensor"}
+        if self.video:
+            ids |= {f"{stem}_image": "image", f"{stem}_stream": "sensor"}
+            ids |= dict.fromkeys(self.count_ids().values(), "sensor")
+        return ids
 
 
 def component_platforms(
@@ -159,8 +180,7 @@ def component_platforms(
         f"{NODE_ID}_errors": "sensor",
     }
     for source in sources:
-        platforms[f"{source.component_id}_seen"] = "event"
-        platforms[f"{source.component_id}_detected"] = "binary_sensor"
+        platforms.update(source.platforms())
     owner: dict[str, str] = {}
     for model in models:
         stem = model.component_id

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from edgert.daemon.discovery import (
     ModelEntity,
@@ -36,6 +37,9 @@ class HomeAssistant:
         self.node, self.topics, self.connection = node, topics, connection
         self._entities = entities
         self._published: set[str] = set()  # component ids Home Assistant was last told of
+        # Component id -> the retained state topic of ours it reads (a video source's snapshot
+        # and counts): cleared when the component is removed, so no stale picture lingers.
+        self._retained: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def subscribe(self) -> None:
@@ -68,6 +72,7 @@ class HomeAssistant:
         }
         with self._lock:
             self._published |= published
+            self._retained |= self._retained_topics(components)
         try:
             current = set(component_platforms(*self._entities()))
         except EdgertError:
@@ -93,4 +98,22 @@ class HomeAssistant:
             return
         with self._lock:
             self._published = set(current)
+            reading = self._retained_topics(json.loads(payload)["cmps"])
+            gone = {self._retained.pop(c) for c in removed if c in self._retained}
+            self._retained |= reading
+            cleared = sorted(gone - set(reading.values()))
         self.connection.publish_retained(topic, payload)
+        for state in cleared:
+            self.connection.publish_retained(state, b"")  # an empty retained message clears it
+
+    def _retained_topics(self, components: dict[str, Any]) -> dict[str, str]:
+        """The components reading a retained topic of this node's video sources."""
+        ours = (self.topics.snapshot("_")[:-1], self.topics.counts("_")[:-1])
+        found = {}
+        for component_id, body in components.items():
+            if not isinstance(body, dict):
+                continue
+            topic = body.get("image_topic", body.get("stat_t"))
+            if isinstance(topic, str) and topic.startswith(ours):
+                found[component_id] = topic
+        return found

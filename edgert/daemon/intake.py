@@ -15,7 +15,8 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from dataclasses import dataclass
+
+import msgspec
 
 from edgert.daemon.holding import Held, Holding
 from edgert.daemon.models import Models, Served
@@ -43,8 +44,7 @@ UNSERVED = 2
 log = logging.getLogger("edgert.daemon")
 
 
-@dataclass(frozen=True)
-class Accepted:
+class Accepted(msgspec.Struct, frozen=True):
     """A request decoded by the model version that is to take it, and where its reply goes."""
 
     served: Served
@@ -56,8 +56,7 @@ class Accepted:
     message: Message
 
 
-@dataclass(frozen=True)
-class Refused:
+class Refused(msgspec.Struct, frozen=True):
     """A request answered with ``error`` at the first allowed topic of ``candidates`` (none:
     it is logged instead), with the id it was sent with."""
 

@@ -11,6 +11,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import msgspec
+
 from edgert.transport import Message
 
 __all__ = ["Begin", "RequestLedger", "Waiter"]
@@ -19,8 +21,7 @@ __all__ = ["Begin", "RequestLedger", "Waiter"]
 LedgerKey = tuple[str, str | int]
 
 
-@dataclass(frozen=True)
-class Waiter:
+class Waiter(msgspec.Struct, frozen=True):
     """Someone to answer: where, with which correlation data, at which QoS; ``ack`` is the
     request acknowledged once the broker has the reply (see :mod:`edgert.acks`), and
     ``request_id`` the id it was sent with (a reply too large to send is answered with it)."""
@@ -28,8 +29,8 @@ class Waiter:
     topic: str
     correlation: bytes | None
     qos: int
-    ack: Message | None = field(default=None, compare=False)
-    request_id: str | int | None = field(default=None, compare=False, kw_only=True)
+    ack: Message | None = None
+    request_id: str | int | None = None
 
 
 @dataclass
@@ -37,8 +38,7 @@ class _InFlight:
     waiters: list[Waiter] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Begin:
+class Begin(msgspec.Struct, frozen=True):
     """What :meth:`RequestLedger.begin` decided: run it, it joined one in flight, or a cached
     reply to send now."""
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from edgert.daemon.admission import Answer
+from edgert.daemon.counts import Outcome, ReplyCounts
 from edgert.daemon.intake import Refused
 from edgert.daemon.ledger import Waiter
 from edgert.protocol import ErrorCode, Topics, error_reply
@@ -25,33 +25,52 @@ __all__ = ["LocalWaiter", "Replies"]
 
 log = logging.getLogger("edgert.daemon")
 
+# A model's (name, version) for the metrics' labels, if it is a repository model (see counts).
+LabelsFn = Callable[[str], tuple[str, str] | None]
+
 # Room for a publish's fixed header, lengths and properties beside its topic and correlation
 # data: a reply this far inside the limit needs no exact measure.
 _HEADERS = 64
 
 
-@dataclass(frozen=True)
-class LocalWaiter(Waiter):
+class LocalWaiter(Waiter, frozen=True, kw_only=True):
     """A reply for the daemon itself (a source's pull), not for an MQTT topic."""
 
-    deliver: Callable[[bytes], None] = field(compare=False, kw_only=True)
+    deliver: Callable[[bytes], None]
 
 
 class Replies:
-    """Publishes replies through ``connection`` (any thread)."""
+    """Publishes replies through ``connection`` (any thread), counting each in ``counts`` by
+    what it says (``labels`` names the model of a refused request's topic)."""
 
-    def __init__(self, config: DaemonConfig, topics: Topics, connection: MqttTransport) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        topics: Topics,
+        connection: MqttTransport,
+        counts: ReplyCounts | None = None,
+        labels: LabelsFn | None = None,
+    ) -> None:
         self.config = config
         self.topics = topics
         self.connection = connection
+        self.counts = counts
+        self._labels = labels
 
-    def publish(self, waiter: Waiter, reply: bytes) -> None:
-        """Send ``reply`` to ``waiter``: its topic (within the payload limits), or the daemon's
-        own caller for a source's request."""
+    def publish(self, waiter: Waiter, reply: bytes, outcome: Outcome | None = None) -> None:
+        """Send ``reply`` (which says ``outcome``) to ``waiter``: its topic (within the payload
+        limits), or the daemon's own caller for a source's request."""
         if isinstance(waiter, LocalWaiter):
+            if self.counts is not None and outcome is not None:
+                self.counts.add(outcome)
             waiter.deliver(reply)
             return
-        reply = self.fitting(waiter, reply)
+        fitted = self.fitting(waiter, reply)
+        if self.counts is not None and outcome is not None:
+            if fitted is not reply:
+                outcome = Outcome(outcome.model, outcome.version, ErrorCode.TOO_LARGE.value)
+            self.counts.add(outcome)
+        reply = fitted
         # No Content Type: a reply is always JSON (DESIGN.md), and each property costs every
         # requester's MQTT client a decode.
         self.connection.publish(
@@ -61,13 +80,16 @@ class Replies:
     def answer(self, answer: Answer) -> None:
         """Publish what admission answered to everyone waiting for it."""
         for waiter in answer.waiters:
-            self.publish(waiter, answer.reply)
+            self.publish(waiter, answer.reply, answer.outcome)
 
     def refuse(self, refused: Refused) -> None:
         """Answer a refused request at the first allowed topic among its candidates, if any."""
         error, message = refused.error, refused.message
+        outcome = self._refusal(refused)
         topic = next((t for t in refused.candidates if self.topics.reply_allowed(t)), None)
         if topic is None:
+            if self.counts is not None:
+                self.counts.add(outcome)  # refused all the same, if unheard
             log.warning(
                 "%s on %s (no reply topic to tell): %s",
                 error.code.value,
@@ -81,7 +103,14 @@ class Replies:
         waiter = Waiter(
             topic, message.correlation, refused.qos, ack=message, request_id=refused.request_id
         )
-        self.publish(waiter, reply)
+        self.publish(waiter, reply, outcome)
+
+    def _refusal(self, refused: Refused) -> Outcome:
+        """What a refusal says, its model named only if it is a repository model's."""
+        route = self.topics.parse_request_topic(refused.message.topic)
+        labels = self._labels(route.model) if route is not None and self._labels else None
+        model, version = labels or ("", "")
+        return Outcome(model, version, refused.error.code.value)
 
     def fitting(self, waiter: Waiter, reply: bytes) -> bytes:
         """``reply``, or a too_large error in its place when it exceeds the payload limit or the
@@ -102,5 +131,6 @@ class Replies:
             waiter.request_id,
             ErrorCode.TOO_LARGE,
             f"the reply is {size} bytes; replies go up to {cap} bytes here: ask with "
-            '"compact": true, or for fewer items per request',
+            '"compact": true (a binary request: user property compact=true), or for fewer items '
+            "per request",
         )

@@ -14,8 +14,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
+import msgspec
 import numpy as np
 
 from edgert.daemon import stacking
@@ -32,8 +32,7 @@ __all__ = ["Failure", "Outputs", "Result", "ResultFn", "Runner"]
 log = logging.getLogger("edgert.daemon")
 
 
-@dataclass(frozen=True)
-class Outputs:
+class Outputs(msgspec.Struct, frozen=True):
     """A request that ran: its own rows of every output the reply carries."""
 
     job: Job
@@ -42,8 +41,7 @@ class Outputs:
     done: float  # and ended
 
 
-@dataclass(frozen=True)
-class Failure:
+class Failure(msgspec.Struct, frozen=True):
     """A request that did not run, or whose run failed: the error its reply carries."""
 
     job: Job
@@ -160,9 +158,9 @@ class Runner:
         took = done - start
         recent = self._recent
         self._recent = took if recent is None else 0.8 * recent + 0.2 * took
+        self._stats.record_batch(len(live))  # before the replies: a requester sees it counted
         for job, result in zip(live, outputs, strict=True):
             self._deliver(Outputs(job, result, start, done))
-        self._stats.record_batch(len(live))
 
     def _infer(self, instance: LoadedModel, live: list[Job]) -> list[dict[str, np.ndarray]]:
         """One run of ``live``'s requests, stacked; each request's outputs, in order."""

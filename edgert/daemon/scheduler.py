@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from edgert.daemon import stacking
@@ -32,8 +33,7 @@ log = logging.getLogger("edgert.daemon")
 INLINE_S = 0.001
 
 
-@dataclass
-class Job:
+class Job(msgspec.Struct):
     """A request taken from the broker, waiting for its model."""
 
     id: str | int | None  # as the device sent it
@@ -48,8 +48,7 @@ class Job:
     transform: Any = None  # how a pre-processed image maps back (for detection boxes)
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(msgspec.Struct, frozen=True):
     """The scheduler's hand-off: requests one backend run takes together, in order, on
     instance ``instance`` (an index into the model's instances)."""
 

@@ -21,18 +21,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgert.daemon.catalogue import model_states
+from edgert.daemon.counts import ReplyCounts
 from edgert.daemon.discovery import ModelEntity, SourceEntity
+from edgert.daemon.health import Health
 from edgert.daemon.holding import HeldRequests
 from edgert.daemon.homeassistant import HomeAssistant
 from edgert.daemon.host import notify_systemd, release_freed_memory
 from edgert.daemon.intake import UNSERVED
 from edgert.daemon.ledger import RequestLedger
+from edgert.daemon.metrics import model_labels
 from edgert.daemon.models import Models, model_name
 from edgert.daemon.observers import EventsTopic, ResultHook
 from edgert.daemon.pool import Pool
 from edgert.daemon.replies import Replies
 from edgert.daemon.requests import Requests
 from edgert.daemon.sources import Sources
+from edgert.daemon.stats import Rates
 from edgert.errors import ArtifactError, ConfigError, EdgertError, IncompatibleArtifact
 from edgert.protocol import (
     Topics,
@@ -43,6 +47,7 @@ from edgert.protocol import (
 from edgert.repository import ModelDir, Repository
 from edgert.runtime import open_model
 from edgert.settings import DaemonConfig
+from edgert.sourcesettings import is_video
 from edgert.transport import AFTER_REPLY, Message, MqttTransport
 
 __all__ = ["Service"]
@@ -78,6 +83,7 @@ class Service:
             broker,
             will=(self.topics.status, b"offline"),
             on_message=self._on_message,
+            on_connect=lambda: self.health.changed(),
             after_read=self._flush,
             on_refused=self._refused,
         )
@@ -89,8 +95,18 @@ class Service:
             self._event,
             config.max_payload,
             loop=self.connection.loop,
+            topics=self.topics,  # a video source's counts and snapshot topics
+            retain=self.connection.publish_retained,
+            labels=self._labels,
         )
-        self.replies = Replies(config, self.topics, self.connection)
+        counts = ReplyCounts()  # every reply, by outcome: read by /metrics
+        self.replies = Replies(
+            config,
+            self.topics,
+            self.connection,
+            counts,
+            lambda name: model_labels(self.models, name),  # Models is made below
+        )
         self.observers = ResultHook()
         if config.events:  # every result on the events topic (Home Assistant reads it)
             self.observers.subscribe(EventsTopic(self.connection, self.topics))
@@ -118,6 +134,7 @@ class Service:
             self._stopping,
             self.pool,
         )
+        self.health = Health(config, self.models, counts, self.connection)
         self.homeassistant = (
             HomeAssistant(self.node, self.topics, self.connection, self._entities)
             if config.homeassistant
@@ -131,6 +148,7 @@ class Service:
 
         Models still to build are ``loading`` in the catalogue from the first publish, and
         their requests are held, so a device that sends when it sees ``online`` is answered."""
+        self.health.bind()  # an HTTP address in use: stop now, before announcing anything
         repository = Repository(self.config.repository)
         configured = self._configured(repository)
         for model in configured:
@@ -160,13 +178,13 @@ class Service:
         self._publish_catalogue()
         self.connection.publish_retained(self.topics.status, b"online")
         self.connection.start()
+        self.health.start(self.connection.loop)  # READY=1 once connected, every model settled
         self._sources.start(list(self.models.served), [model_name(m) for m in pending])
         for model in pending:
             self.models.start_build(model)
         self._stats_thread = threading.Thread(target=self._stats_loop, name="stats", daemon=True)
         self._stats_thread.start()
         release_freed_memory()
-        notify_systemd("READY=1")
         log.info(
             "serving %s as node %s on %s:%d",
             ", ".join(self.models.served) or "no models yet",
@@ -251,6 +269,7 @@ class Service:
         time.sleep(0.2)  # let the network thread flush the replies and offline
         self.connection.ack_overdue(everything=True)  # what was answered is not redelivered
         time.sleep(0.05)
+        self.health.stop(self.connection.loop)
         self.connection.stop()
         for entry in served:
             entry.worker.stop()
@@ -294,6 +313,7 @@ class Service:
         progress too, without Home Assistant's discovery, which it does not change)."""
         payload = catalogue(self.node, model_states(self.models))
         self.connection.publish_retained(self.topics.models, payload)
+        self.health.changed()
         if discovery and self.homeassistant is not None:
             self.homeassistant.publish()
 
@@ -309,36 +329,27 @@ class Service:
                 s.name,
                 s.model,
                 tuple(s.labels or configs[s.model].labels or (s.model,)),
+                video=is_video(s),
             )
             for s in self.config.sources
             if s.model in configs
         ]
         return models, sources
 
+    def _labels(self, model: str) -> tuple[str, ...]:
+        with self.models.lock:
+            entry = self.models.served.get(model)
+            return entry.worker.loaded.config.labels if entry is not None else ()
+
     def _stats_loop(self) -> None:
-        last: dict[str, tuple[float, int]] = {}  # model -> (when, requests) at the last stats
+        rates = Rates()
         while not self._stopping.wait(self.config.stats_interval):
             with self.models.lock:
                 models = {
                     name: entry.worker.stats.snapshot(entry.worker.depth)
                     for name, entry in self.models.served.items()
                 }
-            now = time.monotonic()
-            for name, snapshot in models.items():
-                when, before = last.get(name, (now, snapshot["requests"]))
-                elapsed = now - when
-                rate = (snapshot["requests"] - before) / elapsed if elapsed > 0 else 0.0
-                snapshot["rate"] = round(rate, 3)  # requests per second since the last stats
-                last[name] = (now, snapshot["requests"])
-            payload = {
-                "v": 1,
-                "node": self.node,
-                "time": time.time(),
-                "models": models,
-                "joined": self.ledger.joined,
-                "replayed": self.ledger.replayed,
-                "in_flight": self.ledger.in_flight(),
-            }
+            payload = rates.node_stats(self.node, models, self.ledger)
             if self._sources.configs:
                 payload["sources"] = self._sources.snapshot()
             self.connection.publish(self.topics.stats, json.dumps(payload).encode(), qos=0)

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edgert.settings import SourceConfig, redact_url
-from edgert.topics import topic_matches
+from edgert.sourcesettings import is_video
+from edgert.topics import Topics, topic_matches
 from edgert.transport import EventLoopThread
 
 if TYPE_CHECKING:  # aiohttp is imported where a pull needs it: see Source._run
@@ -240,8 +241,12 @@ class Sources:
         max_bytes: int = 1 << 20,
         *,
         loop: EventLoopThread,
+        topics: Topics | None = None,
+        retain: Publish | None = None,
+        labels: Callable[[str], Sequence[str]] = lambda model: (),
     ) -> None:
         self.configs = tuple(configs)
+        self._topics, self._retain, self._labels = topics, retain, labels  # video sources
         self._loop = loop
         self.max_bytes = max_bytes  # a snapshot's limit, as a device request's
         self._events_topic = events_topic
@@ -292,23 +297,33 @@ class Sources:
             with self._lock:
                 if self._stopped or config.name in self._running:
                     continue
-                topic = self._events_topic(config.name)
-                source = Source(
-                    config, topic, self._infer, self._publish, self._loop, self.max_bytes
-                )
+                source = self._source(config)
                 self._running[config.name] = source
             if config.stream is not None:  # a device streams its own requests: no pulling
                 log.info("source %s: stream %s of %s", config.name, config.stream, model)
                 continue
             log.info(
-                "source %s: %s → %s%s%s",
+                "source %s: %s → %s%s%s%s",
                 config.name,
                 redact_url(config.url or ""),
                 model,
                 f", every {config.interval:g} s" if config.interval > 0 else "",
+                f", {config.fps:g} fps" if is_video(config) else "",
                 f", on {config.trigger}" if config.trigger else "",
             )
             source.start()
+
+    def _source(self, config: SourceConfig) -> Source:
+        topic = self._events_topic(config.name)
+        if not is_video(config):
+            return Source(config, topic, self._infer, self._publish, self._loop, self.max_bytes)
+        from edgert.daemon.cameras import VideoSource  # PyAV only where a stream is decoded
+
+        assert self._topics is not None and self._retain is not None
+        labels = tuple(config.labels or self._labels(config.model) or (config.model,))
+        topics = (topic, self._topics.counts(config.name), self._topics.snapshot(config.name))
+        retain, publish = self._retain, self._publish
+        return VideoSource(config, topics, self._infer, publish, retain, self._loop, labels)
 
     def on_result(self, result: Observed) -> None:
         """A result (the result hook's observer): announced by the stream sources (a

@@ -7,7 +7,7 @@ orientation is ignored: the pixels are taken as stored.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,7 +17,7 @@ from edgert.codec import PayloadError
 from edgert.errors import BackendUnavailable, ConfigError
 from edgert.schema import located
 from edgert.sections import ImageSection
-from edgert.spec import DType, TensorSpec
+from edgert.spec import DimRange, DType, TensorSpec
 
 __all__ = ["MAX_PIXELS", "ImagePre", "Transform", "decode_image"]
 
@@ -74,10 +74,15 @@ class ImagePre:
 
     @classmethod
     def from_section(
-        cls, section: ImageSection, spec: TensorSpec, where: str = "model.toml"
+        cls,
+        section: ImageSection,
+        spec: TensorSpec,
+        where: str = "model.toml",
+        dims: Mapping[str, DimRange] | None = None,
     ) -> ImagePre:
         """``[preprocess]`` checked against the input ``spec`` it feeds (rank 4, 3 channels);
-        ``where``: the file, for errors."""
+        ``where``: the file, for errors; ``dims``: model.toml's bounds, where a named dim whose
+        min is its max is a fixed size (an Ultralytics export leaves height and width dynamic)."""
 
         def problem(key: str, message: str) -> ConfigError:
             return ConfigError(f"{located(where, 'preprocess', key)}: {message}")
@@ -98,6 +103,8 @@ class ImagePre:
                 f"input '{spec.name}' {spec.shape_text()} has {c_dim} channels in layout "
                 f"{layout}; image pre-processing makes 3",
             )
+        bounds = dims or {}
+        h_dim, w_dim = (_fixed(d, bounds) for d in (h_dim, w_dim))
         height, width = _size(section, spec, h_dim, w_dim, problem)
         dtype = DType(section.dtype) if section.dtype is not None else spec.dtype
         if not dtype.is_float and dtype is not DType.UINT8:
@@ -122,6 +129,11 @@ class ImagePre:
             std=section.std,
             dtype=dtype,
         )
+
+
+def _fixed(dim: int | str, dims: Mapping[str, DimRange]) -> int | str:
+    bound = dims.get(dim) if isinstance(dim, str) else None
+    return bound.min if bound is not None and bound.min == bound.max else dim
 
 
 def _size(

@@ -4,7 +4,8 @@
 
     [preprocess]                  # image (JPEG or PNG in)
     kind = "image"
-    size = [640, 640]             # [height, width]; default: the input's fixed dims
+    size = [640, 640]             # [height, width]; default: the input's fixed dims (or
+                                  # [dims] bounds with min = max)
     resize = "letterbox"          # stretch (default) | letterbox (keeps aspect, pads)
     pad_value = 114               # letterbox border, 0..255
     color = "rgb"                 # rgb | bgr
@@ -53,7 +54,9 @@ class Preprocess:
         if section is None:
             return None
         if isinstance(section, ImageSection):
-            step: ImagePre | AudioPre = ImagePre.from_section(section, spec, config.where)
+            step: ImagePre | AudioPre = ImagePre.from_section(
+                section, spec, config.where, config.dims
+            )
         else:
             step = AudioPre.from_section(section, spec, config.where)
         return cls(spec.name, step, len(spec.shape))

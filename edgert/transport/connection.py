@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gmqtt
@@ -242,10 +242,11 @@ class MqttTransport:
         correlation: bytes | None = None,
         content_type: str | None = None,
         response_topic: str | None = None,
+        user: Sequence[tuple[str, str]] = (),
     ) -> int:
         """The size of the packet :meth:`publish` would send, to compare with
         :attr:`max_packet_size` (the broker's limit, from its MQTT 5 CONNACK)."""
-        props = publish_properties(correlation, content_type, response_topic)
+        props = publish_properties(correlation, content_type, response_topic, user)
         return packet_size(topic, payload, qos, props, self.is_v5)
 
     def publish(
@@ -258,12 +259,14 @@ class MqttTransport:
         correlation: bytes | None = None,
         content_type: str | None = None,
         response_topic: str | None = None,
+        user: Sequence[tuple[str, str]] = (),
         ack: Message | None = None,
     ) -> bool:
         """Send (or, while disconnected, queue) a publish; False when it is refused: larger than
-        the broker's Maximum Packet Size (a broker disconnects a client that sends one). ``ack``:
-        the request this publish answers, acknowledged once the broker has this one."""
-        props = publish_properties(correlation, content_type, response_topic)
+        the broker's Maximum Packet Size (a broker disconnects a client that sends one). ``user``:
+        MQTT 5 user properties. ``ack``: the request this publish answers, acknowledged once the
+        broker has this one."""
+        props = publish_properties(correlation, content_type, response_topic, user)
         item = Outgoing(topic, payload, qos, retain, props, ack)
         limit = self.max_packet_size
         if (

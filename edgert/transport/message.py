@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 __all__ = ["Message", "packet_size", "publish_properties", "received", "suback_reason"]
 
@@ -27,8 +28,7 @@ def suback_reason(code: int) -> str:
     return f"{_SUBACK_REFUSALS.get(code, 'Refused')} (reason code 0x{code:02x})"
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(msgspec.Struct, frozen=True):
     """An incoming publish."""
 
     topic: str
@@ -41,7 +41,7 @@ class Message:
     response_topic: str | None = None
     correlation: bytes | None = None
     content_type: str | None = None
-    user: Mapping[str, str] = field(default_factory=dict)
+    user: Mapping[str, str] = msgspec.field(default_factory=dict)
     expiry: int | None = None
     # MQTT 5 Subscription Identifiers of the subscriptions it came through: one client's
     # overlapping shared subscriptions each deliver a copy, told apart by these.

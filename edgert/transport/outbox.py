@@ -6,23 +6,23 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from edgert.transport.message import Message
 
 __all__ = ["Outbox", "Outgoing"]
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(msgspec.Struct, frozen=True):
     """One publish, as the transport will hand it to gmqtt."""
 
     topic: str
     payload: bytes
     qos: int = 0
     retain: bool = False
-    props: dict[str, Any] = field(default_factory=dict)
+    props: dict[str, Any] = msgspec.field(default_factory=dict)
     ack: Message | None = None  # the request this answers (see edgert.acks)
 
 

@@ -13,5 +13,7 @@
 - ``report``: results.json, results.md (the header, values, ratios, targets); ``plot``: plot.png;
   ``markdown``: the table and number formats the reports share.
 - ``soak``: --soak: edgert serve alone under a steady load, its RSS and latency per window.
+- ``cameras``: --cameras: a video source's decoding per core (gate on and off) and the daemon's
+  CPU with 4 RTSP streams from the GStreamer RTSP server.
 - ``soakreport``: the soak's verdict (RSS growth and slope, latency drift), results.md, plot.png.
 """

@@ -65,13 +65,14 @@ class PointSpec:
     content_type: str
     json_head: bytes
     json_tail: bytes
-    npy: bytes  # the whole payload of a .npy request; empty for JSON
+    npy: bytes  # the whole payload of a binary (.npy, JPEG) request; empty for JSON
     qos: int
     clients: int  # virtual clients in this process
     start: float  # the first requests go out
     measure: float  # the measured window starts
     end: float  # the window ends; no request is sent after it
     timeout: float  # a request unanswered this long counts as timed out and is sent again
+    user: tuple[tuple[str, str], ...] = ()  # a binary request's user properties after its id
 
 
 @dataclass
@@ -118,7 +119,7 @@ class _Worker:
         props.CorrelationData = request_id.encode()
         props.ContentType = spec.content_type
         if spec.npy:
-            props.UserProperty = ("id", request_id)
+            props.UserProperty = [("id", request_id), *spec.user]
             payload = spec.npy
         else:
             payload = spec.json_head + request_id.encode() + spec.json_tail

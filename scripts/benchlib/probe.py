@@ -70,7 +70,7 @@ class Probe:
             props.CorrelationData = request_id.encode()
             props.ContentType = workload.content_type
             if not workload.is_json:
-                props.UserProperty = ("id", request_id)
+                props.UserProperty = [("id", request_id), *workload.user]
             self._client.publish(
                 f"edgert/infer/{workload.model}",
                 workload.payload(request_id, self.topic),
@@ -105,14 +105,20 @@ class Probe:
 
 
 def reply_outputs(reply: bytes) -> dict[str, np.ndarray]:
-    """The outputs of a JSON reply; RuntimeError for an error reply or one that is not JSON."""
+    """The outputs of a JSON reply, and a detector's boxes and scores from its ``result``;
+    RuntimeError for an error reply or one that is not JSON."""
     try:
         doc = json.loads(reply)
     except ValueError as exc:
         raise RuntimeError(f"the probe's reply is not JSON: {reply[:200]!r}") from exc
     if not isinstance(doc, dict) or not doc.get("ok"):
         raise RuntimeError(f"error reply to the probe: {reply[:400]!r}")
-    return {k: np.asarray(v, np.float64) for k, v in (doc.get("outputs") or {}).items()}
+    outputs = {k: np.asarray(v, np.float64) for k, v in (doc.get("outputs") or {}).items()}
+    result = doc.get("result")
+    if isinstance(result, list) and all(isinstance(d, dict) and "box" in d for d in result):
+        outputs["result.box"] = np.asarray([d["box"] for d in result], np.float64).reshape(-1, 4)
+        outputs["result.score"] = np.asarray([d["score"] for d in result], np.float64)
+    return outputs
 
 
 def outputs_agree(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray] | None) -> bool | None:

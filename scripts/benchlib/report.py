@@ -114,13 +114,13 @@ def evaluate_targets(results: dict[str, Any], server: str | None = None) -> list
     )
     return [
         _target(
-            "medium CNN: throughput at c=64, edgert / plain loop >= 1.3x",
+            "CNN (YOLO11n): throughput at c=64, edgert / plain loop >= 1.3x",
             "CNN throughput",
             {"c=64": ratio("cnn", 64, "throughput_rps")},
             lambda r: r >= 1.3,
         ),
         _target(
-            "medium CNN: p99 latency at c=64, edgert / plain loop <= 1.0x",
+            "CNN (YOLO11n): p99 latency at c=64, edgert / plain loop <= 1.0x",
             "CNN p99 latency",
             {"c=64": ratio("cnn", 64, "p99_ms")},
             lambda r: r <= 1.0,

@@ -159,6 +159,7 @@ class Bench:
             measure=measure,
             end=end,
             timeout=self.options.timeout,
+            user=workload.user,
         )
 
     def measure_point(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib.machinery import SourceFileLoader
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -39,8 +42,10 @@ _MAKERS = {"occupancy": "make-sensor-model", "cnn": "make-cnn-model"}
 class Workload:
     """One model under load and the one request every server gets for it.
 
-    A JSON request is ``json_head + id + json_tail``; a ``.npy`` request is ``npy`` with the id
-    in the MQTT 5 user property ``id`` (what edgert reads for binary payloads).
+    A JSON request is ``json_head + id + json_tail``; a binary request is ``npy`` (``body``, or
+    ``feed`` as ``.npy`` bytes) with the id in the MQTT 5 user property ``id`` (what edgert reads
+    for binary payloads) and ``user``'s properties after it. ``feed`` is the model's input
+    tensor, for timing ONNX Runtime alone.
     """
 
     key: str
@@ -50,6 +55,8 @@ class Workload:
     feed: np.ndarray
     json_head: bytes = b""
     json_tail: bytes = b""
+    body: bytes = b""  # a binary request that is not the feed's .npy: a camera's JPEG
+    user: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_json(self) -> bool:
@@ -57,6 +64,8 @@ class Workload:
 
     @property
     def npy(self) -> bytes:
+        if self.body:
+            return self.body
         buffer = io.BytesIO()
         np.save(buffer, self.feed, allow_pickle=False)
         return buffer.getvalue()
@@ -84,14 +93,34 @@ def _mlp() -> Workload:
     )
 
 
+def _recipe() -> ModuleType:
+    """scripts/make-cnn-model as a module (no .py suffix), for its seeded scenes."""
+    loader = SourceFileLoader("make_cnn_model", str(SCRIPTS / "make-cnn-model"))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
 def _cnn() -> Workload:
-    image = np.random.default_rng(7).integers(0, 256, (1, 96, 96, 3), dtype=np.uint8)
+    from PIL import Image
+
+    recipe = _recipe()
+    # A 640x480 camera frame whose scene gives the detector a few dozen boxes to post-process.
+    frame = recipe.scene(np.random.default_rng(107), 480, 640)
+    jpeg = io.BytesIO()
+    Image.fromarray(frame).save(jpeg, format="JPEG", quality=90)
+    size = recipe.SIZE
     return Workload(
         key="cnn",
         model="cnn",
-        title="medium CNN (cnn, 96x96x3 uint8 image as .npy bytes)",
-        content_type="application/x-npy",
-        feed=image,
+        title=f"YOLO11n detector (cnn, {size}x{size}; a 640x480 JPEG in, boxes out)",
+        content_type="image/jpeg",
+        feed=np.random.default_rng(7).random((1, 3, size, size), dtype=np.float32),
+        body=jpeg.getvalue(),
+        # The boxes alone: the raw head (84 x 2100 floats) is no reply for a camera.
+        user=(("compact", "true"),),
     )
 
 

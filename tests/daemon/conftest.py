@@ -44,8 +44,8 @@ class Daemon:
     """`edgert serve` as a subprocess; its log in ``log``.
 
     ``broker_settings`` and ``node_settings`` become the config's ``[broker]`` and ``[node]``
-    tables; ``broker_url`` replaces the ``--broker`` flag (default: the broker's own URL);
-    ``serve`` keys go into ``[serve]``.
+    tables, ``http_settings`` its ``[http]``; ``broker_url`` replaces the ``--broker`` flag
+    (default: the broker's own URL); ``serve`` keys go into ``[serve]``.
     """
 
     def __init__(
@@ -58,6 +58,7 @@ class Daemon:
         broker_url: str | None = None,
         broker_settings: Mapping[str, object] | None = None,
         node_settings: Mapping[str, object] | None = None,
+        http_settings: Mapping[str, object] | None = None,
         **serve: object,
     ):
         self.broker = broker
@@ -69,6 +70,8 @@ class Daemon:
         lines += ["[broker]"] + [f"{k} = {json.dumps(v)}" for k, v in broker_table.items()]
         if node_settings:
             lines += ["[node]"] + [f"{k} = {json.dumps(v)}" for k, v in node_settings.items()]
+        if http_settings:
+            lines += ["[http]"] + [f"{k} = {json.dumps(v)}" for k, v in http_settings.items()]
         directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "edgert.toml"
         self.config.write_text("\n".join(lines) + "\n")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgert.daemon.admission import Admission, Answer
+from edgert.daemon.counts import Outcome
 from edgert.daemon.intake import Accepted
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.models import Served
@@ -23,6 +24,7 @@ class Worker:
     """A model's worker as admission sees it: offers recorded, the queue full when told."""
 
     name = "occupancy"
+    version = "3"
 
     def __init__(self) -> None:
         self.stats = ModelStats()
@@ -65,8 +67,9 @@ def test_a_request_becomes_a_job_with_its_deadline_from_its_arrival() -> None:
     assert defer and (job.id, job.key) == ("a", ("edgert/reply/kitchen/occupancy", "a"))
     assert job.deadline == 100.25 and job.received == 100.0
     assert (job.stream, job.reset, job.compact) == ("s1", True, False)
-    assert job.waiter == Waiter("edgert/reply/kitchen/occupancy", b"c", 1)
-    assert job.waiter.ack is first.message and job.waiter.request_id == "a"
+    assert job.waiter == Waiter(
+        "edgert/reply/kitchen/occupancy", b"c", 1, ack=first.message, request_id="a"
+    )
     assert worker.stats.requests == 1 and stage.ledger.in_flight() == 1
     assert stage.admit(accepted(worker, id=None)) is None
     assert worker.offered[-1][0].key is None and worker.offered[-1][0].deadline is None
@@ -83,6 +86,7 @@ def test_a_repeat_in_flight_joins_and_a_repeat_answered_gets_the_cached_reply() 
     again = accepted(worker, mid=3)
     answer = stage.admit(again)
     assert isinstance(answer, Answer) and answer.reply == b'{"id":"a","ok":true}'
+    assert answer.outcome == Outcome("occupancy", "3")  # the cached reply's, for /metrics
     (waiter,) = answer.waiters
     assert waiter.ack is again.message and len(worker.offered) == 1
     other = stage.admit(accepted(worker, device="hall", mid=4))  # another destination: runs
@@ -96,6 +100,7 @@ def test_a_full_queue_answers_busy_uncached_so_a_retry_runs() -> None:
     assert isinstance(answer, Answer) and len(answer.waiters) == 1
     doc = json.loads(answer.reply)
     assert doc["id"] == 4 and doc["error"]["code"] == ErrorCode.BUSY.value
+    assert answer.outcome == Outcome("occupancy", "3", "busy")
     assert worker.stats.errors[ErrorCode.BUSY.value] == 1 and stage.ledger.in_flight() == 0
     worker.full = False
     assert stage.admit(accepted(worker, id=4)) is None and len(worker.offered) == 1
@@ -109,6 +114,7 @@ def test_each_device_has_its_own_rate_limit() -> None:
     doc = json.loads(answer.reply)
     assert doc["id"] == 2 and doc["error"]["code"] == ErrorCode.RATE_LIMITED.value
     assert "device 'kitchen'" in doc["error"]["message"]
+    assert answer.outcome == Outcome("occupancy", "3", "rate_limited")
     assert answer.waiters[0].topic == "edgert/reply/kitchen/occupancy"
     assert stage.admit(accepted(worker, id=3, device="hall")) is None
     assert [job.id for job, _ in worker.offered] == [1, 3]

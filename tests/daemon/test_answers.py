@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from edgert.daemon.answers import Answers
+from edgert.daemon.counts import Outcome
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.runner import Failure, Outputs
 from edgert.daemon.scheduler import Job
@@ -28,17 +29,22 @@ class Stage:
     def __init__(self, post: Postprocess | None = None) -> None:
         self.ledger, self.stats = RequestLedger(), ModelStats()
         self.published: list[tuple[Waiter, bytes]] = []
+        self.outcomes: list[Outcome] = []  # what each published reply says, for /metrics
         self.events: list[tuple[bytes, str | None, Any]] = []
         self.answers = Answers(
             "occupancy",
             "3",
             self.ledger,
-            lambda waiter, reply: self.published.append((waiter, reply)),
+            self.publish,
             self.stats,
             post=post,
             events=lambda reply, stream, result: self.events.append((reply, stream, result)),
             backend="onnxruntime",
         )
+
+    def publish(self, waiter: Waiter, reply: bytes, outcome: Outcome) -> None:
+        self.published.append((waiter, reply))
+        self.outcomes.append(outcome)
 
     def job(self, name: str, *, stream: str | None = None, compact: bool = False) -> Job:
         """A request begun in the ledger, as the request path does before queueing it."""
@@ -80,6 +86,7 @@ def test_every_waiter_that_joined_the_request_gets_the_reply() -> None:
     assert not stage.ledger.begin(job.key, again).run  # a repeat in flight joins it
     stage.answers(Outputs(job, PROBABILITIES, 10.0, 10.1))
     assert [w for w, _ in stage.published] == [job.waiter, again]
+    assert stage.outcomes == [Outcome("occupancy", "3")] * 2  # two replies counted
     assert stage.published[0][1] == stage.published[1][1]
 
 
@@ -89,6 +96,7 @@ def test_an_expired_request_is_answered_but_not_cached_so_a_retry_runs() -> None
     stage.answers(Failure(job, ErrorCode.EXPIRED, "deadline passed in queue"))
     doc = json.loads(stage.published[0][1])
     assert doc["error"] == {"code": "expired", "message": "deadline passed in queue"}
+    assert stage.outcomes == [Outcome("occupancy", "3", "expired")]
     assert stage.ledger.begin(job.key, job.waiter).run
     assert stage.stats.snapshot(0)["errors"] == {"expired": 1}
     assert stage.events == []  # the events topic carries results, not errors

@@ -34,7 +34,7 @@ class Replies:
         self.by_topic: dict[str, bytes] = {}
         self.changed = threading.Condition()
 
-    def publish(self, waiter: Waiter, reply: bytes) -> None:
+    def publish(self, waiter: Waiter, reply: bytes, outcome: object = None) -> None:
         with self.changed:
             self.by_topic[waiter.topic] = reply
             self.changed.notify_all()

@@ -102,6 +102,35 @@ def test_png_and_jpeg_give_the_labelled_result(media_daemon: Daemon, broker: Mos
         watch.close()
 
 
+def test_a_binary_request_asks_for_a_compact_reply_in_a_user_property(
+    media_daemon: Daemon, broker: Mosquitto
+) -> None:
+    """A camera's JPEG cannot carry "compact": true; its user property can (a detector's raw
+    outputs would not fit a device's buffer). A value that is not a flag is a structured error."""
+    watch = Observer(broker, "edgert/reply/#")
+    try:
+        for key, flag in (("full", None), ("compact", "true"), ("off", "0"), ("bad", "maybe")):
+            props = Properties(PacketTypes.PUBLISH)
+            props.ContentType = "image/jpeg"
+            props.ResponseTopic = f"edgert/reply/{key}/colours"
+            props.UserProperty = [("id", key)] + ([("compact", flag)] if flag else [])
+            watch.client.publish(
+                "edgert/infer/colours", _image((10, 10, 250), "JPEG"), qos=1, properties=props
+            ).wait_for_publish(5)
+        watch.wait(lambda: len(watch.on("edgert/reply/")) == 4, 10, "four replies")
+        by_key = {m.topic.split("/")[2]: m.json() for m in watch.on("edgert/reply/")}
+        for key in ("full", "off"):
+            assert {"outputs", "latency_ms"} <= set(by_key[key]), by_key[key]
+        compact = by_key["compact"]
+        assert compact["ok"] and compact["result"][0]["label"] == "blue"
+        assert "outputs" not in compact and "latency_ms" not in compact, compact
+        bad = by_key["bad"]
+        assert bad["ok"] is False and bad["id"] == "bad", bad
+        assert bad["error"]["code"] == "bad_request" and "compact" in bad["error"]["message"]
+    finally:
+        watch.close()
+
+
 def _discovery(watch: Observer) -> list[dict[str, object]]:
     return [m.json() for m in watch.on("homeassistant/device/ha/config")]
 

@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from edgert.daemon.admission import Answer
+from edgert.daemon.counts import Outcome, ReplyCounts, replayed
 from edgert.daemon.intake import Refused
 from edgert.daemon.ledger import Waiter
 from edgert.daemon.replies import LocalWaiter, Replies
@@ -74,7 +75,7 @@ def test_a_local_waiter_is_answered_without_publishing() -> None:
 def test_an_answer_goes_to_every_waiter() -> None:
     wire = Wire()
     waiters = tuple(Waiter(f"edgert/reply/d{i}/occupancy", None, 0) for i in range(3))
-    replies(wire).answer(Answer(waiters, b'{"ok":true}'))
+    replies(wire).answer(Answer(waiters, b'{"ok":true}', Outcome("occupancy", "3")))
     assert [p["topic"] for p in wire.published] == [w.topic for w in waiters]
 
 
@@ -102,3 +103,52 @@ def test_a_refusal_with_nowhere_allowed_is_logged(caplog: pytest.LogCaptureFixtu
         replies(wire).refuse(refused)
     assert wire.published == []
     assert "bad_request on edgert/infer/occupancy (no reply topic to tell): bad" in caplog.text
+
+
+# ---------------------------------------------------------------- counted for /metrics
+
+
+def counting(wire: Wire, max_payload: int = 1 << 20) -> tuple[Replies, ReplyCounts]:
+    counts = ReplyCounts()
+    known = {"occupancy": ("occupancy", "3")}
+    stage = Replies(
+        DaemonConfig(max_payload=max_payload),
+        TOPICS,
+        wire,  # type: ignore[arg-type]
+        counts,
+        known.get,
+    )
+    return stage, counts
+
+
+def test_every_reply_is_counted_by_what_it_says() -> None:
+    wire = Wire()
+    stage, counts = counting(wire, max_payload=200)
+    ok, busy = Outcome("occupancy", "3"), Outcome("occupancy", "3", "busy")
+    stage.publish(Waiter(TOPIC, None, 1), b'{"ok":true}', ok)
+    stage.answer(Answer((Waiter(TOPIC, None, 1),) * 2, b'{"ok":false}', busy))
+    stage.publish(Waiter(TOPIC, None, 1, request_id="big"), b"x" * 500, ok)  # sent as too_large
+    stage.publish(LocalWaiter("", None, 0, deliver=lambda reply: None), b"{}", ok)
+    assert counts.snapshot() == {ok: 2, busy: 2, Outcome("occupancy", "3", "too_large"): 1}
+    assert len(wire.published) == 4
+
+
+def test_a_refusal_names_its_model_only_if_the_repository_has_it() -> None:
+    wire = Wire()
+    stage, counts = counting(wire)
+    error = ProtocolError(ErrorCode.BAD_INPUT, "no")
+    for model in ("occupancy", "made-up-1", "made-up-2"):
+        message = request(f"edgert/infer/{model}", b"{}")
+        stage.refuse(Refused(error, (TOPIC,), 1, 1, message))
+    stage.refuse(Refused(error, ("home/lights",), 1, 1, request("edgert/infer/occupancy", b"{}")))
+    assert counts.snapshot() == {
+        Outcome("occupancy", "3", "bad_input"): 2,  # the last one unheard, but refused
+        Outcome("", "", "bad_input"): 2,  # a device's made-up names: no label each
+    }
+
+
+def test_a_replayed_reply_is_read_back_for_its_outcome() -> None:
+    assert replayed("m", "1", b'{"id":1,"ok":true,"outputs":{}}') == Outcome("m", "1")
+    failed = b'{"id":1,"ok":false,"error":{"code":"bad_input","message":"x"}}'
+    assert replayed("m", "1", failed) == Outcome("m", "1", "bad_input")
+    assert replayed("m", "1", b"not json") == Outcome("m", "1", "internal")

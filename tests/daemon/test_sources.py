@@ -74,19 +74,17 @@ def test_sources_config_keys_and_defaults() -> None:
         (
             {"colour": "red"},
             " colour: unknown key; known: name, model, url, stream, interval, trigger, labels, "
-            "min_score, debounce, timeout",
+            "min_score, debounce, timeout, video, fps, transport, max_pixels, snapshot_interval, "
+            "reconnect_min, reconnect_max, motion",
         ),
-        (
-            {"url": "rtsp://cam/stream"},
-            ' url: expected an http:// or https:// URL, got "rtsp://cam/stream"',
-        ),
+        ({"url": "rtsp://cam/stream"}, " interval: a video source is decoded all the time"),
         (
             {"url": "ftp://u:secret@cam/x"},
-            ' url: expected an http:// or https:// URL, got "ftp://u:***@cam/x"',
+            ' url: expected an http(s)://, rtsp(s):// or file:// URL, got "ftp://u:***@cam/x"',
         ),
         (
             {"url": "http:///nohost"},
-            ' url: expected an http:// or https:// URL, got "http:///nohost"',
+            ' url: expected an http(s)://, rtsp(s):// or file:// URL, got "http:///nohost"',
         ),
         (
             {"name": "front door"},

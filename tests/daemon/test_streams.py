@@ -187,9 +187,8 @@ def test_wav_chunks_from_a_microphone_stream_over_mqtt(
     from tests.daemon.test_broker_features import Observer
 
     repository = tmp_path / "engines"
+    # engines/silero_vad/model.toml declares [preprocess] kind = "audio", format = "wav".
     shutil.copytree(compiled_repository / "silero_vad", repository / "silero_vad")
-    with (repository / "silero_vad" / "model.toml").open("a") as toml:
-        toml.write('\n[preprocess]\nkind = "audio"\nrate = 16000\nformat = "wav"\n')
     audio = _audio(5, 12)
     pcm = np.clip(np.rint(audio * 32768), -32768, 32767).astype("<i2")
     daemon = Daemon(broker, repository, tmp_path / "daemon", node="mic").start()

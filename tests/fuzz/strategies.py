@@ -415,7 +415,7 @@ CONTENT_TYPES = st.none() | st.none() | st.none() | st.sampled_from(
      "image/png", "audio/wav", "audio/x-wav", "IMAGE/PNG", "application/json; charset=utf-8",
      " image/jpeg ;q=1", "text/plain", "application/xml", ";", ""]
 ) | st.text(max_size=30)  # fmt: skip
-USER_KEYS = st.sampled_from(["id", "stream", "reset", "x"]) | st.text(max_size=5)
+USER_KEYS = st.sampled_from(["id", "stream", "reset", "compact", "x"]) | st.text(max_size=5)
 
 
 @st.composite

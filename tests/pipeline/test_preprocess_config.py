@@ -10,6 +10,7 @@ import edgert.pipeline
 from edgert.config import ModelConfig
 from edgert.errors import ConfigError
 from edgert.pipeline import Preprocess
+from edgert.pipeline.image import ImagePre
 from edgert.spec import DType, TensorSpec
 
 IMAGE = TensorSpec("images", DType.FLOAT32, ("batch", 3, 64, 64))
@@ -124,6 +125,28 @@ def test_dynamic_dims_take_size() -> None:
     )
     pre = Preprocess.of(config, DYNAMIC)
     assert pre is not None and pre.input == "images"
+
+
+def test_dims_fixed_in_model_toml_give_the_size() -> None:
+    """[dims] h = 48 fixes a dynamic dim as if the ONNX had: no size needed; a size that
+    disagrees with it, or bounds that leave it open, are refused."""
+    config = ModelConfig.from_dict(
+        {"dims": {"h": 48, "w": [32, 32, 32]}, "preprocess": {"kind": "image"}}, default_name="m"
+    )
+    pre = Preprocess.of(config, DYNAMIC)
+    assert pre is not None and isinstance(pre.step, ImagePre)
+    assert (pre.step.height, pre.step.width) == (48, 32)
+    wrong = ModelConfig.from_dict(
+        {"dims": {"h": 48, "w": 32}, "preprocess": {"kind": "image", "size": [32, 32]}},
+        default_name="m",
+    )
+    with pytest.raises(ConfigError, match=r"size: \[32, 32\] but input .* has height 48"):
+        Preprocess.of(wrong, DYNAMIC)
+    open_ = ModelConfig.from_dict(
+        {"dims": {"h": [32, 48, 64], "w": 32}, "preprocess": {"kind": "image"}}, default_name="m"
+    )
+    with pytest.raises(ConfigError, match="size: missing; input 'images'"):
+        Preprocess.of(open_, DYNAMIC)
 
 
 def test_no_section_is_none() -> None:

@@ -30,6 +30,7 @@ from edgert.compile import CompileOptions
 from tests.broker import Mosquitto
 from tests.corpus import make_model, tensor, write
 from tests.daemon.conftest import Daemon
+from tests.daemon.test_health import NotifySocket
 from tests.trt.emulation import REPO, emulate
 from tests.trt.test_serve import NODE, Catalogue, Watcher, _backend, _entry, _manifests
 
@@ -124,6 +125,8 @@ def test_onnxruntime_serves_during_the_build_then_tensorrt_with_no_request_lost(
 ) -> None:
     emulate(monkeypatch, version)
     monkeypatch.setenv("EMULATOR_STEP_DELAY", "0.6")  # 8 steps: about 5 s of engine build
+    systemd = NotifySocket()
+    monkeypatch.setenv("NOTIFY_SOCKET", str(systemd.path))  # the daemon subprocess inherits it
     repository = _repository(tmp_path)
     broker = Mosquitto(tmp_path).start()
     watcher = Watcher(broker.port, NODE)
@@ -168,6 +171,17 @@ def test_onnxruntime_serves_during_the_build_then_tensorrt_with_no_request_lost(
         logged = [int(p) for p in re.findall(r"occupancy: building for tensorrt: (\d+)%", log)]
         assert logged == sorted(set(logged)) and logged[-1] == 100, logged
         assert "occupancy: served on onnxruntime while its engine builds" in log, log
+        # systemd: ready once the interim serves (before the engine is built), the build's
+        # progress in its status line, then only what is served.
+        statuses = [(at, f["STATUS"]) for at, f in systemd.got if "STATUS" in f]
+        built = [
+            at
+            for at, s in statuses
+            if re.fullmatch(r"serving 1 model; tensorrt build of occupancy \d+%", s)
+        ]
+        assert len(built) >= 2, statuses
+        assert systemd.wait_for("READY", timeout=1) < built[-1], systemd.got
+        assert statuses[-1][1] == "serving 1 model", statuses
         assert daemon.terminate(timeout=20) == 0, log
     finally:
         if load is not None:
@@ -175,6 +189,7 @@ def test_onnxruntime_serves_during_the_build_then_tensorrt_with_no_request_lost(
         daemon.stop()
         watcher.close()
         broker.kill()
+        systemd.close()
 
 
 def test_a_daemon_stopped_during_the_build_serves_the_interim_and_builds_again(
