@@ -183,7 +183,8 @@ EDGERT_TOML: dict[str, str] = {
     "serve.qos": "QoS of the daemon's request subscriptions; a reply goes at its request's "
     "QoS, at most this.",
     "serve.max_payload": "The largest request payload, in bytes, checked before decoding; "
-    "larger ones get `too_large`.",
+    "larger ones get `too_large`. Replies are held to it too: one whose raw outputs would pass "
+    "it is sent compact (the result alone) when the model has a result, else `too_large`.",
     "serve.max_elements": "The most tensor elements one request may carry, all inputs together; "
     "more get `too_large`.",
     "serve.queue_size": "Requests queued per model; a full queue answers `busy`.",

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from edgert.daemon.counts import Outcome
 from edgert.daemon.ledger import RequestLedger, Waiter
 from edgert.daemon.runner import Failure, Outputs, Result
@@ -43,8 +45,10 @@ class Answers:
         post: Postprocess | None = None,
         events: EventsFn | None = None,
         backend: str | None = None,
+        max_reply: int | None = None,
     ) -> None:
         self.name, self.version, self.backend = name, version, backend
+        self.max_reply = max_reply
         self.post = post
         self._ledger = ledger
         self._publish = publish
@@ -75,20 +79,37 @@ class Answers:
             failed = error_reply(job.id, ErrorCode.INTERNAL, f"post-processing: {exc.message}")
             self._answer(job, failed, code=ErrorCode.INTERNAL)
             return
-        reply = ok_reply(
-            job.id,
-            self.name,
-            self.version,
-            result.outputs,
-            summary,
-            latency,
-            compact=job.compact,
-            backend=self.backend,
-        )
+        reply = self._reply(job, result.outputs, summary, latency, compact=job.compact)
+        limit = self.max_reply
+        if limit is not None and summary is not None and not job.compact and len(reply) > limit:
+            # The raw outputs would make it too large to send (a detector's head, for a camera
+            # that cannot ask for compact over MQTT 3.1.1): the result they came to is what the
+            # device wants, so it goes compact, as if asked.
+            reply = self._reply(job, result.outputs, summary, latency, compact=True)
         self._stats.record_ok(done - job.received, done - start)
         self._answer(job, reply, code=None)
         if self._events is not None:
             self._events(reply, job.stream, summary)
+
+    def _reply(
+        self,
+        job: Job,
+        outputs: dict[str, np.ndarray],
+        summary: Any,
+        latency: dict[str, float],
+        *,
+        compact: bool,
+    ) -> bytes:
+        return ok_reply(
+            job.id,
+            self.name,
+            self.version,
+            outputs,
+            summary,
+            latency,
+            compact=compact,
+            backend=self.backend,
+        )
 
     def _answer(self, job: Job, reply: bytes, *, code: ErrorCode | None) -> None:
         # An error a retry could fix (expired) is not cached: the retry runs.

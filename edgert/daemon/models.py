@@ -239,6 +239,7 @@ class Models:
                 streams.max_rows(loaded.io, request_specs(loaded.io, loaded.constants)),
                 settings.max_batch or 1 << 30,
             ),
+            max_reply=self.config.max_payload,
         )
         worker.start()
         return worker, loaded, streams

@@ -47,6 +47,7 @@ class ModelWorker:
         post: Postprocess | None = None,
         stream_rows: int = 1,
         inline: InlinePolicy | None = None,
+        max_reply: int | None = None,
     ) -> None:
         self.loaded = loaded
         self.instances = (loaded, *extra_instances)
@@ -76,6 +77,7 @@ class ModelWorker:
             post=post,
             events=events,
             backend=self.backend,
+            max_reply=max_reply,
         )
         self._runner = Runner(
             self.instances, self.plan, answers, stats, streams=streams, name=self.name

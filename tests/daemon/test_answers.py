@@ -26,7 +26,7 @@ OCCUPIED = Postprocess(
 class Stage:
     """An :class:`Answers` with what it publishes and shows the events hook recorded."""
 
-    def __init__(self, post: Postprocess | None = None) -> None:
+    def __init__(self, post: Postprocess | None = None, max_reply: int | None = None) -> None:
         self.ledger, self.stats = RequestLedger(), ModelStats()
         self.published: list[tuple[Waiter, bytes]] = []
         self.outcomes: list[Outcome] = []  # what each published reply says, for /metrics
@@ -40,6 +40,7 @@ class Stage:
             post=post,
             events=lambda reply, stream, result: self.events.append((reply, stream, result)),
             backend="onnxruntime",
+            max_reply=max_reply,
         )
 
     def publish(self, waiter: Waiter, reply: bytes, outcome: Outcome) -> None:
@@ -70,6 +71,27 @@ def test_outputs_are_answered_with_latency_the_summary_and_the_events_hook() -> 
     snapshot = stage.stats.snapshot(0)
     assert snapshot["ok"] == 1 and snapshot["latency_ms"]["p50"] == 500.0
     assert stage.ledger.begin(job.key, job.waiter).cached == reply  # a repeat gets the same
+
+
+def test_a_reply_whose_outputs_pass_the_limit_goes_compact_when_it_has_a_result() -> None:
+    """A camera on MQTT 3.1.1 cannot ask for compact with its JPEG: a detector's raw head would
+    make every reply too large to send, so the result goes alone (and to the events hook)."""
+    big = {"probabilities": np.tile(np.array([[0.2, 0.8]], np.float32), (1, 500))}
+    full = Stage(post=OCCUPIED)
+    full.answers(Outputs(full.job("f"), big, 10.0, 10.1))
+    size = len(full.published[0][1])
+    assert "outputs" in json.loads(full.published[0][1])  # no limit: everything
+    fits = Stage(post=OCCUPIED, max_reply=size)
+    fits.answers(Outputs(fits.job("f"), big, 10.0, 10.1))
+    assert fits.published[0][1] == full.published[0][1]  # at the limit: still everything
+    over = Stage(post=OCCUPIED, max_reply=size - 1)
+    over.answers(Outputs(over.job("f"), big, 10.0, 10.1))
+    doc = json.loads(over.published[0][1])
+    assert "outputs" not in doc and doc["ok"] and doc["result"] == OCCUPIED.apply(big)
+    assert over.events[0][0] == over.published[0][1]
+    bare = Stage(max_reply=size - 1)  # no result to fall back on: the replies stage says why
+    bare.answers(Outputs(bare.job("f"), big, 10.0, 10.1))
+    assert "outputs" in json.loads(bare.published[0][1])
 
 
 def test_a_compact_reply_keeps_the_summary_and_drops_the_outputs() -> None:

@@ -288,6 +288,39 @@ def test_daemon_replies_what_ultralytics_post_processes(
         broker.kill()
 
 
+def test_a_camera_on_mqtt_311_gets_its_detections_at_the_daemons_defaults(
+    exported: Exported, loaded: LoadedModel, pictures: list[bytes], tmp_path: Path
+) -> None:
+    """A camera on MQTT 3.1.1 publishes a bare JPEG under its key: it has no user property to
+    ask for compact with, and the full reply (the raw head) is over the default payload limit,
+    so the daemon sends the result alone rather than ``too_large``."""
+    broker = Mosquitto(tmp_path).start()
+    daemon = Daemon(broker, exported.directory.parent, tmp_path / "daemon", node="yolo")
+    replies: queue.Queue[paho.MQTTMessage] = queue.Queue()
+    subscribed = threading.Event()
+    client = paho.Client(CallbackAPIVersion.VERSION2)  # paho's default: MQTT 3.1.1
+    client.on_message = lambda c, u, m: replies.put(m)
+    client.on_subscribe = lambda *_: subscribed.set()
+    try:
+        daemon.start()
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        client.subscribe(f"edgert/reply/cam1/{NAME}", 1)
+        assert subscribed.wait(10)
+        client.publish(f"edgert/infer/{NAME}/cam1", pictures[0], qos=1)
+        reply = json.loads(replies.get(timeout=60).payload)
+        assert reply["ok"] is True and reply["id"] == "cam1", reply
+        assert "outputs" not in reply and len(reply["result"]) >= 3, reply
+        (item,), _ = run(loaded, pictures[0:1])
+        want = ultralytics_detections(item.raw, item.original)
+        assert_same_detections(reply["result"], want, exported.labels)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        daemon.stop()
+        broker.kill()
+
+
 def test_the_bench_plain_loop_boxes_as_ultralytics(
     exported: Exported, loaded: LoadedModel, pictures: list[bytes], tmp_path: Path
 ) -> None:
