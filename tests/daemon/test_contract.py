@@ -296,7 +296,9 @@ def test_a_request_sent_at_online_to_a_model_still_building_is_answered_once_rea
     device = _send_when_online(broker, {"id": 5, "inputs": READING}, paho.MQTTv311)
     try:
         first = watch.wait(lambda: watch.on("edgert/node/"), 10, "a catalogue")[0].json()
-        assert first["models"] == [{"name": "occupancy", "state": "loading"}]
+        (entry,) = first["models"]  # with its build's progress once the build has begun
+        assert (entry["name"], entry["state"]) == ("occupancy", "loading")
+        assert set(entry) <= {"name", "state", "building"}, entry
         topic, reply = device.reply(timeout=90)
         assert topic == "edgert/reply/dev/occupancy" and reply["id"] == 5 and reply["ok"] is True
         device.nothing_more()
