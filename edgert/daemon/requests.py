@@ -3,7 +3,9 @@
 replayed through the same stages, and a source's snapshot taken the way a device's request is.
 
 Each request is read and admitted under the models' swap lock, once: the version that decodes
-it is the one that takes it, so a swap between the two never makes it decode again.
+it is the one that takes it, so a swap between the two never makes it decode again. A source's
+snapshot is decoded before it takes the lock (a picture's decode must not hold up the network
+thread), and decoded again under it only if its model was swapped meanwhile.
 """
 
 from __future__ import annotations
@@ -102,8 +104,13 @@ class Requests:
 
         waiter = LocalWaiter("", None, 0, deliver=deliver)
         taken = False
-        with self.models.swap:  # decoded and taken by the same version, as a device's
-            read = self.intake.read_local(model, payload, content_type, time.monotonic())
+        received = time.monotonic()
+        # Decoded outside the swap lock: a camera's picture takes milliseconds to decode, and the
+        # network thread takes the lock for every device's request meanwhile.
+        read = self.intake.read_local(model, payload, content_type, received)
+        with self.models.swap:  # taken by the version that decoded it, as a device's is
+            if isinstance(read, Accepted) and self.models.get(model) is not read.served:
+                read = self.intake.read_local(model, payload, content_type, received)  # swapped
             if isinstance(read, Accepted):
                 taken = self.admission.admit_local(read, waiter, timeout)
         if isinstance(read, Refused):

@@ -141,6 +141,74 @@ def test_a_sources_snapshot_is_answered_to_the_daemon_itself(stages: Stages) -> 
     assert stopped["error"]["code"] == "no_model"
 
 
+def test_a_sources_decode_does_not_hold_up_a_devices_request(stages: Stages) -> None:
+    """A camera's snapshot decodes on its executor thread outside the swap lock: a device's
+    request meanwhile is decoded, taken and answered at once."""
+    stages.serve("occupancy")
+    entry = stages.models.get("occupancy")
+    assert entry is not None
+    gate = threading.Event()
+    decodes = _counting(entry, gate)  # every decode waits for the gate
+    payload = b'{"inputs": [[21, 40, 300, 600]]}'
+    local: list[Any] = []
+    source = threading.Thread(
+        target=lambda: local.append(
+            stages.requests.infer_local("occupancy", payload, "application/json", 10.0)
+        ),
+        daemon=True,
+    )
+    source.start()
+    device = threading.Thread(
+        target=stages.requests.on_message,
+        args=(request("edgert/infer/occupancy/kitchen", {"id": "d", "inputs": READING}),),
+        daemon=True,
+    )
+    try:
+        _wait(lambda: decodes)  # the source is decoding now
+        device.start()
+        _wait(lambda: len(decodes) == 2)  # the device's decode began while the source's waits
+    finally:
+        gate.set()  # bounded either way
+        device.join(10)
+        source.join(10)
+    _wait(lambda: stages.wire.published)
+    assert stages.wire.replies()[0]["doc"]["id"] == "d" and local[0]["ok"]
+
+
+def test_a_source_decodes_again_if_its_model_is_swapped_while_it_decodes(stages: Stages) -> None:
+    stages.serve("occupancy")
+    old = stages.models.get("occupancy")
+    assert old is not None
+    gate = threading.Event()
+    decodes = _counting(old, gate)
+    model = ModelDir(stages.repository / "occupancy")
+    loaded = open_model(model, stages.config.backend)
+    payload = b'{"inputs": [[21, 40, 300, 600]]}'
+    local: list[Any] = []
+    source = threading.Thread(
+        target=lambda: local.append(
+            stages.requests.infer_local("occupancy", payload, "application/json", 10.0)
+        ),
+        daemon=True,
+    )
+    source.start()
+    swapping = threading.Thread(target=stages.models.serve, args=(model, loaded), daemon=True)
+    try:
+        _wait(lambda: decodes)
+        swapping.start()
+        swapping.join(10)
+        assert not swapping.is_alive()  # the swap is not held up by the source's decode
+        new = stages.models.get("occupancy")
+        assert new is not None and new is not old
+        new_decodes = _counting(new)
+    finally:
+        gate.set()
+        swapping.join(10)
+        source.join(10)
+    assert local[0]["ok"] and new_decodes == ["occupancy"]  # taken by the version serving
+    assert old.worker.stats.requests == 0 and new.worker.stats.requests == 1
+
+
 def test_every_result_reaches_the_hook_with_its_model_and_stream(
     compiled_repository: Path,
 ) -> None:
