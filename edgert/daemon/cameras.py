@@ -191,6 +191,8 @@ class VideoSource(Source):
     the latest frame the gate let by, announces what it found, and publishes the counts and
     the snapshot."""
 
+    resumed = "decoding"
+
     def __init__(
         self,
         config: SourceConfig,

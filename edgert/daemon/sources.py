@@ -72,6 +72,8 @@ def announcements(
 class Source:
     """One source's task on ``loop``: pull, infer, announce; until :meth:`stop`."""
 
+    resumed = "pulling"  # what the log says it does again once a failure is over
+
     def __init__(
         self,
         config: SourceConfig,
@@ -223,7 +225,7 @@ class Source:
 
     def _recovered(self) -> None:
         if self._last_log > float("-inf"):
-            log.info("source %s: pulling again", self.config.name)
+            log.info("source %s: %s again", self.config.name, self.resumed)
             self._failing_since_log = 0
             self._last_log = float("-inf")
 
