@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.corpus import CASES
 
@@ -18,3 +19,15 @@ def corpus(tmp_path: Path) -> Callable[[str], Path]:
         return CASES[name](tmp_path / name)
 
     return write
+
+
+_PIL_OPEN = Image.open  # read when the tests are collected, before anything imports Ultralytics
+
+
+@pytest.fixture(autouse=True)
+def pil_open_as_it_was() -> None:
+    """Importing Ultralytics (tests/frameworks) replaces ``PIL.Image.open`` for the whole process
+    with a wrapper that, on any picture PIL cannot read, imports ``pi_heif`` (not installed):
+    a later test in the same process would see ModuleNotFoundError where the daemon, which never
+    imports Ultralytics, sees PIL's own error. Every test starts with PIL as it was."""
+    Image.open = _PIL_OPEN  # type: ignore[method-assign]

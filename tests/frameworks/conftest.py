@@ -10,26 +10,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import pytest
-from PIL import Image
 
 from edgert import CompileResult, ModelDir, compile_model
 from tests.broker import Mosquitto
 from tests.daemon.conftest import Daemon
 from tests.frameworks.exports import RECIPES, Export
-
-
-@pytest.fixture(autouse=True)
-def pil_open_as_it_was() -> Iterator[None]:
-    """Importing Ultralytics replaces ``PIL.Image.open`` for the whole process with a wrapper
-    that, on any picture PIL cannot read, imports ``pi_heif`` (not installed): the tests after
-    these, in the same process, would see ModuleNotFoundError where the daemon sees PIL's own
-    error. The daemon never imports Ultralytics; each test puts PIL back as it was before any
-    test imported it (a module's fixture may import it before this runs)."""
-    yield
-    Image.open = _PIL_OPEN  # type: ignore[method-assign]
-
-
-_PIL_OPEN = Image.open  # read when the tests are collected, before anything imports Ultralytics
 
 
 @dataclass(frozen=True)
