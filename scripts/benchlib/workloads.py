@@ -136,6 +136,16 @@ def _source(model: str) -> Path:
     return MODEL_DIRS.get(model, ENGINES / model)
 
 
+def _to_make(source: Path, model: str) -> bool:
+    """Whether ``model``'s model.onnx must be made: missing, or older than the script that makes
+    it (a cached model from before the recipe changed would not match its model.toml)."""
+    onnx = source / "model.onnx"
+    if not onnx.is_file():
+        return True
+    maker = SCRIPTS / _MAKERS[model] if model in _MAKERS else None
+    return maker is not None and maker.stat().st_mtime > onnx.stat().st_mtime
+
+
 def prepare_repository(root: Path, models: list[str], log: Path) -> None:
     """Copy ``models`` from engines/ or MODEL_DIRS (making a missing model.onnx with its script)
     into ``root``
@@ -144,7 +154,7 @@ def prepare_repository(root: Path, models: list[str], log: Path) -> None:
     with log.open("ab") as out:
         for model in models:
             source = _source(model)
-            if not (source / "model.onnx").is_file():
+            if _to_make(source, model):
                 if model not in _MAKERS:
                     raise RuntimeError(f"{source}/model.onnx is missing; run scripts/fetch-models")
                 subprocess.run(
