@@ -1,17 +1,15 @@
 """Every TensorRT name edgert touches, with the per-version branches in one place.
 
-Nothing else in edgert imports ``tensorrt``. The version branches are the classes ``Trt8``
-(8.6), ``Trt10`` (10.x) and ``Trt11`` (11.x); module-level code is shared by all three. CI checks
-this file's syntax tree against the real bindings of each version (``tests/trt/conformance.py``):
-every ``trt.X.Y`` chain, and every attribute of a name annotated with a ``trt`` type, must exist in
-the version whose branch uses it. So: annotate every TensorRT object with its ``trt`` type.
-
-What differs (checked against the bindings of 8.6.1, 10.3.0 and 11.4.0.106):
-- 8.6 needs ``EXPLICIT_BATCH``; has no ``INT64`` (its ONNX parser casts int64 IO to int32), no
-  ``IProgressMonitor``, no ``ParserError.node_name``; ``device_memory_size``.
-- 10 drops the explicit-batch flag's meaning, adds ``INT64``, progress monitors, node names,
-  ``device_memory_size_v2`` and ``reallocate_output_async``.
-- 11 is strongly typed only: no ``BuilderFlag.FP16/INT8``; precision comes from the ONNX itself.
+Nothing else in edgert imports ``tensorrt``. The version branches are the classes ``Trt8`` (8.6),
+``Trt10`` (10.x) and ``Trt11`` (11.x); module-level code is shared. CI checks this file's syntax
+tree against the real bindings of each version (``tests/trt/conformance.py``): every ``trt.X.Y``
+chain, and every attribute of a name annotated with a ``trt`` type, must exist in the version whose
+branch uses it. So: annotate every TensorRT object with its ``trt`` type. What differs (checked
+against 8.6.1, 10.3.0 and 11.4.0.106): 8.6 needs ``EXPLICIT_BATCH`` and has no ``INT64`` (its ONNX
+parser casts int64 IO to int32), no ``IProgressMonitor``, no ``ParserError.node_name``, and
+``device_memory_size``; 10 drops the explicit-batch flag's meaning and adds ``INT64``, progress
+monitors, node names, ``device_memory_size_v2`` and ``reallocate_output_async``; 11 is strongly
+typed only (no ``BuilderFlag.FP16/INT8``: precision comes from the ONNX itself).
 """
 
 from __future__ import annotations

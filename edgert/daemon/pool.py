@@ -14,10 +14,12 @@ import threading
 
 import orjson
 
+from edgert.errors import ConfigError
 from edgert.protocol import ONLINE
+from edgert.settings import DaemonConfig
 from edgert.topics import Topics
 
-__all__ = ["Pool"]
+__all__ = ["Pool", "check_pool"]
 
 log = logging.getLogger("edgert.daemon")
 
@@ -89,3 +91,12 @@ def _listed(payload: bytes) -> frozenset[str] | None:
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
         log.warning("a node's catalogue could not be read; it counts as serving nothing")
         return None
+
+
+def check_pool(config: DaemonConfig) -> None:
+    """ConfigError for a pool the broker's protocol cannot carry."""
+    if config.share_group and config.broker.protocol != 5:
+        raise ConfigError(
+            "[node] share_group needs [broker] protocol = 5: shared subscriptions, and the "
+            "subscription identifiers a pool tells its copies of a request apart by, are MQTT 5"
+        )

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from edgert.daemon.catalogue import model_states
@@ -32,12 +33,12 @@ from edgert.daemon.ledger import RequestLedger
 from edgert.daemon.metrics import model_labels
 from edgert.daemon.models import Models, model_name
 from edgert.daemon.observers import EventsTopic, ResultHook
-from edgert.daemon.pool import Pool
+from edgert.daemon.pool import Pool, check_pool
 from edgert.daemon.replies import Replies
 from edgert.daemon.requests import Requests
 from edgert.daemon.sources import Sources
 from edgert.daemon.stats import Rates
-from edgert.errors import ArtifactError, ConfigError, EdgertError, IncompatibleArtifact
+from edgert.errors import ArtifactError, EdgertError, IncompatibleArtifact
 from edgert.protocol import (
     Topics,
     catalogue,
@@ -67,26 +68,14 @@ class Service:
             reply_prefix=config.reply_prefix or None,
             share_group=config.share_group or None,
         )
-        _check_pool(config)
+        check_pool(config)
         self.ledger = RequestLedger(config.reply_cache)
         self.fatal: str | None = None  # why the daemon stopped itself (exit non-zero)
         self.pool = Pool(self.topics) if config.share_group else None
         self._stopping = threading.Event()
         self._reload = threading.Event()
         self._stats_thread: threading.Thread | None = None
-        broker = config.broker
-        if not broker.client_id:
-            from dataclasses import replace
-
-            broker = replace(broker, client_id=f"edgert-{self.node}")
-        self.connection = MqttTransport(
-            broker,
-            will=(self.topics.status, b"offline"),
-            on_message=self._on_message,
-            on_connect=lambda: self.health.changed(),
-            after_read=self._flush,
-            on_refused=self._refused,
-        )
+        self.connection = self._transport()
         # The sources' HTTP pulls run on the transport's event loop, beside MQTT.
         self._sources = Sources(
             config.sources,
@@ -107,24 +96,8 @@ class Service:
             counts,
             lambda name: model_labels(self.models, name),  # Models is made below
         )
-        self.observers = ResultHook()
-        if config.events:  # every result on the events topic (Home Assistant reads it)
-            self.observers.subscribe(EventsTopic(self.connection, self.topics))
-        if any(s.stream is not None for s in config.sources):  # fed by a device's stream
-            self.observers.subscribe(self._sources.on_result)
-        self.models = Models(
-            config,
-            self.ledger,
-            self.connection,
-            self.topics,
-            self._stopping,
-            publish_reply=self.replies.publish,
-            observers=self.observers,
-            on_built=self._built,
-            held=HeldRequests(config.hold_while_loading, config.queue_size),
-            replay=lambda held: self.requests.replay(held),
-            on_progress=lambda: self._publish_catalogue(discovery=False),
-        )
+        self.observers = self._result_hook()
+        self.models = self._models()
         self.requests = Requests(
             config,
             self.topics,
@@ -139,6 +112,44 @@ class Service:
             HomeAssistant(self.node, self.topics, self.connection, self._entities)
             if config.homeassistant
             else None
+        )
+
+    def _transport(self) -> MqttTransport:
+        broker = self.config.broker
+        if not broker.client_id:
+            broker = replace(broker, client_id=f"edgert-{self.node}")
+        return MqttTransport(
+            broker,
+            will=(self.topics.status, b"offline"),
+            on_message=self._on_message,
+            on_connect=lambda: self.health.changed(),
+            after_read=self._flush,
+            on_refused=self._refused,
+        )
+
+    def _result_hook(self) -> ResultHook:
+        """What observes every result: the events topic, and the sources fed by a stream."""
+        hook = ResultHook()
+        if self.config.events:  # every result on the events topic (Home Assistant reads it)
+            hook.subscribe(EventsTopic(self.connection, self.topics))
+        if any(s.stream is not None for s in self.config.sources):  # fed by a device's stream
+            hook.subscribe(self._sources.on_result)
+        return hook
+
+    def _models(self) -> Models:
+        config = self.config
+        return Models(
+            config,
+            self.ledger,
+            self.connection,
+            self.topics,
+            self._stopping,
+            publish_reply=self.replies.publish,
+            observers=self.observers,
+            on_built=self._built,
+            held=HeldRequests(config.hold_while_loading, config.queue_size),
+            replay=lambda held: self.requests.replay(held),
+            on_progress=lambda: self._publish_catalogue(discovery=False),
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -384,11 +395,3 @@ class Service:
 
     def _event(self, topic: str, payload: bytes) -> None:
         self.connection.publish(topic, payload, qos=0)
-
-
-def _check_pool(config: DaemonConfig) -> None:
-    if config.share_group and config.broker.protocol != 5:
-        raise ConfigError(
-            "[node] share_group needs [broker] protocol = 5: shared subscriptions, and the "
-            "subscription identifiers a pool tells its copies of a request apart by, are MQTT 5"
-        )
