@@ -19,7 +19,7 @@ from typing import Any
 
 from edgert.daemon.models import Models, Served
 
-__all__ = ["model_states"]
+__all__ = ["model_labels", "model_states"]
 
 
 def model_states(models: Models) -> list[dict[str, Any]]:
@@ -68,3 +68,14 @@ def _ready(name: str, entry: Served, budget_ms: float) -> dict[str, Any]:
         found["latency_ms"] = round(entry.measured_ms, 3)
         found["slow"] = entry.measured_ms > budget_ms
     return found
+
+
+def model_labels(models: Models, name: str) -> tuple[str, str] | None:
+    """(name, served version) of a repository model (version "" while none is served); None
+    for a name the repository does not have."""
+    served = models.get(name)
+    if served is not None:
+        return name, served.version
+    if name in models.failed or models.held.is_loading(name):
+        return name, ""
+    return None

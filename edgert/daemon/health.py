@@ -4,15 +4,18 @@ its readiness and status to systemd, systemd's watchdog fed from the event loop,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from edgert.daemon.catalogue import model_states
 from edgert.daemon.counts import ReplyCounts
-from edgert.daemon.http import HealthServer
-from edgert.daemon.metrics import DaemonCollector, registry
 from edgert.daemon.models import Models
 from edgert.daemon.readiness import Readiness, Watchdog
 from edgert.daemon.tegrastats import Tegrastats
 from edgert.settings import DaemonConfig
 from edgert.transport import EventLoopThread, MqttTransport
+
+if TYPE_CHECKING:
+    from edgert.daemon.http import HealthServer
 
 __all__ = ["Health"]
 
@@ -28,6 +31,11 @@ class Health:
         self.tegrastats: Tegrastats | None = None
         self.http: HealthServer | None = None
         if config.http_listen:
+            # Imported only here: aiohttp and prometheus-client would hold memory in a daemon
+            # that serves no HTTP.
+            from edgert.daemon.http import HealthServer
+            from edgert.daemon.metrics import DaemonCollector, registry
+
             self.tegrastats = Tegrastats()
             collector = DaemonCollector(models, counts, self.tegrastats)
             self.http = HealthServer(config.http_listen, self.readiness, registry(collector))

@@ -27,22 +27,11 @@ from edgert.daemon.models import Models
 from edgert.daemon.tegrastats import Tegrastats
 from edgert.errors import EdgertError
 
-__all__ = ["DaemonCollector", "model_labels", "registry"]
+__all__ = ["DaemonCollector", "registry"]
 
 log = logging.getLogger("edgert.daemon")
 
 _MODEL = ["model", "version"]
-
-
-def model_labels(models: Models, name: str) -> tuple[str, str] | None:
-    """(name, served version) of a repository model (version "" while none is served); None
-    for a name the repository does not have."""
-    served = models.get(name)
-    if served is not None:
-        return name, served.version
-    if name in models.failed or models.held.is_loading(name):
-        return name, ""
-    return None
 
 
 class DaemonCollector(Collector):

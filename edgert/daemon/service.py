@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from edgert.daemon.catalogue import model_states
+from edgert.daemon.catalogue import model_labels, model_states
 from edgert.daemon.counts import ReplyCounts
 from edgert.daemon.discovery import ModelEntity, SourceEntity
 from edgert.daemon.health import Health
@@ -30,7 +30,6 @@ from edgert.daemon.homeassistant import HomeAssistant
 from edgert.daemon.host import notify_systemd, release_freed_memory
 from edgert.daemon.intake import UNSERVED
 from edgert.daemon.ledger import RequestLedger
-from edgert.daemon.metrics import model_labels
 from edgert.daemon.models import Models, model_name
 from edgert.daemon.observers import EventsTopic, ResultHook
 from edgert.daemon.pool import Pool, check_pool
