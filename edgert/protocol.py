@@ -1,5 +1,4 @@
-"""The MQTT protocol as pure values: topics, request envelopes, replies and error codes. No MQTT
-library.
+"""The MQTT protocol as pure values (no MQTT library): topics, requests, replies, error codes.
 
 The topic tree is :mod:`edgert.topics`'s (see DESIGN.md "Protocol"), re-exported here.
 

@@ -15,12 +15,14 @@ typed only (no ``BuilderFlag.FP16/INT8``: precision comes from the ONNX itself).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorrt as trt
+
+from edgert.backends.trtsettings import BuildSettings, Shape
 
 __all__ = [
     "BuildSettings",
@@ -38,7 +40,6 @@ __all__ = [
 
 VERSION: str = str(trt.__version__)
 ProgressFn = Callable[[str, float], None]
-Shape = tuple[int, ...]
 
 
 class TrtLog(trt.ILogger):  # type: ignore[misc]
@@ -72,19 +73,6 @@ def log_errors(log: TrtLog, since: int = 0) -> list[str]:
     """The error lines TensorRT logged after line ``since``."""
     with log.lock:
         return [msg for sev, msg in log.lines[since:] if sev == "error"]
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """What one engine build needs, all plain values (it crosses into the build process)."""
-
-    precision: str  # fp32 | fp16 | int8
-    profiles: Mapping[str, tuple[Shape, Shape, Shape]]  # dynamic input → (min, opt, max)
-    workspace_bytes: int | None = None
-    optimization_level: int | None = None
-    dla_core: int | None = None
-    version_compatible: bool = False
-    hardware_compatible: bool = False
 
 
 @dataclass(frozen=True)
