@@ -141,6 +141,17 @@ def test_a_sources_snapshot_is_answered_to_the_daemon_itself(stages: Stages) -> 
     assert stopped["error"]["code"] == "no_model"
 
 
+def _source(stages: Stages, replies: list[Any]) -> threading.Thread:
+    """A source's snapshot taken on a thread of its own (not started); its reply into
+    ``replies``."""
+    payload = b'{"inputs": [[21, 40, 300, 600]]}'
+
+    def take() -> None:
+        replies.append(stages.requests.infer_local("occupancy", payload, "application/json", 10))
+
+    return threading.Thread(target=take, daemon=True)
+
+
 def test_a_sources_decode_does_not_hold_up_a_devices_request(stages: Stages) -> None:
     """A camera's snapshot decodes on its executor thread outside the swap lock: a device's
     request meanwhile is decoded, taken and answered at once."""
@@ -149,14 +160,8 @@ def test_a_sources_decode_does_not_hold_up_a_devices_request(stages: Stages) -> 
     assert entry is not None
     gate = threading.Event()
     decodes = _counting(entry, gate)  # every decode waits for the gate
-    payload = b'{"inputs": [[21, 40, 300, 600]]}'
     local: list[Any] = []
-    source = threading.Thread(
-        target=lambda: local.append(
-            stages.requests.infer_local("occupancy", payload, "application/json", 10.0)
-        ),
-        daemon=True,
-    )
+    source = _source(stages, local)
     source.start()
     device = threading.Thread(
         target=stages.requests.on_message,
@@ -183,14 +188,8 @@ def test_a_source_decodes_again_if_its_model_is_swapped_while_it_decodes(stages:
     decodes = _counting(old, gate)
     model = ModelDir(stages.repository / "occupancy")
     loaded = open_model(model, stages.config.backend)
-    payload = b'{"inputs": [[21, 40, 300, 600]]}'
     local: list[Any] = []
-    source = threading.Thread(
-        target=lambda: local.append(
-            stages.requests.infer_local("occupancy", payload, "application/json", 10.0)
-        ),
-        daemon=True,
-    )
+    source = _source(stages, local)
     source.start()
     swapping = threading.Thread(target=stages.models.serve, args=(model, loaded), daemon=True)
     try:
