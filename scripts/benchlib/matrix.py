@@ -6,7 +6,9 @@ flight}. The load is one process with one paho client at paho's defaults (Nagle'
 paho's 20 QoS 1 messages in flight; ``loadgen.Transport(tuned=False)``), closed loop, over the
 cell's protocol: 3.1.1 for ``reply_to``, 5 for the Response Topic. The servers:
 
-- echo floor: ``scripts/echo-floor --paho-defaults`` over the cell's protocol;
+- echo floor: ``scripts/echo-floor --paho-defaults`` over the cell's protocol (paho's floor);
+- gmqtt floor: ``scripts/echo-floor --client gmqtt`` over MQTT 5, as edgert serve speaks it:
+  the floor of edgert's own transport (gmqtt on uvloop, acknowledging as edgert does);
 - plain loop: ``scripts/plain-loop --paho-defaults`` over the cell's protocol (what a user
   writes: ``paho.Client(CallbackAPIVersion.VERSION2)``, so MQTT 3.1.1, for the ``reply_to``
   cells; MQTT 5 for the Response Topic cells), inference in on_message, the reply at the
@@ -42,6 +44,7 @@ from benchlib.runner import machine_busy, sleep_until, summarise_point
 from benchlib.workloads import REPO, WORKLOADS, default_config, prepare_repository
 
 __all__ = [
+    "FLOORS",
     "IN_FLIGHT",
     "QOS",
     "SERVERS",
@@ -56,7 +59,13 @@ STYLES = {"reply_to": "3.1.1", "response_topic": "5"}  # request style -> MQTT v
 STYLE_NAMES = {"reply_to": "3.1.1 + JSON reply_to", "response_topic": "MQTT 5 Response Topic"}
 QOS = (0, 1)
 IN_FLIGHT = (1, 16)
-SERVERS = {"floor": "echo floor", "plain": "plain loop", "edgert": "edgert serve"}
+SERVERS = {
+    "floor": "echo floor",
+    "gfloor": "gmqtt floor",
+    "plain": "plain loop",
+    "edgert": "edgert serve",
+}
+FLOORS = ("floor", "gfloor")  # echo servers: no outputs to compare
 WORKLOAD = "mlp"
 SLOW_S = 0.035  # a reply this late is a Nagle / delayed-ACK stall's (40 ms) on this workload
 
@@ -108,6 +117,9 @@ class Matrix:
         model = self.workload.model
         if kind == "floor":
             command = [python, str(REPO / "scripts/echo-floor"), model, *defaults]
+        elif kind == "gfloor":
+            gmqtt = ["--broker", url, "--protocol", "5", "--client", "gmqtt"]
+            command = [python, str(REPO / "scripts/echo-floor"), model, *gmqtt]
         elif kind == "plain":
             onnx = self.repo / model / "model.onnx"
             command = [python, str(REPO / "scripts/plain-loop"), str(onnx), *defaults]
@@ -172,7 +184,7 @@ class Matrix:
             ready = time.monotonic() - began
         finally:
             probe.close()
-        if kind != "floor":
+        if kind not in FLOORS:
             self.answers.setdefault((kind, style), reply_outputs(reply))
         return ready
 

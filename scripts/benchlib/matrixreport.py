@@ -23,6 +23,9 @@ MEDIANS = ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_req", "slow_share")
 # A median request that waited at least once for a delayed ACK (40 ms on Linux) behind Nagle's
 # algorithm: the tiny MLP answers in well under this at 16 in flight.
 STALL_MS = 35.0
+# The table's servers, in its order: paho's echo floor, edgert's transport's (gmqtt), the two.
+KINDS = ("floor", "gfloor", "plain", "edgert")
+SHORT = {"floor": "paho floor", "gfloor": "gmqtt floor", "plain": "plain", "edgert": "edgert"}
 STYLE_SHORT = {"reply_to": "3.1.1 reply_to", "response_topic": "5 Response Topic"}
 
 
@@ -97,9 +100,9 @@ def _values_table(cells: list[dict[str, Any]], names: dict[str, str]) -> list[li
     for cell in cells:
         rows.append(
             _cell_label(cell)
-            + [_value(cell, k, "throughput_rps", 0) for k in ("floor", "plain", "edgert")]
-            + [_value(cell, k, "p50_ms", 2) for k in ("floor", "plain", "edgert")]
-            + [_value(cell, k, "cpu_ms_per_req", 3) for k in ("plain", "edgert")]
+            + [_value(cell, k, "throughput_rps", 0) for k in KINDS]
+            + [_value(cell, k, "p50_ms", 2) for k in KINDS]
+            + [_value(cell, k, "cpu_ms_per_req", 3) for k in KINDS]
             + [_stalls(cell, names)]
         )
     return rows
@@ -148,9 +151,12 @@ def markdown(matrix: dict[str, Any]) -> list[str]:
         "round reverses the servers' order (interleaved). Load: one process, one paho client at "
         "paho's defaults (Nagle on, 20 QoS 1 in flight), closed loop, over the cell's protocol "
         "(MQTT 3.1.1 with the JSON reply_to; MQTT 5 with Response Topic + Correlation Data). "
-        "echo floor and plain loop: paho.Client(CallbackAPIVersion.VERSION2) (3.1.1; MQTT 5 for "
-        "the Response Topic cells), no TCP_NODELAY; the plain loop infers in on_message and "
-        "replies at the request's QoS. edgert serve: a config with only the broker and the "
+        "paho floor (echo, no inference) and plain loop: paho.Client(CallbackAPIVersion.VERSION2) "
+        "(3.1.1; MQTT 5 for the Response Topic cells), no TCP_NODELAY; the plain loop infers in "
+        "on_message and replies at the request's QoS. gmqtt floor: the same echo on edgert's "
+        "transport, gmqtt on uvloop, over MQTT 5 as edgert speaks it, a QoS 1 request "
+        "acknowledged once its reply is (as edgert does). edgert serve: a config with only the "
+        "broker and the "
         f"repository ({matrix['edgert_config']}: MQTT 5, events on; backend "
         f"{matrix.get('edgert_backend', 'unknown')}). Broker: a fresh mosquitto "
         f"{matrix['mosquitto']} per server and request style, "
@@ -159,9 +165,10 @@ def markdown(matrix: dict[str, Any]) -> list[str]:
         "",
     ]
     header = ["QoS", "request", "in flight"]
-    header += ["floor req/s", "plain req/s", "edgert req/s"]
-    header += ["floor p50 ms", "plain p50 ms", "edgert p50 ms"]
-    header += ["plain CPU ms/req", "edgert CPU ms/req", "~40 ms p50 stall"]
+    header += [f"{SHORT[k]} req/s" for k in KINDS]
+    header += [f"{SHORT[k]} p50 ms" for k in KINDS]
+    header += [f"{SHORT[k]} CPU ms/req" for k in KINDS]
+    header += ["~40 ms p50 stall"]
     lines += [*table(header, _values_table(cells, names)), ""]
     header = ["QoS", "request", "in flight"]
     header += [f"{title} {bound}" for _, title, _, bound in TARGETS]
