@@ -126,29 +126,24 @@ def test_mqtt5_response_topic_and_correlation_are_honoured(daemon: Daemon, devic
     assert body["ok"] is True and "outputs" not in body and "latency_ms" not in body
 
 
+@pytest.mark.parametrize("qos", ["0", "1", "2"])
 @pytest.mark.parametrize("version", ["311", "5"])
-def test_mosquitto_pub_and_sub(daemon: Daemon, version: str) -> None:
+def test_mosquitto_pub_and_sub(daemon: Daemon, version: str, qos: str) -> None:
+    """A shell's request at any QoS the protocol has (the broker delivers QoS 2 at the daemon's
+    subscription's QoS 1) is answered."""
     port = str(daemon.broker.port)
+    topic = ["-t", "edgert/reply/shell/#", "-C", "1", "-W", "15"]
+    # Line-buffered, so that its SUBACK line arrives as it happens, not when it exits.
     sub = subprocess.Popen(
-        [
-            "mosquitto_sub",
-            "-p",
-            port,
-            "-V",
-            version,
-            "-t",
-            "edgert/reply/shell/#",
-            "-C",
-            "1",
-            "-W",
-            "15",
-        ],
+        ["stdbuf", "-oL", "mosquitto_sub", "-d", "-p", port, "-V", version, *topic],
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(0.5)
-    pub = ["mosquitto_pub", "-p", port, "-V", version, "-q", "1"]
-    body = json.dumps({"id": "sh1", "inputs": READING})
+    assert sub.stdout is not None
+    lines = iter(sub.stdout.readline, "")
+    assert any("received SUBACK" in line for line in lines), "mosquitto_sub never subscribed"
+    pub = ["mosquitto_pub", "-p", port, "-V", version, "-q", qos]
+    body = json.dumps({"id": f"sh{qos}", "inputs": READING})
     if version == "5":
         pub += [
             "-t",
@@ -166,8 +161,11 @@ def test_mosquitto_pub_and_sub(daemon: Daemon, version: str) -> None:
         pub += ["-t", "edgert/infer/occupancy/shell"]
     subprocess.run([*pub, "-m", body], check=True, timeout=10)
     out, _ = sub.communicate(timeout=20)
-    reply = json.loads(out)
-    assert reply["ok"] is True and reply["id"] == "sh1"
+    # -d prints the client's packets too; the message is the one line that is not about them.
+    payload = [line for line in out.splitlines() if line.startswith("{")]
+    assert len(payload) == 1, out
+    reply = json.loads(payload[0])
+    assert reply["ok"] is True and reply["id"] == f"sh{qos}"
     assert len(reply["outputs"]["probabilities"][0]) == 2
 
 
