@@ -225,14 +225,23 @@ def decode_image(payload: bytes, pre: ImagePre) -> tuple[np.ndarray, Transform]:
     PayloadError("bad_input") when the payload is not a whole JPEG or PNG image.
     """
     fitted, transform = _fit(_open_rgb(payload), pre)
-    pixels = np.asarray(fitted, dtype=np.uint8)  # [H, W, 3] RGB
+    return _tensor(np.asarray(fitted, dtype=np.uint8), pre), transform
+
+
+def _tensor(pixels: np.ndarray, pre: ImagePre) -> np.ndarray:
+    """``[H, W, 3]`` RGB pixels → the model's tensor. Laid out while still uint8, and scaled in
+    one pass into the output; the mean and std passes only where they change a value."""
     if pre.color == "bgr":
         pixels = pixels[..., ::-1]
-    if pre.dtype.is_float:
-        values = pixels.astype(np.float32) * np.float32(pre.scale)
-        values = (values - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-    else:
-        values = pixels
     if pre.layout == "nchw":
-        values = values.transpose(2, 0, 1)
-    return np.ascontiguousarray(values[np.newaxis], dtype=pre.dtype.numpy), transform
+        pixels = pixels.transpose(2, 0, 1)
+    if not pre.dtype.is_float:
+        return np.ascontiguousarray(pixels[np.newaxis], dtype=pre.dtype.numpy)
+    values = np.empty((1, *pixels.shape), dtype=np.float32)
+    np.multiply(pixels, np.float32(pre.scale), out=values[0], dtype=np.float32)
+    channels = (3, 1, 1) if pre.layout == "nchw" else (3,)
+    if any(pre.mean):
+        values -= np.asarray(pre.mean, np.float32).reshape(channels)
+    if any(s != 1.0 for s in pre.std):
+        values /= np.asarray(pre.std, np.float32).reshape(channels)
+    return values if pre.dtype.numpy == np.float32 else values.astype(pre.dtype.numpy)

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgert.pipeline import Detect, Transform, nms
+from edgert.pipeline import Detect, Transform, decode_head, nms
+from edgert.pipeline import detect as detect_module
 from edgert.pipeline.detect import DetectLayout
 
 LABELS = ("person", "car")
@@ -89,3 +90,55 @@ def test_stretch_transform_maps_each_axis() -> None:
 def test_empty_head_gives_no_detections() -> None:
     empty: Any = np.zeros((0, 7), np.float32)
     assert Detect("yolov5").run(empty, LETTERBOX) == []
+
+
+def random_candidates(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` boxes over a few classes, with tied scores and some zero-area boxes."""
+    rng = np.random.default_rng(seed)
+    corner = rng.uniform(0, 100, (n, 2))
+    size = rng.uniform(0, 40, (n, 2))
+    size[rng.random(n) < 0.1] = 0
+    scores = np.round(rng.uniform(0, 1, n), 1)
+    return np.concatenate([corner, corner + size], 1), scores, rng.integers(0, 4, n)
+
+
+def greedy(boxes: np.ndarray, scores: np.ndarray, ids: np.ndarray, iou: float) -> list[int]:
+    """NMS as its docstring says, one pair at a time: the reference for both of its ways."""
+    kept: list[int] = []
+    for i in sorted(range(len(boxes)), key=lambda i: -scores[i]):
+        a = boxes[i]
+        for k in kept:
+            b = boxes[k]
+            w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+            h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+            if ids[k] == ids[i] and union > 0 and w * h / union > iou:
+                break
+        else:
+            kept.append(i)
+    return kept
+
+
+@pytest.mark.parametrize("n", [0, 1, 40, 300, detect_module.MATRIX_NMS_MAX + 88])
+def test_nms_keeps_what_one_pair_at_a_time_keeps(n: int) -> None:
+    """Below MATRIX_NMS_MAX NMS takes the whole IoU matrix at once, above it a row per kept box;
+    both keep the reference's boxes. Ties are broken by position either way, so the order is
+    compared as sets of equal scores."""
+    for seed in range(4):
+        boxes, scores, ids = random_candidates(seed, n)
+        found = nms(boxes, scores, ids, 0.45)
+        assert sorted(found.tolist()) == sorted(greedy(boxes, scores, ids, 0.45))
+        assert list(scores[found]) == sorted(scores[found], reverse=True)
+
+
+def test_decode_head_threshold_drops_only_what_scores_under_it() -> None:
+    rng = np.random.default_rng(3)
+    head = rng.uniform(0, 1, (4 + 6, 500)).astype(np.float32)
+    head[4:] **= 4  # most anchors score low, as a real head's do
+    for threshold in (0.1, 0.3, 0.7):
+        boxes, scores, ids = decode_head(head, "yolov8")
+        mask = scores >= threshold
+        fast = decode_head(head, "yolov8", threshold)
+        assert 0 < mask.sum() < len(mask)
+        for got, want in zip(fast, (boxes[mask], scores[mask], ids[mask]), strict=True):
+            assert got.tobytes() == want.tobytes()

@@ -165,3 +165,36 @@ def test_preprocess_of_takes_size_and_layout_from_the_spec() -> None:
     tensor, transform = nhwc.decode(encode(picture(), "PNG"))
     assert tensor.shape == (1, 24, 24, 3) and tensor.dtype == np.float16
     assert transform == Transform(24 / 64, 18 / 48, 0.0, 3.0, W, H)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("color", ["rgb", "bgr"])
+@pytest.mark.parametrize("dtype", [DType.FLOAT32, DType.FLOAT16])
+@pytest.mark.parametrize(
+    ("mean", "std"),
+    [((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.485, 0.456, 0.406), (0.229, 1, 0.225))],
+)
+def test_tensor_equals_the_formula_bit_for_bit(
+    layout: str, color: str, dtype: DType, mean: tuple[float, ...], std: tuple[float, ...]
+) -> None:
+    """Every layout, channel order, dtype and normalisation gives exactly
+    ``(pixel * scale - mean) / std`` in float32, then the dtype, C-contiguous."""
+    pixels = np.random.default_rng(5).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    pre = ImagePre(
+        height=H,
+        width=W,
+        layout=layout,
+        color=color,
+        scale=1 / 255,  # type: ignore[arg-type]
+        mean=mean,
+        std=std,
+        dtype=dtype,  # type: ignore[arg-type]
+    )
+    tensor, _ = decode_image(encode(pixels, "PNG"), pre)
+    ordered = pixels[..., ::-1] if color == "bgr" else pixels
+    expected = normalise(ordered, 1 / 255, list(mean), list(std))
+    if layout == "nchw":
+        expected = expected.transpose(2, 0, 1)
+    expected = expected[np.newaxis].astype(dtype.numpy)
+    assert tensor.dtype == expected.dtype and tensor.flags.c_contiguous
+    assert tensor.tobytes() == expected.tobytes()
