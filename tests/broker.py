@@ -9,20 +9,22 @@ lines (limits).
 from __future__ import annotations
 
 import getpass
+import queue
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-__all__ = ["Mosquitto", "TlsFiles", "free_port", "wait_for_port"]
+__all__ = ["Mosquitto", "MosquittoSub", "TlsFiles", "free_port", "wait_for_port"]
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
@@ -169,3 +171,50 @@ class Mosquitto:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+
+
+class MosquittoSub:
+    """``mosquitto_sub`` as a shell runs it (``command``, its arguments included), returned once
+    the broker's SUBACK is in. It says nothing when subscribed except with ``-d``, so it is run
+    with ``-d`` and line-buffered (``stdbuf``), and the lines about its own packets are read for
+    the SUBACK and kept out of :meth:`message` and :meth:`rest`."""
+
+    def __init__(self, command: Sequence[str], timeout: float = 10.0) -> None:
+        self.process = subprocess.Popen(
+            ["stdbuf", "-oL", *command, "-d"], stdout=subprocess.PIPE, text=True
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._subscribed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._subscribed.wait(timeout):
+            self.close()
+            raise TimeoutError(f"mosquitto_sub had no SUBACK within {timeout} s: {command}")
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in self.process.stdout:
+                if "received SUBACK" in line:
+                    self._subscribed.set()
+                elif not line.startswith(("Client ", "Subscribed (mid")):
+                    self._lines.put(line.rstrip("\n"))
+
+    def message(self, timeout: float = 15.0) -> str:
+        """The next message's line (with ``-v``: the topic, a space, the payload)."""
+        return self._lines.get(timeout=timeout)
+
+    def rest(self, timeout: float = 20.0) -> list[str]:
+        """Wait for it to exit (``-C`` or ``-W``); every message line it printed not yet read."""
+        self.process.wait(timeout)
+        self._reader.join(timeout)
+        lines: list[str] = []
+        while not self._lines.empty():
+            lines.append(self._lines.get_nowait())
+        return lines
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        self.process.wait(5)
+        self._reader.join(5)

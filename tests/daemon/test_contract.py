@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.broker import Mosquitto
+from tests.broker import Mosquitto, MosquittoSub
 from tests.daemon.conftest import REPO, Daemon, wait_retained
 from tests.daemon.test_broker_features import Observer
 
@@ -88,34 +88,15 @@ def mosquitto_pub(port: int, topic: str, body: Any, *args: str) -> None:
     subprocess.run([*command, *args, "-m", payload], check=True, timeout=10)
 
 
-class Subscriber:
-    """``mosquitto_sub`` printing what comes on ``topic``, one line a message."""
+def mosquitto_sub(port: int, topic: str, *args: str) -> MosquittoSub:
+    return MosquittoSub(
+        ["mosquitto_sub", "-p", str(port), "-h", "127.0.0.1", "-t", topic, "-v", *args]
+    )
 
-    def __init__(self, port: int, topic: str, *args: str) -> None:
-        self.process = subprocess.Popen(
-            ["mosquitto_sub", "-p", str(port), "-h", "127.0.0.1", "-t", topic, "-v", *args],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        time.sleep(0.5)  # mosquitto_sub says nothing when subscribed
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        with self.process.stdout:
-            for line in self.process.stdout:
-                self.lines.put(line.rstrip("\n"))
-
-    def reply(self, timeout: float = 15) -> tuple[str, dict[str, Any]]:
-        topic, _, payload = self.lines.get(timeout=timeout).partition(" ")
-        return topic, json.loads(payload)
-
-    def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(5)
-        self._reader.join(5)
+def sub_reply(sub: MosquittoSub) -> tuple[str, dict[str, Any]]:
+    topic, _, payload = sub.message().partition(" ")
+    return topic, json.loads(payload)
 
 
 # ----------------------------------------------------------------------- never silence
@@ -137,7 +118,7 @@ def test_an_unknown_model_gets_no_model_naming_the_served_ones_from_every_client
     assert topic == "edgert/reply/dev311/nosuch" and reply["id"] == 3
     assert reply["error"]["code"] == "no_model"
 
-    sub = Subscriber(port, "edgert/reply/cli/#", "-V", "311")
+    sub = mosquitto_sub(port, "edgert/reply/cli/#", "-V", "311")
     try:
         mosquitto_pub(
             port,
@@ -146,7 +127,7 @@ def test_an_unknown_model_gets_no_model_naming_the_served_ones_from_every_client
             "-V",
             "311",
         )
-        topic, reply = sub.reply()
+        topic, reply = sub_reply(sub)
         assert topic == "edgert/reply/cli/x" and reply["error"]["code"] == "no_model"
         mosquitto_pub(
             port,
@@ -159,7 +140,7 @@ def test_an_unknown_model_gets_no_model_naming_the_served_ones_from_every_client
             "response-topic",
             "edgert/reply/cli/y",
         )
-        topic, reply = sub.reply()
+        topic, reply = sub_reply(sub)
         assert (topic, reply["id"]) == ("edgert/reply/cli/y", "n")
         assert reply["error"]["code"] == "no_model"
     finally:

@@ -19,7 +19,7 @@ from paho.mqtt.properties import Properties
 
 from edgert import ModelDir, open_model
 from edgert.client import Client
-from tests.broker import Mosquitto
+from tests.broker import Mosquitto, MosquittoSub
 from tests.daemon.conftest import Daemon, wait_retained
 
 READING = [[22.5, 45.0, 480.0, 1150.0]]
@@ -133,15 +133,7 @@ def test_mosquitto_pub_and_sub(daemon: Daemon, version: str, qos: str) -> None:
     subscription's QoS 1) is answered."""
     port = str(daemon.broker.port)
     topic = ["-t", "edgert/reply/shell/#", "-C", "1", "-W", "15"]
-    # Line-buffered, so that its SUBACK line arrives as it happens, not when it exits.
-    sub = subprocess.Popen(
-        ["stdbuf", "-oL", "mosquitto_sub", "-d", "-p", port, "-V", version, *topic],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert sub.stdout is not None
-    lines = iter(sub.stdout.readline, "")
-    assert any("received SUBACK" in line for line in lines), "mosquitto_sub never subscribed"
+    sub = MosquittoSub(["mosquitto_sub", "-p", port, "-V", version, *topic])
     pub = ["mosquitto_pub", "-p", port, "-V", version, "-q", qos]
     body = json.dumps({"id": f"sh{qos}", "inputs": READING})
     if version == "5":
@@ -160,10 +152,8 @@ def test_mosquitto_pub_and_sub(daemon: Daemon, version: str, qos: str) -> None:
     else:
         pub += ["-t", "edgert/infer/occupancy/shell"]
     subprocess.run([*pub, "-m", body], check=True, timeout=10)
-    out, _ = sub.communicate(timeout=20)
-    # -d prints the client's packets too; the message is the one line that is not about them.
-    payload = [line for line in out.splitlines() if line.startswith("{")]
-    assert len(payload) == 1, out
+    payload = sub.rest()
+    assert len(payload) == 1, payload
     reply = json.loads(payload[0])
     assert reply["ok"] is True and reply["id"] == f"sh{qos}"
     assert len(reply["outputs"]["probabilities"][0]) == 2

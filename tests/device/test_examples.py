@@ -28,7 +28,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgert import ModelDir, open_model
-from tests.broker import Mosquitto
+from tests.broker import Mosquitto, MosquittoSub
 from tests.daemon.conftest import Daemon, broker, compiled_repository  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,6 +62,8 @@ class UmqttSimple:
         self._client.on_message = lambda c, u, m: self._inbox.put(
             (m.topic.encode(), bytes(m.payload))
         )
+        self._subacks: queue.Queue[int] = queue.Queue()
+        self._client.on_subscribe = lambda c, u, mid, codes, p: self._subacks.put(mid)
         self._client.connect("127.0.0.1", port)
         self._client.loop_start()
 
@@ -70,9 +72,9 @@ class UmqttSimple:
 
     def subscribe(self, topic: str | bytes, qos: int = 0) -> None:
         name = topic.decode() if isinstance(topic, bytes) else topic
-        result, _ = self._client.subscribe(name, qos)
+        result, mid = self._client.subscribe(name, qos)
         assert result == paho.MQTT_ERR_SUCCESS
-        time.sleep(0.2)  # umqtt.simple waits for the SUBACK; paho does not
+        assert self._subacks.get(timeout=5) == mid  # umqtt.simple waits for the SUBACK
 
     def publish(
         self, topic: str | bytes, msg: str | bytes, retain: bool = False, qos: int = 0
@@ -289,18 +291,15 @@ def test_shell_md_blocks_run_against_the_daemon(
         if not subs:
             continue  # illustrative: raw bytes need a model that declares a raw input
         [sub_command] = subs
-        sub = subprocess.Popen(
-            [*shlex.split(sub_command), "-W", "15"], stdout=subprocess.PIPE, text=True
-        )
-        time.sleep(0.4)  # mosquitto_sub has subscribed
+        sub = MosquittoSub([*shlex.split(sub_command), "-W", "15"])
         for command in commands:
             if command is not sub_command:
                 subprocess.run(
                     ["bash", "-c", command], cwd=tmp_path, env=env, check=True, timeout=15
                 )
-        out, _ = sub.communicate(timeout=20)
-        assert sub.returncode == 0, (sub_command, daemon.log.read_text()[-2000:])
-        replies = [json.loads(line) for line in out.splitlines()]
+        lines = sub.rest()
+        assert sub.process.returncode == 0, (sub_command, daemon.log.read_text()[-2000:])
+        replies = [json.loads(line) for line in lines]
         ran[replies[0]["id"]] = replies
         versions.append(shlex.split(sub_command)[shlex.split(sub_command).index("-V") + 1])
 

@@ -135,10 +135,13 @@ def test_decode_head_threshold_drops_only_what_scores_under_it() -> None:
     rng = np.random.default_rng(3)
     head = rng.uniform(0, 1, (4 + 6, 500)).astype(np.float32)
     head[4:] **= 4  # most anchors score low, as a real head's do
-    for threshold in (0.1, 0.3, 0.7):
+    for threshold in (0.125, 0.3, 0.75):
+        # Ten anchors whose best class scores the threshold exactly: they reach it, so stay.
+        head[4:, :10] = np.minimum(head[4:, :10], np.float32(threshold))
+        head[4 + 2, :10] = threshold
         boxes, scores, ids = decode_head(head, "yolov8")
         mask = scores >= threshold
         fast = decode_head(head, "yolov8", threshold)
-        assert 0 < mask.sum() < len(mask)
+        assert mask[:10].all() and 0 < mask.sum() < len(mask)
         for got, want in zip(fast, (boxes[mask], scores[mask], ids[mask]), strict=True):
             assert got.tobytes() == want.tobytes()
