@@ -1,13 +1,14 @@
 """The intake stage: a message in, read as a request for this node (DESIGN.md, "Serving core").
 
-Its topic routes it to a model; its size and topic key are checked; a pool's copy that another
-subscription brings to the node taking it is passed over; it is decoded by the model serving
-now (or held while its model loads); and where its reply goes is decided: ``reply_to``, else
-the MQTT 5 Response Topic, else the default topic of its key, always under the reply prefix and,
-for a keyed request (a device's), under that key. Out comes an :class:`Accepted` request for
-admission, a :class:`Refused` one for the replies stage, or a :class:`Passed` saying why there is
-nothing to hand on. Call it under the models' swap lock, so the version that decodes a request
-is the one that takes it.
+Its topic routes it to a model; the broker's retained copy of a request (handed to every new
+subscription, so after each restart or reconnect) is passed over; its size and topic key are
+checked; a pool's copy that another subscription brings to the node taking it is passed over; it is
+decoded by the model serving now (or held while its model loads); and where its reply goes is
+decided: ``reply_to``, else the MQTT 5 Response Topic, else the default topic of its key, always
+under the reply prefix and, for a keyed request (a device's), under that key. Out comes an
+:class:`Accepted` request for admission, a :class:`Refused` one for the replies stage, or a
+:class:`Passed` saying why there is nothing to hand on. Call it under the models' swap lock, so the
+version that decodes a request is the one that takes it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Passed(enum.Enum):
     ELSEWHERE = "elsewhere"  # a pool's unserved copy of a request some node takes
     HELD = "held"  # its model is loading: replayed once it is served (see Requests.replay)
     DROPPED = "dropped"  # it names no reply topic and has no key (logged)
+    RETAINED = "retained"  # the broker's retained copy, given to a new subscription (logged)
 
 
 IntakeResult = Accepted | Refused | Passed
@@ -97,6 +99,16 @@ class Intake:
         if route is None:
             return Passed.NOT_A_REQUEST
         name, key, _pinned = route
+        if message.retain:
+            # A live request comes without the flag, whatever it was published with; with it
+            # comes the broker's stored copy, given to every new subscription (each restart or
+            # reconnect): that request was answered when it came, and is not asked again.
+            log.warning(
+                "a retained copy of a request on %s, not answered again: publish requests "
+                "without retain (clear this one with an empty retained message on that topic)",
+                message.topic,
+            )
+            return Passed.RETAINED
         if UNSERVED in message.subscriptions and self._listed(name):
             return Passed.ELSEWHERE  # its model's own subscription brings it to a node
         received = time.monotonic() if received is None else received

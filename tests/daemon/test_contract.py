@@ -167,6 +167,32 @@ def test_a_served_model_is_answered_once_on_the_pooled_and_pinned_topics(
     v311.nothing_more()
 
 
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5])
+def test_a_request_published_retained_is_answered_once_not_again_at_each_subscribe(
+    daemon: Daemon, protocol: int
+) -> None:
+    """The broker keeps a retained request and hands it to every new subscription: to the
+    daemon after each restart or reconnect. It was answered when it came; the copies are not
+    new requests, and are logged instead of answered again."""
+    device = Device(daemon.broker.port, protocol, replies="edgert/reply/kept/#")
+    try:
+        body = {"id": "r1", "reply_to": "edgert/reply/kept/x", "inputs": READING}
+        info = device.client.publish("edgert/infer/occupancy", json.dumps(body), 1, retain=True)
+        info.wait_for_publish(5)
+        topic, reply = device.reply()
+        assert topic == "edgert/reply/kept/x" and reply["id"] == "r1" and reply["ok"] is True
+        assert daemon.terminate() == 0
+        daemon.start()
+        device.nothing_more(2 * QUIET)
+        assert "a retained copy of a request on edgert/infer/occupancy" in daemon.log.read_text()
+        body = {**body, "id": "r2"}  # and a live request on the same topic is still answered
+        device.client.publish("edgert/infer/occupancy", json.dumps(body), 1).wait_for_publish(5)
+        assert device.reply()[1]["id"] == "r2"
+        device.nothing_more()
+    finally:
+        device.close()
+
+
 # ------------------------------------------------------------------------ ids as sent
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from edgert.daemon.intake import UNSERVED, Accepted, Intake, Passed, Refused
@@ -69,6 +70,17 @@ def test_the_response_topic_comes_before_reply_to_and_the_key(intake: Intake) ->
 
 def test_a_request_naming_no_reply_topic_and_no_key_is_dropped(intake: Intake) -> None:
     assert intake.read(request("edgert/infer/occupancy", {"inputs": READING})) is Passed.DROPPED
+
+
+def test_a_retained_copy_of_a_request_is_passed_over_and_logged(
+    intake: Intake, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"id": "a", "reply_to": "edgert/reply/kitchen/x", "inputs": READING}
+    live = request("edgert/infer/occupancy", body)
+    assert isinstance(intake.read(live), Accepted)
+    kept = msgspec.structs.replace(live, retain=True)
+    assert intake.read(kept) is Passed.RETAINED
+    assert "a retained copy of a request on edgert/infer/occupancy" in caplog.text
 
 
 def test_a_reply_topic_outside_the_prefix_is_refused_at_the_keys_own(intake: Intake) -> None:
