@@ -108,12 +108,23 @@ def _values_table(cells: list[dict[str, Any]], names: dict[str, str]) -> list[li
     return rows
 
 
+def _ratio_text(ratio: float, ok: Callable[[float], bool]) -> str:
+    """Two decimals; more where two would round the ratio onto the other side of its bound
+    (1.004 is not "1.00x FAIL" but "1.004x FAIL")."""
+    text = fmt(ratio, 2)
+    for digits in (3, 4):
+        if math.isnan(ratio) or ok(float(text)) == ok(ratio):
+            break
+        text = fmt(ratio, digits)
+    return text
+
+
 def _targets_table(cells: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for cell in cells:
         found = [
-            f"{fmt(cell['targets'][m]['ratio'], 2)}x {cell['targets'][m]['result']}"
-            for m, *_ in TARGETS
+            f"{_ratio_text(cell['targets'][m]['ratio'], ok)}x {cell['targets'][m]['result']}"
+            for m, _title, ok, _bound in TARGETS
         ]
         errors = sum(s["errors"] for s in cell["servers"].values())
         rows.append([*_cell_label(cell), *found, cell["result"], str(errors)])
