@@ -55,6 +55,7 @@ __all__ = [
     "decode_npy",
     "decode_raw",
     "sniff_format",
+    "without_bom",
 ]
 
 MAX_NESTING = 64
@@ -124,6 +125,15 @@ def decode_b64(
     return from_bytes(data, wire, tuple(shape), False, what)
 
 
+# RFC 8259 lets a JSON parser ignore a UTF-8 byte order mark; Windows tools write one.
+_BOM = b"\xef\xbb\xbf"
+
+
+def without_bom(payload: bytes) -> bytes:
+    """``payload`` without a leading UTF-8 byte order mark."""
+    return payload[3:] if payload.startswith(_BOM) else payload
+
+
 def sniff_format(
     payload: bytes, content_type: str | None, declared: str | None = None
 ) -> PayloadFormat:
@@ -152,7 +162,7 @@ def sniff_format(
         return fmt
     if declared in _DECLARABLE:
         return _DECLARABLE[declared]
-    if payload.lstrip(b" \t\r\n")[:1] == b"{":
+    if without_bom(payload).lstrip(b" \t\r\n")[:1] == b"{":
         return "json"
     if payload.startswith(NPY_MAGIC):
         return "npy"

@@ -81,9 +81,10 @@ MODEL_TOML: dict[str, str] = {
     "postprocess.softmax": "Apply softmax to the output's scores first (for logits); or the "
     "output's name, which then must be `output`'s.",
     "postprocess.top_k": "A classification: the reply's `result` is the k best "
-    '`{"label", "score"}`, labels from `labels`.',
+    '`{"label", "score"}`, labels from `labels`; a score that is not a number (NaN) is left out.',
     "postprocess.threshold": 'A binary state: the result is `{"state": score >= threshold, '
-    '"score"}`.',
+    '"score", "label"}`, `label` the state\'s (`on_label` when on; the other label when off, if '
+    "there are two). A NaN score (a sensor's NaN reading) gives `state` and `score` null.",
     "postprocess.on_label": "With `threshold`: the label whose score is compared (for a "
     "multi-class output); omit it for a one-value output.",
     "postprocess.detect": "Labelled boxes from a detector's output: `yolov5` (with objectness), "

@@ -5,10 +5,10 @@ The topic tree is :mod:`edgert.topics`'s (see DESIGN.md "Protocol"), re-exported
 A request is decoded into a :class:`Request`; anything wrong with it raises :class:`ProtocolError`,
 whose ``code`` is one of :class:`ErrorCode` and which :func:`error_reply` turns into the reply the
 device gets. JSON ``NaN``/``Infinity`` tokens are accepted for float inputs (sensors report NaN for
-"no reading") and refused for integer and bool inputs, as any float is. Requests are read by
-orjson (the standard library where orjson refuses: NaN tokens, lone surrogates), which reads an
-integer beyond 64 bits as the nearest float: a float input takes it, an id or an integer input
-refuses it.
+"no reading") and refused for integer and bool inputs, as any float is; a leading UTF-8 byte order
+mark is ignored. Requests are read by orjson (the standard library where orjson refuses: NaN
+tokens, lone surrogates), which reads an integer beyond 64 bits as the nearest float: a float
+input takes it, an id or an integer input refuses it.
 
 An ``id`` comes back exactly as it was sent: a JSON string as that string, an integer (up to 64
 bits) as that integer; any other type is ``bad_request``. ``1`` and ``"1"`` are two ids.
@@ -39,6 +39,7 @@ from edgert.codec import (
     decode_npy,
     decode_raw,
     sniff_format,
+    without_bom,
 )
 from edgert.jsonout import ok_reply
 from edgert.replies import (
@@ -196,6 +197,7 @@ def _deadline(value: Any) -> float | None:
 
 def _json_object(payload: bytes) -> dict[str, Any]:
     """The request's JSON object; bad_request for anything else."""
+    payload = without_bom(payload)
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -378,16 +380,11 @@ def peek_envelope(payload: bytes) -> Envelope:
     """The id, reply_to and deadline_ms of a JSON request, as far as they can be read: a request
     held while its model loads is answered with them if it waits too long. Anything unreadable
     is left out; the request is checked whole once its model is ready."""
-    if not payload.startswith(b"{"):
-        return Envelope()
+    if without_bom(payload).lstrip(b" \t\r\n")[:1] != b"{":
+        return Envelope()  # a picture, a sound: not worth reading as JSON
     try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        try:  # NaN tokens and lone surrogates, as parse_json_request reads them
-            doc = json.loads(payload)
-        except (ValueError, RecursionError):
-            return Envelope()
-    if not isinstance(doc, dict):
+        doc = _json_object(payload)  # as parse_json_request reads it
+    except ProtocolError:
         return Envelope()
     found: dict[str, Any] = {}
     with contextlib.suppress(ProtocolError):

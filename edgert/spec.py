@@ -101,6 +101,16 @@ def concrete_shape(
     return tuple(d if isinstance(d, int) else getattr(bounds[d], which) for d in shape)
 
 
+def _values_text(dtype: np.dtype[Any]) -> str:
+    """What an array of ``dtype`` holds, as a device would say it: numpy names a JSON list of
+    strings ``str672`` and one with a null or a nested list ``object``."""
+    if dtype.kind in "US":
+        return "string values"
+    if dtype.kind == "O":
+        return "null or mixed values"
+    return f"{dtype.name} values"
+
+
 def _fits_int(array: np.ndarray, target: np.dtype[Any]) -> bool:
     """Whether every value of an integer (or bool) array fits the integer type ``target``."""
     info = np.iinfo(target)
@@ -177,7 +187,7 @@ class TensorSpec:
             int_to_int or np.can_cast(array.dtype, target, "same_kind")
         ):
             raise InputError(
-                f"input '{self.name}' has {array.dtype.name} values, the model expects "
+                f"input '{self.name}' has {_values_text(array.dtype)}, the model expects "
                 f"{self.dtype.value}"
             )
         if array.size and target.kind in "iu" and not _fits_int(array, target):

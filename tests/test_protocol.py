@@ -531,6 +531,21 @@ def test_peek_envelope_reads_what_it_can_of_a_request() -> None:
     assert peek_envelope(json.dumps(doc).encode()) == Envelope(3, "edgert/reply/a", 50.0)
     assert peek_envelope(b'{"id": 1.5, "deadline_ms": -1, "x": NaN}') == Envelope()
     assert peek_envelope(b"\x93NUMPY") == Envelope() == peek_envelope(b"{not json")
+    # As a request is read: after whitespace or a byte order mark, and NaN tokens in it.
+    for head in (b"\n  ", b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n"):
+        payload = head + b'{"id": "a", "reply_to": "edgert/reply/b", "inputs": [[NaN]]}'
+        assert peek_envelope(payload) == Envelope("a", "edgert/reply/b"), head
+    assert peek_envelope(b"[1]") == Envelope() == peek_envelope(b"\xef\xbb\xbf")
+
+
+def test_a_request_after_a_utf8_byte_order_mark_is_read_as_json() -> None:
+    # Windows tools (PowerShell's Out-File, Notepad) put one before a file's JSON; RFC 8259 lets
+    # a parser ignore it, and a device's request read as not-JSON has no reply topic to be told.
+    payload = b'\xef\xbb\xbf{"id": 5, "reply_to": "edgert/reply/w", "inputs": [[1, 2, 3, 4]]}'
+    assert detect_format(payload, None) == "json"
+    request = parse(payload)
+    assert (request.id, request.reply_to) == (5, "edgert/reply/w")
+    assert "not a JSON request" in refused(b"\xef\xbb\xbf").message
 
 
 BAD_REQUEST = [

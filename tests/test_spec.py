@@ -105,7 +105,8 @@ def test_coerce_returns_matching_array_unchanged() -> None:
         (DType.UINT8, [0, 256], "outside uint8's range"),
         (DType.UINT8, [-1], "outside uint8's range"),
         (DType.INT8, np.array([200], np.int64), "outside int8's range"),
-        (DType.FLOAT32, ["1.0"], "has str.* values"),
+        (DType.FLOAT32, ["1.0"], "has string values, the model expects float32"),
+        (DType.FLOAT32, [1.0, None], "has null or mixed values, the model expects float32"),
         (DType.FLOAT32, [[1, 2], [3]], "not a rectangular array"),
     ],
 )

@@ -46,8 +46,10 @@ _SCORE_TEMPLATE = (
     _RESULT + "{% if r is mapping and 'label' in r %}"
     '{{ {"score": r.get("score"), "version": value_json.version} | tojson }}{% endif %}'
 )
+# A null state (the model's score was NaN) renders "None": Home Assistant's "unknown".
 _STATE_TEMPLATE = (
-    _RESULT + "{% if r is mapping and 'state' in r %}{{ 'ON' if r.state else 'OFF' }}{% endif %}"
+    _RESULT + "{% if r is mapping and 'state' in r %}"
+    "{{ 'None' if r.state is none else ('ON' if r.state else 'OFF') }}{% endif %}"
 )
 _REQUESTS_TEMPLATE = "{{ value_json.models.values() | map(attribute='requests') | sum }}"
 _RATE_TEMPLATE = (

@@ -10,7 +10,8 @@
     [postprocess]                 # binary state
     threshold = 0.5
     on_label = "occupied"         # whose score is compared; omit for a one-value output
-                                  # → {"state": bool, "score"}
+                                  # → {"state": bool, "score", "label"}: the state's
+                                  # label; state and score null for a NaN score
 
     [postprocess]                 # detection (see edgert.pipeline.detect)
     detect = "yolov8"             # yolov5 | yolov8 | end2end
@@ -24,6 +25,7 @@ one, else a list of results.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -57,15 +59,30 @@ def _label(labels: Sequence[str], index: int) -> str:
 
 def top_k(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dict[str, Any]]:
     """The ``k`` best of a 1-D score vector, best first (ties: lower index first), as
-    ``[{"label", "score"}]``; an index without a label is named by its number."""
+    ``[{"label", "score"}]``; an index without a label is named by its number. A score that is
+    not a finite number is left out: a NaN (from a sensor's NaN reading) ranks nothing, and its
+    label is not claimed; all of them NaN gives ``[]``."""
     scores = np.asarray(probs, dtype=np.float64).reshape(-1)
-    order = np.argsort(-scores, kind="stable")[:k]
-    return [{"label": _label(labels, int(i)), "score": round(float(scores[i]), 4)} for i in order]
+    order = np.argsort(-scores, kind="stable")
+    kept = order[np.isfinite(scores[order])][:k]
+    return [{"label": _label(labels, int(i)), "score": round(float(scores[i]), 4)} for i in kept]
 
 
-def threshold(score: float, at: float) -> dict[str, Any]:
-    """A binary state: on when ``score >= at``."""
-    return {"state": bool(score >= at), "score": round(float(score), 4)}
+def threshold(
+    score: float, at: float, labels: tuple[str | None, str | None] = (None, None)
+) -> dict[str, Any]:
+    """A binary state: on when ``score >= at``, with the state's ``label`` where the model names
+    one (``labels``: the off state's and the on state's). A score that is not a finite number (a
+    sensor's NaN reading gives one) is no answer: state and score are None, and no label, not
+    "off"."""
+    if not math.isfinite(score):
+        return {"state": None, "score": None}
+    on = bool(score >= at)
+    result: dict[str, Any] = {"state": on, "score": round(float(score), 4)}
+    label = labels[1] if on else labels[0]
+    if label is not None:
+        result["label"] = label
+    return result
 
 
 def _class_dim(spec: TensorSpec, problem: Problem) -> int | None:
@@ -103,6 +120,9 @@ class Postprocess:
     on_index: int | None = None
     labels: tuple[str, ...] = ()
     detect: Detect | None = None
+    # A threshold's labels for off and on: what its events are named (Home Assistant's
+    # event_types are the model's labels).
+    state_labels: tuple[str | None, str | None] = (None, None)
 
     @classmethod
     def of(cls, config: ModelConfig, io: ModelIO) -> Postprocess | None:
@@ -157,7 +177,8 @@ class Postprocess:
                 raise problem(
                     "on_label", f"one score with labels {list(labels)}: on_label is {labels[1]!r}"
                 )
-            return cls(output, "threshold", at=at, on_index=None, labels=labels)
+            pair = (labels[0], labels[1])
+            return cls(output, "threshold", at=at, labels=labels, state_labels=pair)
         _check_labels(labels, classes, problem)
         on_index = None
         if on_label is not None:
@@ -172,7 +193,19 @@ class Postprocess:
             raise problem("on_label", f"missing; output '{output}' has {classes} scores: say which")
         elif soft:
             raise problem("softmax", "softmax over one score is always 1; use on_label")
-        return cls(output, "threshold", softmax=soft, at=at, on_index=on_index, labels=labels)
+        states: tuple[str | None, str | None] = (None, labels[0] if len(labels) == 1 else None)
+        if on_index is not None:  # off is the other label, where there is just one other
+            others = [label for i, label in enumerate(labels) if i != on_index]
+            states = (others[0] if len(others) == 1 else None, labels[on_index])
+        return cls(
+            output,
+            "threshold",
+            softmax=soft,
+            at=at,
+            on_index=on_index,
+            labels=labels,
+            state_labels=states,
+        )
 
     def apply(self, outputs: Mapping[str, np.ndarray], transform: Transform | None = None) -> Any:
         """The JSON-able result of one request's outputs (``transform`` maps detection boxes back
@@ -207,13 +240,13 @@ class Postprocess:
                     f"output '{self.output}' has {scores.size} scores; threshold needs one "
                     f"or on_label"
                 )
-            return threshold(float(scores[0]), self.at)
+            return threshold(float(scores[0]), self.at, self.state_labels)
         if self.on_index >= scores.size:
             raise InferenceError(
                 f"output '{self.output}' has {scores.size} scores; on_label is index "
                 f"{self.on_index}"
             )
-        return threshold(float(scores[self.on_index]), self.at)
+        return threshold(float(scores[self.on_index]), self.at, self.state_labels)
 
 
 def _or(value: Any, default: Any) -> Any:

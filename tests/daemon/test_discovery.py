@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgert import __version__
 from edgert.config import ModelConfig
@@ -18,7 +21,12 @@ from edgert.daemon.discovery import (
     device_discovery,
 )
 from edgert.errors import ConfigError
+from edgert.pipeline import Postprocess
+from edgert.protocol import ErrorCode, error_reply, ok_reply
+from edgert.spec import DType, ModelIO, TensorSpec
 from edgert.topics import Topics
+
+REPO = Path(__file__).resolve().parents[2]
 
 # The abbreviations this module uses, as Home Assistant expands them: a subset of
 # home-assistant/core homeassistant/components/mqtt/abbreviations.py (ABBREVIATIONS,
@@ -197,7 +205,6 @@ def test_binary_sensor_has_off_delay_and_on_off_payloads() -> None:
     assert state["off_delay"] == 45
     assert (state["payload_on"], state["payload_off"]) == ("ON", "OFF")
     assert state["device_class"] == "occupancy"
-    assert "'ON' if r.state else 'OFF'" in state["value_template"]
     default = ModelEntity(name="door", kind="binary_sensor")
     assert components(discover(default))["door_state"]["off_delay"] == DEFAULT_OFF_DELAY
 
@@ -347,3 +354,39 @@ def test_sources_get_an_event_and_a_detection_that_turns_itself_off() -> None:
     _, removal = device_discovery("kitchen", TOPICS, [OCCUPANCY], ["porch_seen", "porch_detected"])
     assert json.loads(removal)["cmps"]["porch_seen"] == {"p": "event"}
     assert json.loads(removal)["cmps"]["porch_detected"] == {"p": "binary_sensor"}
+
+
+def rendered(template: str, reply: bytes) -> str:
+    """``template`` rendered as Home Assistant renders a state topic's value template: Jinja2's
+    immutable sandbox, the message's JSON as ``value_json``."""
+    environment = ImmutableSandboxedEnvironment()
+    return environment.from_string(template).render(value_json=json.loads(reply))
+
+
+def test_the_example_occupancy_models_replies_drive_its_entities_as_home_assistant_reads_them() -> (
+    None
+):
+    config = ModelConfig.load(REPO / "engines" / "occupancy")
+    spec = TensorSpec("probabilities", DType.FLOAT32, ("batch", 2))
+    io = ModelIO((TensorSpec("readings", DType.FLOAT32, ("batch", 4)),), (spec,), {})
+    post = Postprocess.of(config, io)
+    assert post is not None
+    cmps = components(discover(ModelEntity.of(config)))
+    event, state = cmps["occupancy_event"], cmps["occupancy_state"]
+    seen = []
+    for probs in ([0.1, 0.9], [0.8, 0.2], [np.nan, np.nan]):
+        outputs = {"probabilities": np.array([probs], np.float32)}
+        reply = ok_reply(7, "occupancy", "1", outputs, post.apply(outputs))
+        fired = rendered(event["value_template"], reply)
+        seen.append(
+            (
+                json.loads(fired)["event_type"] if fired else None,
+                rendered(state["value_template"], reply),
+            )
+        )
+    # "None" is Home Assistant's unknown; an empty rendering fires no event.
+    assert seen == [("occupied", "ON"), ("empty", "OFF"), (None, "None")]
+    assert set(event["event_types"]) >= {"occupied", "empty"}
+    refused = error_reply(7, ErrorCode.BAD_INPUT, "no")
+    assert rendered(event["value_template"], refused) == ""
+    assert rendered(state["value_template"], refused) == ""

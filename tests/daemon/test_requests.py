@@ -225,3 +225,20 @@ def test_every_result_reaches_the_hook_with_its_model_and_stream(
         assert set(result.summary) >= {"state", "score"}
     finally:
         stages.close()
+
+
+def test_a_nan_reading_is_answered_with_no_state_not_off_and_a_real_one_with_its_label(
+    stages: Stages,
+) -> None:
+    # A DHT22 that fails a read gives NaN, and a device's JSON carries it as NaN: the request is
+    # taken (a model may use NaN), and its reply says no state rather than "empty".
+    stages.serve("occupancy")
+    nan = b'{"id": "n", "reply_to": "edgert/reply/hall/x", "inputs": [[NaN, 40, 300, 600]]}'
+    stages.requests.on_message(request("edgert/infer/occupancy", nan), defer=False)
+    body = {"id": "r", "reply_to": "edgert/reply/hall/x", "inputs": READING}
+    stages.requests.on_message(request("edgert/infer/occupancy", body), defer=False)
+    _wait(lambda: len(stages.wire.published) == 2)
+    replies = {r["doc"]["id"]: r["doc"] for r in stages.wire.replies()}
+    assert replies["n"]["ok"] and replies["n"]["result"] == {"state": None, "score": None}
+    real = replies["r"]["result"]
+    assert real["label"] == ("occupied" if real["state"] else "empty")

@@ -70,11 +70,58 @@ def test_threshold_on_a_label_and_on_a_single_score() -> None:
     two = TensorSpec("probs", DType.FLOAT32, ("batch", 2))
     post = Postprocess.of(config, io(two))
     assert post is not None
-    assert post.apply({"probs": np.array([[0.2, 0.8]])}) == {"state": True, "score": 0.8}
-    assert post.apply({"probs": np.array([[0.4, 0.6]])}) == {"state": False, "score": 0.6}
+    on = {"state": True, "score": 0.8, "label": "occupied"}
+    assert post.apply({"probs": np.array([[0.2, 0.8]])}) == on
+    off = {"state": False, "score": 0.6, "label": "empty"}
+    assert post.apply({"probs": np.array([[0.4, 0.6]])}) == off
     single = Postprocess.of(model({"threshold": 0.5}), io(PROB))
     assert single is not None
     assert single.apply({"prob": np.array([[0.25]])}) == {"state": False, "score": 0.25}
+
+
+def test_a_threshold_names_its_state_by_the_label_there_is_one_for() -> None:
+    # Home Assistant's event entity of a model has the model's labels as its event types:
+    # a result names one, or none where the labels do not say.
+    three = TensorSpec("probs", DType.FLOAT32, ("batch", 3))
+    config = model({"threshold": 0.5, "on_label": "cat"}, ["dog", "cat", "bird"])
+    post = Postprocess.of(config, io(three))
+    assert post is not None
+    assert post.apply({"probs": np.array([[0.2, 0.7, 0.1]])})["label"] == "cat"
+    assert "label" not in post.apply({"probs": np.array([[0.6, 0.3, 0.1]])})  # which, if off?
+    one = Postprocess.of(model({"threshold": 0.5}, ["person"]), io(PROB))
+    assert one is not None
+    assert one.apply({"prob": np.array([[0.9]])}) == {
+        "state": True,
+        "score": 0.9,
+        "label": "person",
+    }
+    assert one.apply({"prob": np.array([[0.1]])}) == {"state": False, "score": 0.1}
+
+
+def test_a_nan_score_is_no_state_and_no_label_not_off() -> None:
+    # A sensor's failed read (a DHT22 gives NaN) makes the model's scores NaN: "empty" would be
+    # a made-up answer, and Home Assistant would show it.
+    assert threshold(float("nan"), 0.5) == {"state": None, "score": None}
+    assert threshold(float("inf"), 0.5, ("off", "on")) == {"state": None, "score": None}
+    config = model({"threshold": 0.7, "on_label": "occupied"}, ["empty", "occupied"])
+    post = Postprocess.of(config, io(TensorSpec("probs", DType.FLOAT32, ("batch", 2))))
+    assert post is not None
+    nan = np.array([[np.nan, np.nan]], np.float32)
+    assert post.apply({"probs": nan}) == {"state": None, "score": None}
+    rows = post.apply({"probs": np.array([[0.1, 0.9], [np.nan, np.nan]], np.float32)})
+    assert [r["state"] for r in rows] == [True, None]
+
+
+def test_top_k_leaves_out_scores_that_are_not_numbers() -> None:
+    probs = np.array([np.nan, 0.3, 0.6, np.nan])
+    assert top_k(probs, ["a", "b", "c", "d"], 3) == [
+        {"label": "c", "score": 0.6},
+        {"label": "b", "score": 0.3},
+    ]
+    assert top_k(np.full(4, np.nan), ["a", "b", "c", "d"], 1) == []
+    post = Postprocess.of(model({"softmax": "logits", "top_k": 1}, ["a", "b", "c"]), io(LOGITS))
+    assert post is not None
+    assert post.apply({"logits": np.array([[np.nan, 1.0, 2.0]])}) == []  # softmax spreads a NaN
 
 
 def test_detect_applies_the_transform() -> None:
@@ -191,8 +238,9 @@ def test_one_score_with_two_labels_thresholds_to_the_second() -> None:
     spec = io(TensorSpec("p", DType.FLOAT32, ("batch", 1)))
     post = Postprocess.of(model({"threshold": 0.5}, ["silence", "speech"]), spec)
     assert post is not None
-    assert post.apply({"p": np.array([[0.7]], np.float32)}) == {"state": True, "score": 0.7}
-    assert post.apply({"p": np.array([[0.2]], np.float32)})["state"] is False
+    speech = {"state": True, "score": 0.7, "label": "speech"}
+    assert post.apply({"p": np.array([[0.7]], np.float32)}) == speech
+    assert post.apply({"p": np.array([[0.2]], np.float32)})["label"] == "silence"
     with pytest.raises(ConfigError, match=r"^model.toml: \[postprocess\] on_label: .* is 'speech'"):
         Postprocess.of(
             model({"threshold": 0.5, "on_label": "silence"}, ["silence", "speech"]), spec
