@@ -238,6 +238,12 @@ class Topics:
             return None
         return RequestTopic(rest[0], rest[1] if len(rest) == 2 else None, pinned)
 
+    def under_request_root(self, topic: str) -> bool:
+        """Whether ``topic`` is under a request root of this node's (``<prefix>/infer/``, or its
+        pinned one): a message there that :meth:`parse_request_topic` refuses was meant as a
+        request."""
+        return topic.startswith((f"{self.prefix}/infer/", f"{self._node_root}/infer/"))
+
     def default_reply_topic(self, key: str, model: str) -> str:
         """``<reply prefix><key>/<model>``: the reply topic of a keyed request naming none."""
         return f"{self.reply_root}{_level(key, 'key')}/{_level(model, 'model')}"

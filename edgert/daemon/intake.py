@@ -44,6 +44,9 @@ UNSERVED = 2
 
 log = logging.getLogger("edgert.daemon")
 
+# The misrouted topics logged (each once) before the rest go unlogged: a bound on memory.
+_MISROUTED_LOGGED = 256
+
 
 class Accepted(msgspec.Struct, frozen=True):
     """A request decoded by the model version that is to take it, and where its reply goes."""
@@ -71,7 +74,7 @@ class Refused(msgspec.Struct, frozen=True):
 class Passed(enum.Enum):
     """Nothing to hand on, and why."""
 
-    NOT_A_REQUEST = "not_a_request"  # not a request topic of this node's
+    NOT_A_REQUEST = "not_a_request"  # not a request topic of this node's (logged if meant as one)
     ELSEWHERE = "elsewhere"  # a pool's unserved copy of a request some node takes
     HELD = "held"  # its model is loading: replayed once it is served (see Requests.replay)
     DROPPED = "dropped"  # it names no reply topic and has no key (logged)
@@ -92,11 +95,14 @@ class Intake:
         self.models = models
         self.held = models.held
         self.pool = pool
+        self._misrouted: set[str] = set()  # the topics logged as no request's
 
     def read(self, message: Message, received: float | None = None) -> IntakeResult:
         """What ``message`` is; ``received`` is when it first came (a held request's replay)."""
         route = self.topics.parse_request_topic(message.topic)
         if route is None:
+            if self.topics.under_request_root(message.topic):
+                self._misrouted_log(message.topic)
             return Passed.NOT_A_REQUEST
         name, key, _pinned = route
         if message.retain:
@@ -212,6 +218,21 @@ class Intake:
         error = ProtocolError(ErrorCode.BAD_REQUEST, text)
         candidates = (keyed,) if keyed else ()
         return Refused(error, candidates, request.id, self._qos(message), message)
+
+    def _misrouted_log(self, topic: str) -> None:
+        """Log a message meant as a request whose topic is no request's (an empty level from a
+        trailing "/", a "." or ".."), once per topic: its device repeats the mistake. There is
+        no reply: every node that subscribes to the topic would send one."""
+        if topic in self._misrouted or len(self._misrouted) >= _MISROUTED_LOGGED:
+            return
+        self._misrouted.add(topic)
+        log.warning(
+            "a message on %r is not a request, and is not answered: a request topic is "
+            "%s/infer/<model> or %s/infer/<model>/<key>, each level non-empty and not '.' or '..'",
+            topic,
+            self.topics.prefix,
+            self.topics.prefix,
+        )
 
     def _check_limits(self, message: Message, key: str | None) -> None:
         """ProtocolError for a topic key longer than an id may be, or a payload too large."""

@@ -72,6 +72,24 @@ def test_a_request_naming_no_reply_topic_and_no_key_is_dropped(intake: Intake) -
     assert intake.read(request("edgert/infer/occupancy", {"inputs": READING})) is Passed.DROPPED
 
 
+def test_a_message_meant_as_a_request_on_a_topic_that_is_none_is_logged_once_per_topic(
+    intake: Intake, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A firmware that joins "<prefix>/infer/<model>/" and an empty key: no node answers it,
+    # so the log is where its owner learns why.
+    body = {"id": "a", "reply_to": "edgert/reply/kitchen/x", "inputs": READING}
+    for topic in ("edgert/infer/occupancy/", "edgert/infer//x", "edgert/node/testnode/infer/.."):
+        for _ in range(3):
+            assert intake.read(request(topic, body)) is Passed.NOT_A_REQUEST
+        said = [r.getMessage() for r in caplog.records if repr(topic) in r.getMessage()]
+        assert len(said) == 1 and "is not a request, and is not answered" in said[0], topic
+        assert "edgert/infer/<model>/<key>" in said[0]
+    caplog.clear()
+    for topic in ("edgert/reply/kitchen/x", "edgert/node/other/infer/occupancy/", "x/infer/y/"):
+        assert intake.read(request(topic, body)) is Passed.NOT_A_REQUEST
+    assert not caplog.records  # not this node's requests' topics: nothing to say
+
+
 def test_a_retained_copy_of_a_request_is_passed_over_and_logged(
     intake: Intake, caplog: pytest.LogCaptureFixture
 ) -> None:
