@@ -95,7 +95,7 @@ _ID_RANGE = (-(1 << 63), (1 << 64) - 1)
 
 
 _REQUEST_KEYS = {"v", "id", "reply_to", "deadline_ms", "stream", "reset", "compact", "inputs"}
-_PLAIN_KEYS = {"id", "inputs"}  # most requests: the optional keys need no checks
+_PLAIN_KEYS = {"id", "reply_to", "inputs"}  # most requests: the other keys need no checks
 
 
 # -------------------------------------------------------------------------------------- requests
@@ -212,10 +212,8 @@ def _json_object(payload: bytes) -> dict[str, Any]:
     return doc
 
 
-def _options(doc: dict[str, Any], raw_reply: Any) -> tuple[float | None, str | None, bool, bool]:
+def _options(doc: dict[str, Any]) -> tuple[float | None, str | None, bool, bool]:
     """The envelope's optional keys, checked: deadline_ms, stream, reset and compact."""
-    if raw_reply is not None and not (isinstance(raw_reply, str) and raw_reply):
-        raise _bad("reply_to must be a topic string")
     if not doc.keys() <= _REQUEST_KEYS:
         unknown = ", ".join(sorted(set(doc) - _REQUEST_KEYS))
         raise _bad(f"unknown key(s) {unknown}; known: {', '.join(sorted(_REQUEST_KEYS))}")
@@ -260,8 +258,10 @@ def parse_json_request(
         request_id = _request_id(doc.get("id", _ABSENT))  # on every request: a try costs nothing
         deadline_ms = stream = None
         reset = compact = False
-        if not doc.keys() <= _PLAIN_KEYS:  # more than the usual two: check the rest
-            deadline_ms, stream, reset, compact = _options(doc, raw_reply)
+        if raw_reply is not None and not (isinstance(raw_reply, str) and raw_reply):
+            raise _bad("reply_to must be a topic string")
+        if not doc.keys() <= _PLAIN_KEYS:  # more than the usual keys: check the rest
+            deadline_ms, stream, reset, compact = _options(doc)
         if doc.get("inputs") is None:
             raise _bad("missing inputs")
         # The envelope is checked first: decoding tensors is the expensive part.

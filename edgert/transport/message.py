@@ -48,6 +48,9 @@ class Message(msgspec.Struct, frozen=True):
     subscriptions: tuple[int, ...] = ()
 
 
+_FLAGS = {"dup", "retain"}  # what gmqtt adds to the properties of every message
+
+
 def _first(properties: Mapping[str, Any], name: str) -> Any:
     values = properties.get(name)
     return values[0] if values else None
@@ -60,6 +63,8 @@ def received(
     property's name to the list of its values, and carries ``retain`` and ``dup`` too."""
     if isinstance(topic, bytes):  # gmqtt passes a topic that is not UTF-8 undecoded
         topic = topic.decode("utf-8", errors="replace")
+    if properties.keys() <= _FLAGS:  # MQTT 3.1.1, or 5 without properties: nothing else to read
+        return Message(topic, bytes(payload), qos, bool(properties.get("retain")), mid)
     user = properties.get("user_property") or ()
     return Message(
         topic=topic,

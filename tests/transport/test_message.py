@@ -27,6 +27,11 @@ def test_a_311_message_has_no_properties_and_a_bad_topic_is_decoded_with_replace
     message = received(b"edgert/\xff", b"x", 0, {"retain": 0, "dup": 0}, 1)
     assert message.topic == "edgert/\ufffd" and not message.retain
     assert message.response_topic is None and message.user == {} and message.subscriptions == ()
+    kept = received("edgert/infer/m", b"x", 1, {"retain": 1, "dup": 1}, 2)
+    assert kept.retain and (kept.qos, kept.mid, kept.payload) == (1, 2, b"x")
+    # One property beside the flags is read as any MQTT 5 message's are.
+    one = received("edgert/infer/m", b"x", 1, {"retain": 0, "dup": 0, "content_type": ["a/b"]}, 3)
+    assert one.content_type == "a/b" and not one.retain
 
 
 def test_packet_size_counts_header_topic_id_properties_and_payload() -> None:
