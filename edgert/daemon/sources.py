@@ -290,12 +290,9 @@ class Sources:
                 continue
             if config.name in served:
                 # One events topic per name: a source named like a model would mix their events.
-                log.error(
-                    "source %s: not started: a model is named %s too; rename the source",
-                    config.name,
-                    config.name,
-                )
+                log.error("source %s: not started: a model has that name; rename it", config.name)
                 continue
+            self._warn_unknown_labels(config)
             with self._lock:
                 if self._stopped or config.name in self._running:
                     continue
@@ -314,6 +311,15 @@ class Sources:
                 f", on {config.trigger}" if config.trigger else "",
             )
             source.start()
+
+    def _warn_unknown_labels(self, config: SourceConfig) -> None:
+        """A source's ``labels`` that its model does not have would filter out every event."""
+        known = self._labels(config.model)
+        if unknown := [x for x in config.labels or () if known and x not in known]:
+            log.warning(
+                "source %s: labels %s are not labels of model %s (%s): they never become events",
+                *(config.name, unknown, config.model, ", ".join(known)),
+            )
 
     def _source(self, config: SourceConfig) -> Source:
         topic = self._events_topic(config.name)

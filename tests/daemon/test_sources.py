@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from edgert.daemon.sources import announcements
+from edgert.daemon.sources import Sources, announcements
 from edgert.errors import ConfigError
 from edgert.settings import DaemonConfig, SourceConfig
+from edgert.transport.loop import EventLoopThread
 from tests.broker import Mosquitto
 from tests.daemon.conftest import Daemon
 from tests.daemon.test_broker_features import Observer
@@ -36,6 +37,34 @@ EVENTS = "edgert/node/cam/events/"
 
 def _sources(*tables: dict[str, Any]) -> tuple[SourceConfig, ...]:
     return DaemonConfig.from_dict({"sources": list(tables)}).sources
+
+
+def test_a_sources_labels_that_its_model_lacks_are_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A threshold's events are named by its state's label: a source that filters on the model's
+    # name (or a typo) would let none through, and nothing else would say so.
+    configs = _sources(
+        {"name": "mic", "model": "occupancy", "stream": "m1", "labels": ["occupancy", "occupied"]},
+        {"name": "hall", "model": "occupancy", "stream": "m2", "labels": ["occupied"]},
+        {"name": "any", "model": "plain", "stream": "m3", "labels": ["x"]},  # no labels to check
+    )
+    labels = {"occupancy": ("empty", "occupied")}
+    sources = Sources(
+        configs,
+        lambda name: f"{EVENTS}{name}",
+        lambda *_: {},
+        lambda *_: None,
+        loop=EventLoopThread("test"),
+        labels=lambda model: labels.get(model, ()),
+    )
+    sources.model_served("occupancy")
+    sources.model_served("plain")
+    warned = [r.getMessage() for r in caplog.records if "never become events" in r.getMessage()]
+    assert warned == [
+        "source mic: labels ['occupancy'] are not labels of model occupancy (empty, occupied): "
+        "they never become events"
+    ]
 
 
 def test_sources_config_keys_and_defaults() -> None:
