@@ -109,7 +109,8 @@ MODEL_TOML: dict[str, str] = {
     "state.max_streams": "How many streams keep state at once; past it the least recently used "
     "one is dropped.",
     "homeassistant.kind": "The entity Home Assistant gets for the model: `event` (every result), "
-    "`sensor` (the label and score) or `binary_sensor` (a `threshold`'s state).",
+    "`sensor` (the label and score; `none` for a result that names no label, such as a "
+    "detector's empty one) or `binary_sensor` (a `threshold`'s state).",
     "homeassistant.name": "The entity's name. Unset: the model's name.",
     "homeassistant.icon": "The entity's icon, e.g. `mdi:account`.",
     "homeassistant.off_delay": "A `binary_sensor`: seconds it stays on after the last on "

@@ -164,6 +164,8 @@ def _request_id(value: Any) -> RequestId | None:
     if kind is int and _ID_RANGE[0] <= value <= _ID_RANGE[1]:
         return value  # type: ignore[no-any-return]
     got = "null" if value is None else reprlib.repr(value)
+    if kind is float and value.is_integer() and not _ID_RANGE[0] <= value <= _ID_RANGE[1]:
+        got += ", a number beyond 64 bits"  # the JSON reader makes such an integer a float
     raise _bad(
         f"id must be a string of 1 to {MAX_ID_CHARS} characters or a 64-bit integer, got {got}"
     )

@@ -14,7 +14,7 @@ from edgert.topics import Topics
 if TYPE_CHECKING:  # annotation only: discovery imports this module
     from edgert.daemon.discovery import ModelEntity, SourceEntity
 
-__all__ = ["NODE_ID", "model_components", "node_components", "source_components"]
+__all__ = ["NODE_ID", "NO_LABEL", "model_components", "node_components", "source_components"]
 
 NODE_ID = "node"  # component-id stem of the node's own diagnostic sensors
 
@@ -41,10 +41,20 @@ def _event_template(model: ModelEntity) -> str:
     )
 
 
-_LABEL_TEMPLATE = _RESULT + "{% if r is mapping and 'label' in r %}{{ r.label }}{% endif %}"
+# An ok result that names no label (a detector that found nothing, every score NaN) is the
+# label sensor's NO_LABEL: an enum sensor refuses a state outside its options, an empty one
+# included, and Home Assistant's "None" is unknown for numeric sensors only.
+NO_LABEL = "none"
+_LABELLED = "r is mapping and 'label' in r"
+_LABEL_TEMPLATE = (
+    _RESULT + f"{{% if {_LABELLED} %}}{{{{ r.label }}}}"
+    f"{{% elif value_json.ok %}}{NO_LABEL}{{% endif %}}"
+)
+# Attributes must render a JSON object: anything else is logged as erroneous JSON.
 _SCORE_TEMPLATE = (
-    _RESULT + "{% if r is mapping and 'label' in r %}"
-    '{{ {"score": r.get("score"), "version": value_json.version} | tojson }}{% endif %}'
+    _RESULT + "{% if value_json.ok %}"
+    f'{{{{ {{"score": r.get("score") if {_LABELLED} else none, '
+    '"version": value_json.version} | tojson }}{% endif %}'
 )
 # A null state (the model's score was NaN) renders "None": Home Assistant's "unknown".
 _STATE_TEMPLATE = (
@@ -102,7 +112,10 @@ def model_components(unique: str, topics: Topics, model: ModelEntity) -> dict[st
             "json_attr_tpl": _SCORE_TEMPLATE,
         }
         if model.labels and not model.device_class:
-            sensor.update({"dev_cla": "enum", "ops": list(model.labels)})
+            options = list(model.labels)
+            if NO_LABEL not in options:
+                options.append(NO_LABEL)
+            sensor.update({"dev_cla": "enum", "ops": options})
         cmps[f"{stem}_label"] = sensor | main
     elif model.kind == "binary_sensor":
         cmps[f"{stem}_state"] = {

@@ -213,7 +213,11 @@ def test_a_dropped_stream_reconnects_and_serving_goes_on(
         # Within the backoff (at most 1 s here) plus the stream's opening.
         assert time.monotonic() - restarted < 10
         assert _stats(watch, "door")["reconnects"] >= 1
-        watch.wait(lambda: len(_json_on(watch, NODE + "events/door")) > before, 20, "events again")
+        try:
+            watch.wait(lambda: len(_json_on(watch, NODE + "events/door")) > before, 20, "events")
+        except AssertionError as exc:  # what the source did meanwhile, for a failure under load
+            seen = [m.json().get("sources", {}).get("door") for m in watch.on(NODE + "stats")]
+            raise AssertionError(f"{exc}; the door source's last stats: {seen[-4:]}") from exc
         assert daemon.terminate(timeout=15) == 0
     finally:
         watch.close()

@@ -13,6 +13,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgert import __version__
 from edgert.config import ModelConfig
+from edgert.daemon.components import NO_LABEL
 from edgert.daemon.discovery import (
     DEFAULT_OFF_DELAY,
     ModelEntity,
@@ -21,7 +22,7 @@ from edgert.daemon.discovery import (
     device_discovery,
 )
 from edgert.errors import ConfigError
-from edgert.pipeline import Postprocess
+from edgert.pipeline import Postprocess, top_k
 from edgert.protocol import ErrorCode, error_reply, ok_reply
 from edgert.spec import DType, ModelIO, TensorSpec
 from edgert.topics import Topics
@@ -212,7 +213,7 @@ def test_binary_sensor_has_off_delay_and_on_off_payloads() -> None:
 def test_label_sensor_is_an_enum_of_the_labels_with_score_attributes() -> None:
     label = components(discover(PETS))["pets_v2_label"]
     assert label["name"] == "Pets"
-    assert (label["device_class"], label["options"]) == ("enum", ["cat", "dog"])
+    assert (label["device_class"], label["options"]) == ("enum", ["cat", "dog", NO_LABEL])
     assert label["json_attributes_topic"] == "edgert/node/kitchen/events/pets.v2"
     assert "score" in label["json_attributes_template"]
 
@@ -390,3 +391,33 @@ def test_the_example_occupancy_models_replies_drive_its_entities_as_home_assista
     refused = error_reply(7, ErrorCode.BAD_INPUT, "no")
     assert rendered(event["value_template"], refused) == ""
     assert rendered(state["value_template"], refused) == ""
+
+
+def test_a_label_sensor_gets_one_of_its_options_and_a_json_object_for_every_result() -> None:
+    # Home Assistant refuses an enum sensor's state outside its options (an empty one too) and
+    # logs attributes that are not a JSON object: a result naming no label must give neither.
+    label = components(discover(PETS))["pets_v2_label"]
+    results = [
+        top_k(np.array([0.2, 0.8], np.float32), ["cat", "dog"], 1),
+        top_k(np.array([np.nan, np.nan], np.float32), ["cat", "dog"], 1),  # every score NaN
+        [],  # a detector that found nothing
+        [{"label": "cat", "score": 0.9, "box": [1.0, 2.0, 3.0, 4.0]}],
+    ]
+    seen = []
+    for result in results:
+        reply = ok_reply(3, "pets.v2", "2", {}, result)
+        state = rendered(label["value_template"], reply)
+        attributes = json.loads(rendered(label["json_attributes_template"], reply))
+        assert state in label["options"], state
+        seen.append((state, attributes))
+    assert seen == [
+        ("dog", {"score": 0.8, "version": "2"}),
+        (NO_LABEL, {"score": None, "version": "2"}),
+        (NO_LABEL, {"score": None, "version": "2"}),
+        ("cat", {"score": 0.9, "version": "2"}),
+    ]
+    refused = error_reply(3, ErrorCode.BAD_INPUT, "no")
+    assert rendered(label["value_template"], refused) == ""
+    assert rendered(label["json_attributes_template"], refused) == ""
+    named = ModelEntity(name="gate", labels=("none", "car"), kind="sensor")
+    assert components(discover(named))["gate_label"]["options"] == ["none", "car"]
