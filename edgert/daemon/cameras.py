@@ -159,23 +159,30 @@ def _decode(
     next_at: float | None = None  # stream time of the next frame to sample
     started: tuple[float, float] | None = None  # (stream time, monotonic) of the first frame
     checked = False
+    count = 0  # this stream's frames: a frame without a time is placed by it
     for frame in container.decode(stream):
         if stopping.is_set():
             return
+        count += 1
         stats.decoded += 1
         stats.frame_at = time.monotonic()
         if not checked:  # a stream that did not say its size when opened
             _check_size(redact_url(config.url or ""), frame.width, frame.height, config)
             checked = True
         now = time.monotonic()
-        at = frame.time if frame.time is not None else stats.decoded * period
+        at = frame.time if frame.time is not None else count * period
         if started is None:
             started = (at, now)
         if pace and (ahead := (at - started[0]) - (now - started[1])) > 0 and stopping.wait(ahead):
             return
-        if next_at is not None and at + 0.001 < next_at:
-            continue
-        next_at = at + period if next_at is None or at - next_at > period else next_at + period
+        if next_at is not None and next_at - period <= at + 0.001 < next_at:
+            continue  # between two samples
+        if next_at is None or abs(at - next_at) > period:
+            # The first frame, or the stream's clock jumped (either way: a camera that restarted
+            # its encoder starts again at 0): the samples' cadence starts here.
+            next_at = at + period
+        else:
+            next_at += period
         stats.sampled += 1
         width = config.motion.width
         height = max(1, round(width * frame.height / frame.width))

@@ -188,7 +188,7 @@ def test_a_video_source_has_an_image_counts_and_a_stream_sensor() -> None:
 
 
 def _clip(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
-    with av.open(str(path), "w") as out:
+    with av.open(str(path), "w", format="mpegts" if path.suffix == ".ts" else None) as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
         stream.options = {"preset": "ultrafast", "g": str(fps)}
@@ -213,6 +213,20 @@ def test_a_file_is_decoded_sampled_and_gated(tmp_path: Path) -> None:
             assert 6 <= len(delivered) <= 14, len(delivered)
         else:
             assert stats.gated == 0
+
+
+def test_a_stream_whose_clock_goes_back_is_sampled_on_from_there(tmp_path: Path) -> None:
+    # Two MPEG-TS recordings back to back: the second's timestamps start again at 0, as a
+    # camera's do when it restarts its encoder. Sampling goes on at the new times; waiting for
+    # the old clock to come round again would sample nothing for as long as it had run.
+    once = _clip(tmp_path / "door.ts", scene(figure=False)).read_bytes()
+    twice = tmp_path / "twice.ts"
+    twice.write_bytes(once + once)
+    config = _source(url=f"file://{twice}", fps=5, motion={"enabled": False})
+    stats, delivered = StreamStats(), []
+    keep = functools.partial(_keep, delivered)
+    read_stream(config, stats, MotionGate(config.motion), keep, threading.Event(), False)
+    assert (stats.decoded, stats.sampled, len(delivered)) == (160, 80, 80)
 
 
 def _keep(into: list[np.ndarray], frame: np.ndarray, at: float) -> None:
