@@ -29,7 +29,7 @@ from edgert.daemon.snapshots import BOX_COLOUR, annotate, counts
 from edgert.errors import ConfigError
 from edgert.settings import DaemonConfig, MotionSection, SourceConfig, redact_url
 from edgert.topics import Topics
-from tests.daemon.cameras import room, scene
+from tests.daemon.cameras import RtspServer, room, scene, write_frames
 
 
 def _source(**table: Any) -> SourceConfig:
@@ -223,10 +223,30 @@ def test_a_stream_whose_clock_goes_back_is_sampled_on_from_there(tmp_path: Path)
     twice = tmp_path / "twice.ts"
     twice.write_bytes(once + once)
     config = _source(url=f"file://{twice}", fps=5, motion={"enabled": False})
-    stats, delivered = StreamStats(), []
+    stats, delivered = StreamStats(), list[np.ndarray]()
     keep = functools.partial(_keep, delivered)
     read_stream(config, stats, MotionGate(config.motion), keep, threading.Event(), False)
     assert (stats.decoded, stats.sampled, len(delivered)) == (160, 80, 80)
+
+
+def test_a_reconnected_rtsp_stream_is_sampled_from_its_first_frames(tmp_path: Path) -> None:
+    # An RTSP stream's first frame has no timestamp: it is placed by this connection's frames,
+    # not by every frame decoded before the reconnect (that put it seconds ahead of the stream,
+    # and nothing was sampled until the stream's clock caught up).
+    server = RtspServer({"hall": write_frames(tmp_path / "hall", scene(figure=False))}).start()
+    try:
+        config = _source(url=server.url("hall"), fps=5, motion={"enabled": False})
+        stats, gate = StreamStats(), MotionGate(config.motion)
+        for seconds in (4.0, 3.0):  # a connection, then a reconnect after it
+            sampled, stop = stats.sampled, threading.Event()
+            timer = threading.Timer(seconds, stop.set)
+            timer.start()
+            read_stream(config, stats, gate, lambda frame, at: None, stop, False)
+            timer.cancel()
+        assert stats.decoded >= 30, stats.decoded
+        assert stats.sampled - sampled >= 5, (stats.decoded, stats.sampled - sampled)
+    finally:
+        server.kill()
 
 
 def _keep(into: list[np.ndarray], frame: np.ndarray, at: float) -> None:
