@@ -314,8 +314,8 @@ class Sources:
 
     def _warn_unknown_labels(self, config: SourceConfig) -> None:
         """A source's ``labels`` that its model does not have would filter out every event."""
-        known = self._labels(config.model)
-        if unknown := [x for x in config.labels or () if known and x not in known]:
+        known = self._labels(config.model)  # none: the model names its results, not a label
+        if known and (unknown := [x for x in config.labels or () if x not in known]):
             log.warning(
                 "source %s: labels %s are not labels of model %s (%s): they never become events",
                 *(config.name, unknown, config.model, ", ".join(known)),
